@@ -1,0 +1,46 @@
+# causal-pi: make venv | book | smoke | test | lab | bench | archive
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PARAMS ?= params/default.yaml
+RUN ?= default
+export HF_HUB_OFFLINE := 1
+export OMP_WAIT_POLICY := PASSIVE
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv book smoke test test-fast lab bench archive clean
+
+venv: $(VENV)/.installed
+
+# torch first, from the local CPU wheel: otherwise a dependency pulls a multi-GB CUDA build.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+book: venv
+	$(PY) -m causal_lib.book run --params $(PARAMS)
+
+smoke: venv
+	$(PY) -m causal_lib.book run --params params/smoke.yaml
+
+test: venv
+	$(PY) -m pytest -q -ra
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+lab: venv
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --no-browser --ServerApp.root_dir=$(CURDIR)
+
+bench: venv
+	$(PY) -m causal_lib.bench
+
+archive: venv
+	$(PY) -m causal_lib.share archive --run $(RUN)
+
+clean:
+	rm -rf outputs/smoke outputs/test-*
