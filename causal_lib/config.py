@@ -104,6 +104,12 @@ class TrainConfig:
     lambda_spurious: float = field(default=0.5, metadata=_range(0.0))
     kl_weight: float = field(default=0.0, metadata=_range(0.0))  # optional KL term inside L_causal
     dpo_beta: float = field(default=0.1, metadata=_range(0.0))
+    # SecAlign's DPO learning rate; 0 = train.learning_rate (LoRA-DPO needs a higher lr than full FT)
+    dpo_learning_rate: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    # share of training pairs whose injected side is the clean item itself: keeps a task gradient on
+    # clean inputs, since the clean pass of a pair is the no-grad target of L_causal
+    clean_pair_fraction: float = field(default=0.25, metadata=_range(0.0, 1.0))
+    val_pairs: int = field(default=200, metadata=_range(2))  # validation pairs scored at each epoch
     eval_steps: int = field(default=100, metadata=_range(1))
     early_stopping_patience: int = field(default=0, metadata=_range(0))  # 0 = off
     debug: bool = False
