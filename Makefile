@@ -34,7 +34,8 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
 lab: venv
-	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --no-browser --ServerApp.root_dir=$(CURDIR)
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --no-browser --ServerApp.root_dir=$(CURDIR) \
+		$(if $(filter 0,$(shell id -u)),--ServerApp.allow_root=True)
 
 bench: venv
 	$(PY) -m causal_lib.bench

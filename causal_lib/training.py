@@ -427,11 +427,12 @@ def dry_run(cfg: Config, paths) -> dict:
 
     from .base_model import ensure_tokenizer
     from .data import load_split
-    from .model import build_model, load_checkpoint, load_hf_model
+    from .model import apply_lora, build_model, is_peft_model, load_checkpoint
 
     tc = cfg.train
-    tok = ensure_tokenizer(cfg, paths)
-    model = build_model(cfg.model, tok, seed=cfg.run.seed) if cfg.model.kind == "tiny" else load_hf_model(cfg.model)[0]
+    model, tok = build_model(cfg.model, ensure_tokenizer(cfg, paths), seed=cfg.run.seed)
+    if cfg.model.use_lora and not is_peft_model(model):
+        model = apply_lora(model, cfg.model)
     records = load_split(paths.data, "base_corpus")[: tc.dry_run_samples]
     ds = SFTDataset(records, tok, cfg.model.max_seq_length)
     batch = make_collator(tok.pad_token_id)([ds[i] for i in range(min(len(ds), 16))])

@@ -1,0 +1,104 @@
+"""The undefended base and the trained models of a run: the tokenizer of the embedded model, pre-training
+of the base (chapter 04), and loading any defense's model by name for the later chapters."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .chapter import RunPaths
+from .config import Config
+from .defenses import DEFENSES, TRAINED_DEFENSES
+from .model import CheckpointError, build_model, load_checkpoint, load_hf_model, train_tokenizer
+from .training import SFTDataset, TrainResult, run_training
+
+
+def tokenizer_dir(paths: RunPaths) -> Path:
+    return paths.checkpoints / "tokenizer"
+
+
+def ensure_tokenizer(cfg: Config, paths: RunPaths):
+    """The embedded model's byte-level BPE, trained once per run on the world's own corpus and reused;
+    for a real model, its own tokenizer."""
+    if cfg.model.kind == "hf":
+        return load_hf_model(cfg.model)[1]
+    from transformers import AutoTokenizer
+
+    from .data import load_split
+
+    d = tokenizer_dir(paths)
+    if (d / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+    texts = []
+    for split in ("base_corpus", "train"):
+        for r in load_split(paths.data, split):
+            texts += [r.system, r.data, r.target]
+    tok = train_tokenizer(texts, vocab_size=cfg.model.tiny.vocab_size)
+    tmp = d.with_name(d.name + ".tmp")
+    tok.save_pretrained(str(tmp))
+    tmp.replace(d) if not d.exists() else None
+    return tok
+
+
+def base_checkpoint(paths: RunPaths) -> Path:
+    return paths.checkpoints / "base" / "best_model"
+
+
+def base_training_records(paths: RunPaths) -> list:
+    """The base learns to follow instructions wherever they appear (base corpus), plus the clean training
+    documents so that its benign accuracy is measured on the same task distribution."""
+    from .data import load_split
+
+    return load_split(paths.data, "base_corpus") + [r for r in load_split(paths.data, "train") if r.kind == "clean"]
+
+
+def train_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResult | None:
+    """Pre-train the embedded model from scratch as the undefended base; a real model is used as it is."""
+    if cfg.model.kind == "hf":
+        return None
+    tok = ensure_tokenizer(cfg, paths)
+    model, tok = build_model(cfg.model, tok, seed=cfg.run.seed)
+    ds = SFTDataset(base_training_records(paths), tok, cfg.model.max_seq_length)
+    return run_training(cfg, paths, "base", model, tok, ds, epochs=cfg.train.base_epochs,
+                        learning_rate=cfg.train.base_learning_rate, resume=resume,
+                        extra_meta={"defense": "none"})
+
+
+def model_dir(paths: RunPaths, defense: str) -> Path | None:
+    """Where a defense's model lives: the base for "none" and "filter", checkpoints/<d>/best_model else."""
+    if defense not in DEFENSES:
+        raise ValueError(f"unknown defense {defense!r}; choose from {DEFENSES}")
+    name = defense if defense in TRAINED_DEFENSES else "base"
+    return paths.checkpoints / name / "best_model"
+
+
+def load_model(cfg: Config, paths: RunPaths, defense: str = "none", trainable: bool = False):
+    """(model, tokenizer) of one defense in this run, from its safetensors checkpoint."""
+    d = model_dir(paths, defense)
+    if cfg.model.kind == "hf" and d == base_checkpoint(paths) and not d.exists():
+        model, tok = load_hf_model(cfg.model)
+        return model, tok
+    if not d.exists():
+        chapter = "04_base_model" if d == base_checkpoint(paths) else f"05_train (defense={defense})"
+        raise CheckpointError(f"no model for defense {defense!r} at {d}: run chapter {chapter} first "
+                              f"(python -m causal_lib.book run --params ... --from {chapter[:2]})")
+    return load_checkpoint(d, cfg.model, is_trainable=trainable)
+
+
+def checkpoint_meta(path: Path) -> dict:
+    return json.loads((Path(path) / "checkpoint.json").read_text())
+
+
+def records_for(defense: str, records: list, tokenizer) -> list:
+    """The records as this defense's model reads them: StruQ and SecAlign use their structured prompt
+    (reserved delimiters, delimiters stripped from the data); the others read the chat format as it is."""
+    if defense not in ("struq", "secalign"):
+        return list(records)
+    import dataclasses
+
+    from .baselines import struq_prompt
+
+    out = []
+    for r in records:
+        s, u = struq_prompt(r, tokenizer)
+        out.append(dataclasses.replace(r, system=s, data=u))
+    return out
