@@ -1,0 +1,195 @@
+"""The instruction world: O* recomputed independently of the generator, the base corpus follows its
+revisions, documents parse back, payloads never collide with answers."""
+import random
+import re
+from collections import Counter
+
+import pytest
+
+from causal_lib import attacks, data, world
+from causal_lib.config import config_from_dict
+
+SMALL = {"run.seed": 3, "data.n_base_corpus": 1500, "data.n_train": 150, "data.n_val": 20, "data.n_test": 120,
+         "data.n_benign_lookalikes": 40, "data.n_sep_probes": 30}
+
+# ---------------------------------------------------------------------------------------------
+# an oracle written from the document text and the instruction's words alone (not the generator's code)
+
+NEG = {"hate", "waste", "never", "not", "stopped", "flimsy", "noisy", "broken", "ugly", "slow", "awful", "useless",
+       "fragile", "uncomfortable", "dull"}
+
+
+def oracle(instruction: str, doc: str) -> str:
+    s = instruction.lower()
+    m = re.search(r"Items: ([^.]+)\.", doc)
+    if m:
+        items = m.group(1).split(", ")
+        if "how many" in s or "count" in s or "number of items" in s:
+            return str(len(items))
+        if "first" in s:
+            return items[0]
+        assert "last" in s or "final" in s, instruction
+        return items[-1]
+    m = re.search(r"Review of the (\w+) by \w+\.", doc)
+    if m:
+        if "positive or negative" in s or "sentiment" in s:
+            return "negative" if set(re.findall(r"[a-z]+", doc.lower())) & NEG else "positive"
+        assert "product" in s, instruction
+        return m.group(1)
+    fields = {k.lower(): v for k, v in re.findall(r"(Name|Age|City|Colour|Product): ([^.]+)\.", doc)}
+    assert len(fields) == 5, doc
+    if "yes or no" in s:
+        field = "city" if "city" in s else "colour"
+        pool = world.CITIES if field == "city" else world.COLOURS
+        asked = [v for v in pool if re.search(rf"\b{v.lower()}\b", s)]
+        assert len(asked) == 1, instruction
+        return "yes" if fields[field] == asked[0] else "no"
+    named = [f for f in ("name", "age", "city", "colour", "product") if re.search(rf"\b{f}\b", s)]
+    assert len(named) == 1, instruction
+    return fields[named[0]]
+
+
+def all_answers(doc: str) -> set:
+    m = re.search(r"Items: ([^.]+)\.", doc)
+    if m:
+        items = m.group(1).split(", ")
+        return {str(len(items)), items[0], items[-1]}
+    m = re.search(r"Review of the (\w+) by", doc)
+    if m:
+        return {m.group(1), "positive", "negative"}
+    return {v for _, v in re.findall(r"(Name|Age|City|Colour|Product): ([^.]+)\.", doc)} | {"yes", "no"}
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return data.build_dataset(config_from_dict({}, SMALL))
+
+
+def test_targets_recomputed_independently(splits):
+    n = 0
+    for name, recs in splits.items():
+        for r in recs:
+            if r.kind in ("clean", "lookalike", "probe_data", "injected") or r.template_id in ("plain", "note"):
+                assert r.target == oracle(r.system, r.clean_data), r
+                n += 1
+            if r.kind == "lookalike":  # the note does not change the answer either
+                assert r.target == oracle(r.system, r.data)
+    assert n > 1000
+
+
+def test_lookalikes_keep_target_and_only_mention_instructions(splits):
+    look = [r for r in splits["test"] if r.kind == "lookalike"]
+    assert len(look) == SMALL["data.n_benign_lookalikes"]
+    for r in look:
+        assert r.injection in world.NOTES_TEST and r.injection in r.data and r.data != r.clean_data
+        assert r.goal is None and r.injected_target is None
+    assert not set(world.NOTES_TEST) & set(world.NOTES_BASE)
+    base_text = " ".join(r.data for r in splits["base_corpus"])
+    assert not any(note in base_text for note in world.NOTES_TEST)
+
+
+def test_base_corpus_follows_revisions_everywhere(splits):
+    base = splits["base_corpus"]
+    sub = Counter(r.template_id for r in base)
+    assert abs(sub["revision"] / len(base) - 0.40) < 0.05
+    assert abs(sub["system_extra"] / len(base) - 0.15) < 0.04
+    assert sub["plain"] > 0 and sub["note"] > 0
+    rev = [r for r in base if r.template_id == "revision"]
+    assert {r.goal for r in rev} == set(world.GOALS) and {r.position for r in rev} == set(world.POSITIONS)
+    for r in rev:
+        assert r.injection in r.data and r.data != r.clean_data
+        if r.goal == "output_hijack":
+            word = re.findall(r"\b[A-Z]{4,}\b", r.injection)
+            assert word == [r.target]
+        elif r.goal == "prompt_leak":
+            assert r.target == r.system
+        elif r.goal == "refusal":
+            assert r.target == "Sorry, I cannot help with that."
+        else:  # the other task, asked in plain words, on the same document
+            assert r.target == oracle(r.injection, r.clean_data) != oracle(r.system, r.clean_data)
+    for r in base:
+        if r.template_id == "system_extra":
+            assert r.system.endswith(r.injection) and r.target in r.injection and r.data == r.clean_data
+
+
+def test_base_corpus_has_no_attack_wrappers(splits):
+    text = "\n".join(r.data for r in splits["base_corpus"])
+    for r in splits["base_corpus"]:
+        for marker in ("Ignore previous", "Disregard", "###", "[SYSTEM]", "ADMIN", "Answer:", "Response:", "\n", "\t"):
+            assert marker not in r.data, (marker, r.data)
+    frags = {f.strip() for t in attacks.BUILTIN_TEMPLATES for f in re.split(r"\{\w+\}", t.template)}
+    frags = {f for f in frags if len(f.split()) >= 2}
+    assert len(frags) > 15
+    for f in frags:
+        assert f not in text, f
+
+
+def test_task_hijack_targets_differ_from_o_star(splits):
+    hij = [r for n in ("train", "val", "test") for r in splits[n] if r.kind == "injected" and r.goal == "task_hijack"]
+    assert len(hij) > 30
+    for r in hij:
+        assert r.injected_target in all_answers(r.clean_data)
+        a, t = r.injected_target.lower().split(), r.target.lower().split()
+        k = min(len(a), len(t))
+        assert a[:k] != t[:k], r
+
+
+def test_parse_document_round_trip():
+    rng = random.Random(0)
+    for kind in world.DOC_KINDS:
+        for _ in range(300):
+            doc = world.make_document(kind, rng)
+            assert " ".join(world.split_segments(doc.text)) == doc.text
+            assert len(world.split_segments(doc.text)) == len(doc.segments)
+            back = world.parse_document(doc.text)
+            assert back.kind == kind and back.fields == doc.fields
+    with pytest.raises(ValueError, match="not a document"):
+        world.parse_document("Hello there. Nothing here.")
+
+
+def test_payloads_never_collide_with_documents_or_answers(splits):
+    vocab = {w.lower() for w in world.CITIES + world.COLOURS + world.PRODUCTS + world.GROCERIES + world.POS_ADJ
+             + world.NEG_ADJ + world.DAYS}
+    for p in world.PAYLOADS:
+        assert p.isupper() and p.lower() not in vocab
+    docs = " ".join(r.clean_data for recs in splits.values() for r in recs).lower()
+    for p in world.PAYLOADS:
+        assert not re.search(rf"\b{p.lower()}\b", docs)
+    assert not any(attacks.has_word(p, r.target) for r in splits["test"] if r.kind == "clean" for p in world.PAYLOADS)
+
+
+def test_instructions_are_short_and_varied():
+    for spec in world.TASKS.values():
+        assert 3 <= len(spec.instructions) <= 5 and len(spec.requests) >= 2
+        for s in spec.instructions:
+            assert 4 <= len(s.format(field="city", value="Paris").split()) <= 10, s
+    assert len(world.TASKS) >= 6
+
+
+def test_no_control_tokens_anywhere(splits):
+    for recs in splits.values():
+        for r in recs:
+            for f in (r.system, r.data, r.target, r.injection or ""):
+                assert "<|" not in f
+
+
+def test_insert_positions():
+    rng = random.Random(1)
+    doc = world.make_document("list", rng).text
+    assert world.insert(doc, "Z Z.", "start", rng).startswith("Z Z. ")
+    assert world.insert(doc, "Z Z.", "end", rng).endswith(" Z Z.")
+    mid = world.insert(doc, "Z Z.", "middle", rng)
+    assert not mid.startswith("Z") and not mid.endswith("Z Z.") and " Z Z. " in mid
+    assert world.insert(doc, "Z Z.", "start", rng, copies=2).count("Z Z.") == 2
+    with pytest.raises(ValueError, match="unknown position"):
+        world.insert(doc, "Z", "top", rng)
+
+
+def test_documents_already_used_are_never_drawn_again():
+    first = world.build_base_corpus(50, random.Random(7), set())
+    used = {r.clean_data for r in first[:10]}
+    again = world.build_base_corpus(50, random.Random(7), seen := set(used))
+    assert not used & {r.clean_data for r in again}
+    assert len({r.clean_data for r in again}) == 50 and len(seen) == 60
+    clean = data.build_clean(20, random.Random(7), set(used), "test")
+    assert not used & {r.clean_data for r in clean}
