@@ -1,0 +1,717 @@
+"""Statistics of the book: rates with intervals, bootstrap, HSIC (in)dependence tests, calibration of a
+test (type-I error and power), and PAC-Bayes bounds. One definition each (DESIGN.md sections 6 and 8).
+
+Conventions used throughout
+---------------------------
+* Gaussian kernel: k(x, x') = exp(-||x - x'||^2 / (2 sigma^2)), with sigma from the median heuristic:
+  the median of the Euclidean distances ||x_i - x_j|| over the pairs i < j of (a seeded random
+  subsample of at most 1000 rows of) the variable's own data. Each variable gets its own sigma.
+  This is the bandwidth of Gretton et al. (2008) and of hyppo's `Hsic` (gamma = 1 / (2 med^2));
+  causal-learn's KCI with est_width='median' uses sqrt(2) * median instead (a wider kernel).
+* Delta kernel for discrete variables (task, attack family / goal labels, one-hot rows):
+  l(z, z') = 1[z == z']. A one-hot row and an all-zero row ("clean") are just two labels.
+* H = I - 11^T / n, Kc = H K H. Biased HSIC: HSIC_b = tr(Kc Lc) / n^2 (= sum(Kc * L) / n^2).
+* Effect size (CKA, centred kernel alignment): HSIC_b(X, Y) / sqrt(HSIC_b(X, X) HSIC_b(Y, Y))
+  = <Kc, Lc>_F / (||Kc||_F ||Lc||_F), in [0, 1]; it does not grow with n, so it is comparable
+  across sample sizes, unlike the p-value. (hyppo's Hsic statistic with bias=True is sqrt(CKA).)
+* Rows must be exchangeable under the null. The clean and injected items of a counterfactual pair
+  are not: give their pair ids as `groups` to conditional_hsic_test (within-pair permutation).
+
+Measured here (2-core CPU, one BLAS thread): gamma test at n=2000, d=64 with discrete Z 0.10-0.13 s;
+type-I error at alpha 0.05: 5.0% (n=150, d=8, 400 reps), 5.45% (n=1000, d=64, 2000 reps),
+5.8% (n=2000, d=64, 1200 reps).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import stats as sps
+from scipy.optimize import brentq
+
+# ----------------------------------------------------------------------------------------------
+# BLAS threads: on the shared 2-core machine OpenBLAS with 2 threads busy-waits against the other
+# processes; small and medium matrix work (these tests, PC) ran 2-20x slower than on one thread
+# (PC run 4 s vs 0.34 s; gamma HSIC at n=2000, d=64 0.24-0.41 s vs 0.13 s). The compute functions
+# below therefore run with CAUSAL_PI_BLAS_THREADS BLAS threads (default 1; 0 = leave as is).
+
+_controller = None
+
+
+def single_blas_thread(fn):
+    """Decorator: run fn with BLAS limited to CAUSAL_PI_BLAS_THREADS threads (default 1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        global _controller
+        limit = int(os.environ.get("CAUSAL_PI_BLAS_THREADS", "1"))
+        if limit <= 0:
+            return fn(*args, **kwargs)
+        if _controller is None:  # inspecting the loaded libraries costs ~0.4 ms: do it once
+            from threadpoolctl import ThreadpoolController
+            _controller = ThreadpoolController()
+        with _controller.limit(limits=limit, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------------------------
+# Rates with Clopper-Pearson intervals
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided 1 - alpha interval for a binomial rate k / n.
+
+    Uses scipy.stats.binomtest(k, n).proportion_ci(method="exact"). n == 0 carries no
+    information and returns (0.0, 1.0).
+    """
+    k, n = int(k), int(n)
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    ci = sps.binomtest(k, n).proportion_ci(confidence_level=1.0 - alpha, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+@dataclass
+class Rate:
+    """A rate k / n with its Clopper-Pearson interval [lo, hi] (95% unless alpha says otherwise)."""
+
+    k: int
+    n: int
+    rate: float
+    lo: float
+    hi: float
+    alpha: float = 0.05
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return f"n/a [{100 * self.lo:.1f}, {100 * self.hi:.1f}] (n=0)"
+        return f"{100 * self.rate:.1f}% [{100 * self.lo:.1f}, {100 * self.hi:.1f}]"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rate(k: int, n: int, alpha: float = 0.05) -> Rate:
+    """Rate(k, n, k/n, Clopper-Pearson lo, hi); rate is NaN when n == 0."""
+    lo, hi = clopper_pearson(k, n, alpha)
+    return Rate(int(k), int(n), (k / n) if n > 0 else float("nan"), lo, hi, alpha)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bootstrap
+
+
+@dataclass
+class BootstrapCI:
+    """Percentile bootstrap interval: estimate = stat(values), [lo, hi] = the alpha/2 and
+    1 - alpha/2 quantiles of stat over n_boot resamples of the items (rows) with replacement."""
+
+    estimate: float
+    lo: float
+    hi: float
+    n: int
+    n_boot: int
+    alpha: float = 0.05
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.4g} [{self.lo:.4g}, {self.hi:.4g}]"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _takes_axis(stat: Callable) -> bool:
+    if stat in (np.mean, np.median, np.sum, np.std, np.var, np.nanmean, np.nanmedian):
+        return True
+    try:
+        return "axis" in inspect.signature(stat).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _boot_stats(arrays: Sequence[np.ndarray], stat: Callable, n_boot: int, rng) -> np.ndarray:
+    """stat over n_boot resamples of the rows; the same row indices for every array (paired)."""
+    n = len(arrays[0])
+    idx = rng.integers(0, n, size=(n_boot, n))
+    if all(a.ndim == 1 for a in arrays) and _takes_axis(stat):
+        # Vectorised: one (n_boot, n) gather, stat along the resampled axis.
+        return np.stack([np.asarray(stat(a[idx], axis=1), dtype=float) for a in arrays])
+    return np.stack([np.array([float(stat(a[i])) for i in idx]) for a in arrays])
+
+
+@single_blas_thread
+def bootstrap_ci(values, stat: Callable = np.mean, n_boot: int = 2000, alpha: float = 0.05,
+                 seed: int = 0) -> BootstrapCI:
+    """Percentile bootstrap CI of stat(values), resampling items (rows of values) with replacement.
+
+    values: per-item array, shape (n,) or (n, ...); stat maps such an array to a scalar (if it takes
+    `axis`, 1-D inputs are resampled in one vectorised call).
+    """
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n == 0:
+        return BootstrapCI(float("nan"), float("nan"), float("nan"), 0, n_boot, alpha)
+    est = float(stat(values))
+    boots = _boot_stats([values], stat, n_boot, np.random.default_rng(seed))[0]
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return BootstrapCI(est, float(lo), float(hi), n, n_boot, alpha)
+
+
+@single_blas_thread
+def paired_bootstrap_ci(a, b, stat: Callable = np.mean, n_boot: int = 2000, alpha: float = 0.05,
+                        seed: int = 0) -> BootstrapCI:
+    """Percentile bootstrap CI of stat(a) - stat(b) for paired per-item arrays (same items, same
+    order): each resample draws the same item indices for a and b, keeping the pairing."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) != len(b):
+        raise ValueError("paired arrays must have the same length")
+    n = len(a)
+    if n == 0:
+        return BootstrapCI(float("nan"), float("nan"), float("nan"), 0, n_boot, alpha)
+    est = float(stat(a)) - float(stat(b))
+    ba, bb = _boot_stats([a, b], stat, n_boot, np.random.default_rng(seed))
+    lo, hi = np.quantile(ba - bb, [alpha / 2, 1 - alpha / 2])
+    return BootstrapCI(est, float(lo), float(hi), n, n_boot, alpha)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+
+
+def _as_2d(X) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    return X[:, None] if X.ndim == 1 else X.reshape(len(X), -1)
+
+
+def as_labels(Y) -> np.ndarray:
+    """Integer labels 0..c-1 of a discrete variable given as labels (n,) or rows (n, k), e.g.
+    one-hot family/goal with all-zero rows for clean items (the zero row is a label of its own)."""
+    Y = np.asarray(Y)
+    if Y.ndim == 1:
+        return np.unique(Y, return_inverse=True)[1].reshape(-1)
+    return np.unique(Y.reshape(len(Y), -1), axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _one_hot(labels: np.ndarray) -> np.ndarray:
+    c = int(labels.max()) + 1 if len(labels) else 0
+    out = np.zeros((len(labels), c))
+    out[np.arange(len(labels)), labels] = 1.0
+    return out
+
+
+def _sq_dists(X: np.ndarray) -> np.ndarray:
+    """||x_i - x_j||^2 via the Gram matrix (one GEMM), clipped at 0 against rounding."""
+    sq = np.einsum("ij,ij->i", X, X)
+    D = X @ X.T
+    D *= -2.0
+    D += sq[:, None]
+    D += sq[None, :]
+    np.maximum(D, 0.0, out=D)
+    np.fill_diagonal(D, 0.0)
+    return D
+
+
+def median_bandwidth(X, max_points: int = 1000, seed: int = 0) -> float:
+    """Median heuristic sigma: median of ||x_i - x_j|| over pairs i < j of a seeded random subsample of
+    at most `max_points` rows (the median of ~5e5 pairwise distances is already stable; this keeps the
+    cost O(max_points^2 d)). Falls back to the median of the positive distances when more than half
+    are 0 (ties, discrete data), then to 1.0 when all are 0 (constant data)."""
+    X = _as_2d(X)
+    n = len(X)
+    if n > max_points:
+        X = X[np.random.default_rng(seed).choice(n, max_points, replace=False)]
+    d = np.sqrt(_sq_dists(X)[np.triu_indices(len(X), 1)])
+    if d.size == 0:
+        return 1.0
+    med = float(np.median(d))
+    if med <= 0:
+        pos = d[d > 0]
+        med = float(np.median(pos)) if pos.size else 1.0
+    return med
+
+
+def gaussian_gram(X, sigma: float | None = None, max_points: int = 1000, seed: int = 0) -> np.ndarray:
+    """K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2)); sigma = median_bandwidth(X) when None."""
+    X = _as_2d(X)
+    if sigma is None:
+        sigma = median_bandwidth(X, max_points, seed)
+    K = _sq_dists(X)
+    K *= -1.0 / (2.0 * sigma * sigma)
+    np.exp(K, out=K)
+    return K
+
+
+def delta_gram(Y) -> np.ndarray:
+    """L_ij = 1[y_i == y_j] for a discrete variable (labels or rows, see as_labels)."""
+    lab = as_labels(Y)
+    return (lab[:, None] == lab[None, :]).astype(np.float64)
+
+
+def center_gram(K: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """H K H with H = I - 11^T/n, in O(n^2) (row/column means, no matrix products)."""
+    Kc = K if inplace else K.copy()
+    col = Kc.mean(axis=0)
+    row = Kc.mean(axis=1)
+    Kc -= col[None, :]
+    Kc -= row[:, None]
+    Kc += col.mean()
+    return Kc
+
+
+# ----------------------------------------------------------------------------------------------
+# HSIC
+
+
+@dataclass
+class HSICResult:
+    """statistic: biased HSIC_b = tr(Kc Lc)/n^2 (for the conditional test: sum_s (n_s/n) HSIC_b,s
+    over the informative strata; for Fisher: the chi-square -2 sum log p_s); effect_size: CKA (see the
+    module docstring; conditional: n_s-weighted mean of per-stratum CKA); p_value; n; method."""
+
+    statistic: float
+    effect_size: float
+    p_value: float
+    n: int
+    method: str
+    n_permutations: int = 0
+    strata_used: int | None = None
+
+    def rejects(self, alpha: float = 0.05) -> bool:
+        return self.p_value <= alpha
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _gram(V, discrete: bool, sigma: float | None, max_points: int, seed: int) -> np.ndarray:
+    return delta_gram(V) if discrete else gaussian_gram(V, sigma, max_points, seed)
+
+
+def _hsic_parts(K: np.ndarray, L: np.ndarray):
+    """From uncentred K, L: (HSIC_b, CKA, gamma-approximation p-value). K, L are overwritten."""
+    n = len(K)
+    # Null moments (Gretton et al. 2008, hsicTestGamma): mu = mean off-diagonal kernel value;
+    # E[HSIC_b] = (1/n)(dK - muK)(dL - muL) with dK the mean diagonal (= 1 for Gaussian/delta
+    # kernels, giving Gretton's (1/n)(1 + muK muL - muK - muL)).
+    dK, dL = float(np.trace(K)) / n, float(np.trace(L)) / n
+    muK = (float(K.sum()) - n * dK) / (n * (n - 1))
+    muL = (float(L.sum()) - n * dL) / (n * (n - 1))
+    Kc = center_gram(K, inplace=True)
+    Lc = center_gram(L, inplace=True)
+    P = Kc * Lc
+    kl = float(P.sum())
+    hsic = kl / n**2
+    kk, ll = float(np.einsum("ij,ij->", Kc, Kc)), float(np.einsum("ij,ij->", Lc, Lc))
+    cka = kl / math.sqrt(kk * ll) if kk > 0 and ll > 0 else 0.0
+    mean = (dK - muK) * (dL - muL) / n
+    # Var[HSIC_b] = 2 (n-4)(n-5) / (n (n-1)(n-2)(n-3)) * mean_{i != j} (Kc_ij Lc_ij)^2.
+    P *= P
+    off = (float(P.sum()) - float(np.trace(P))) / (n * (n - 1))
+    var = 2.0 * (n - 4) * (n - 5) / (n * (n - 1) * (n - 2) * (n - 3)) * off if n > 5 else 0.0
+    degenerate = kk <= 1e-18 * n * n or ll <= 1e-18 * n * n  # a constant variable (up to rounding)
+    if degenerate:
+        cka = 0.0
+    if degenerate or mean <= 0 or var <= 0:
+        p = 1.0  # a constant variable: no evidence of dependence
+    else:
+        p = float(sps.gamma.sf(hsic, mean**2 / var, scale=var / mean))
+    return hsic, cka, p, Kc, Lc, degenerate
+
+
+def _perm_stats_discrete(Kc: np.ndarray, labels: np.ndarray, perms: np.ndarray,
+                         max_bytes: float = 64e6) -> np.ndarray:
+    """sum(Kc * L_pi) for each permutation pi (rows of perms), L the delta kernel of `labels`.
+
+    With Y one-hot (n, c) and Y_pi = Y[pi]: sum(Kc * Y_pi Y_pi^T) = sum(Y_pi * (Kc @ Y_pi)), so a chunk
+    of permutations is one GEMM Kc @ [Y_pi1 | Y_pi2 | ...] (Kc is centred, so L needs no centring).
+    """
+    n = len(Kc)
+    Y = _one_hot(labels)
+    c = Y.shape[1]
+    chunk = max(1, int(max_bytes // (8 * n * c)))
+    out = np.empty(len(perms))
+    for s in range(0, len(perms), chunk):
+        P = perms[s:s + chunk]
+        Yp = Y[P]                                   # (b, n, c)
+        M = Yp.transpose(1, 0, 2).reshape(n, -1)     # (n, b*c)
+        KM = Kc @ M
+        out[s:s + chunk] = (M * KM).reshape(n, len(P), c).sum(axis=(0, 2))
+    return out
+
+
+def _perm_stats_dense(Kc: np.ndarray, L: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """sum(Kc * L[pi][:, pi]) for each permutation (continuous Y: one O(n^2) gather each)."""
+    return np.array([float(np.einsum("ij,ij->", Kc, L[np.ix_(p, p)])) for p in perms])
+
+
+def _permutations(n: int, B: int, rng) -> np.ndarray:
+    # argsort of uniforms: B independent uniform permutations in one vectorised call.
+    return np.argsort(rng.random((B, n)), axis=1)
+
+
+@single_blas_thread
+def hsic_test(X, Y, method: str = "gamma", n_permutations: int = 500, seed: int = 0,
+              y_discrete: bool = False, x_discrete: bool = False, sigma_x: float | None = None,
+              sigma_y: float | None = None, max_median_points: int = 1000) -> HSICResult:
+    """HSIC test of X independent of Y (rows are paired samples).
+
+    X, Y: (n,) or (n, d). Continuous variables get a Gaussian kernel with the median-heuristic
+    bandwidth of their own data (sigma_x / sigma_y override it); discrete ones (y_discrete /
+    x_discrete: labels or one-hot rows) a delta kernel.
+    method:
+      "gamma": p = P(Gamma > HSIC_b), the Gamma with the null mean and variance of HSIC_b
+               (Gretton et al. 2008). O(n^2 d); ~0.1-0.3 s at n = 2000, d = 64 on 2 cores.
+      "permutation": p = (1 + #{b: HSIC_b(X, Y_pi_b) >= HSIC_b(X, Y)}) / (1 + B), B = n_permutations
+               uniform permutations of Y (seeded). Batched GEMMs for discrete Y; a gather per
+               permutation for continuous Y.
+    """
+    X, Yarr = np.asarray(X), np.asarray(Y)
+    n = len(X)
+    if len(Yarr) != n:
+        raise ValueError(f"X and Y must have the same number of rows, got {n} and {len(Yarr)}")
+    if n < 6:
+        raise ValueError("HSIC needs at least 6 samples")
+    K = _gram(X, x_discrete, sigma_x, max_median_points, seed)
+    L = _gram(Yarr, y_discrete, sigma_y, max_median_points, seed)
+    if method == "gamma":
+        hsic, cka, p, _, _, _ = _hsic_parts(K, L)
+        return HSICResult(hsic, cka, p, n, "gamma")
+    if method != "permutation":
+        raise ValueError(f"unknown method {method!r}: 'gamma' or 'permutation'")
+    L_raw = None if y_discrete else L.copy()
+    hsic, cka, _, Kc, _, _ = _hsic_parts(K, L)
+    perms = _permutations(n, n_permutations, np.random.default_rng(seed))
+    if y_discrete:
+        null = _perm_stats_discrete(Kc, as_labels(Yarr), perms)
+    else:
+        null = _perm_stats_dense(Kc, L_raw, perms)
+    null /= n**2
+    # Tolerance so that permutations that reproduce the statistic exactly count as >= (rounding).
+    p = (1.0 + np.sum(null >= hsic - 1e-12 * abs(hsic))) / (1.0 + n_permutations)
+    return HSICResult(hsic, cka, float(p), n, "permutation", n_permutations)
+
+
+@single_blas_thread
+def _group_permutations(groups: np.ndarray, B: int, rng) -> np.ndarray:
+    """B permutations of range(n) that move each index only within its group (labels 0..G-1):
+    sorting by group + U(0, 1) shuffles inside the group blocks of the group-sorted order."""
+    order0 = np.argsort(groups, kind="stable")
+    order_b = np.argsort(groups[None, :] + rng.random((B, len(groups))), axis=1)
+    perm = np.empty_like(order_b)
+    perm[:, order0] = order_b
+    return perm
+
+
+def conditional_hsic_test(X, Y, S_labels, method: str = "stratified_permutation",
+                          n_permutations: int = 500, seed: int = 0, y_discrete: bool = True,
+                          min_stratum: int = 10, sigma_x: float | None = None,
+                          sigma_y: float | None = None, max_median_points: int = 1000,
+                          groups=None) -> HSICResult:
+    """Test of X independent of Y given a discrete S (e.g. R independent of Z given the task S).
+
+    S_labels: labels or one-hot rows of the strata. The kernel bandwidths are the median heuristic
+    on the whole sample (one kernel for all strata). Only informative strata are used: at least
+    `min_stratum` items and neither X nor Y constant in the stratum.
+    method:
+      "stratified_permutation" (default): statistic T = sum_s (n_s / n) HSIC_b(X_s, Y_s), each
+          stratum centred on its own; null by permuting Y within each stratum (B = n_permutations
+          seeded draws), p = (1 + #{T_b >= T}) / (1 + B). Exact under H0 for any X-S and Y-S relation,
+          because within a stratum the Y values are exchangeable given X when X is independent of Y
+          given S - for i.i.d. rows.
+      "fisher": one gamma HSIC test per stratum, combined by Fisher's method:
+          -2 sum_s log p_s ~ chi2(2 m) under H0 (m informative strata). Faster, but relies on the
+          gamma approximation in each (small) stratum.
+    groups: optional labels of dependent rows, nested in the strata - e.g. the pair id when the rows
+      are the clean and injected items of counterfactual pairs. Y is then permuted only within groups
+      (for pairs: the clean / injected labels swapped at random), which is the valid null for
+      "injecting Z does not change the distribution of X given the pair's S and D". Do NOT give both
+      rows of a pair to the plain stratified permutation: the rows of a pair share D, so the free
+      permutation puts same-pair rows under one label, which the design never does, and the test
+      becomes extremely conservative (p ~ 1 and no power on synthetic pairs; see the tests).
+      Only with method "stratified_permutation".
+    """
+    X, Yarr = np.asarray(X), np.asarray(Y)
+    n = len(X)
+    strata = as_labels(S_labels)
+    if not (len(Yarr) == n == len(strata)):
+        raise ValueError("X, Y and S_labels must have the same number of rows")
+    if groups is not None:
+        groups = as_labels(groups)
+        if len(groups) != n:
+            raise ValueError("groups must have one label per row")
+        if method != "stratified_permutation":
+            raise ValueError("groups need method='stratified_permutation'")
+        if len(np.unique(np.stack([groups, strata]), axis=1).T) != len(np.unique(groups)):
+            raise ValueError("every group must lie inside one stratum (pairs share S)")
+    Xf = _as_2d(X)
+    sx = sigma_x if sigma_x is not None else median_bandwidth(Xf, max_median_points, seed)
+    if not y_discrete:
+        Yf = _as_2d(Yarr)
+        sy = sigma_y if sigma_y is not None else median_bandwidth(Yf, max_median_points, seed)
+    ylab = as_labels(Yarr) if y_discrete else None
+    rng = np.random.default_rng(seed)
+
+    stats_, ckas, weights, pvals, nulls = [], [], [], [], []
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        if len(idx) < min_stratum:
+            continue
+        if y_discrete and len(np.unique(ylab[idx])) < 2:
+            continue
+        K = gaussian_gram(Xf[idx], sx)
+        L = delta_gram(ylab[idx]) if y_discrete else gaussian_gram(Yf[idx], sy)
+        L_raw = None if y_discrete else L.copy()
+        hsic, cka, p, Kc, _, degenerate = _hsic_parts(K, L)
+        if degenerate:
+            continue  # constant X or Y in this stratum: no information
+        w = len(idx) / n
+        stats_.append(hsic), ckas.append(cka), weights.append(w), pvals.append(p)
+        if method == "stratified_permutation":
+            perms = (_permutations(len(idx), n_permutations, rng) if groups is None
+                     else _group_permutations(as_labels(groups[idx]), n_permutations, rng))
+            null = (_perm_stats_discrete(Kc, as_labels(ylab[idx]), perms) if y_discrete
+                    else _perm_stats_dense(Kc, L_raw, perms))
+            nulls.append(w * null / len(idx) ** 2)
+
+    m = len(stats_)
+    if m == 0:
+        return HSICResult(0.0, 0.0, 1.0, n, method, 0, 0)
+    w = np.array(weights)
+    cka = float(np.sum(w * np.array(ckas)) / w.sum())
+    if method == "fisher":
+        chi = float(-2.0 * np.sum(np.log(np.clip(pvals, 1e-300, 1.0))))
+        return HSICResult(chi, cka, float(sps.chi2.sf(chi, 2 * m)), n, "fisher", 0, m)
+    if method != "stratified_permutation":
+        raise ValueError(f"unknown method {method!r}: 'stratified_permutation' or 'fisher'")
+    T = float(np.sum(w * np.array(stats_)))
+    null = np.sum(nulls, axis=0)
+    p = (1.0 + np.sum(null >= T - 1e-12 * abs(T))) / (1.0 + n_permutations)
+    return HSICResult(T, cka, float(p), n, "stratified_permutation", n_permutations, m)
+
+
+# ----------------------------------------------------------------------------------------------
+# Planted dependence and calibration
+
+
+def planted_dependence(X, Z, strength: float, seed: int = 0) -> np.ndarray:
+    """Copy of X (n, d) with a Z-dependent mean shift: the planted-dependence (power) control.
+
+    For each label c of Z (labels or one-hot rows; the all-zero "clean" row is a label too) a
+    direction v_c ~ N(0, I_d) is drawn (seeded) and rescaled to ||v_c|| = sqrt(d); row i gets
+    X_i + strength * sd (*) v_{z_i}, with sd the per-coordinate standard deviation of X.
+    So `strength` is the shift per coordinate in units of that coordinate's SD (RMS over
+    coordinates): 0 plants nothing, and the distance between two class means is about
+    strength * sqrt(2) * ||sd||, i.e. `strength` times the typical distance between two rows.
+    """
+    X = _as_2d(X)
+    lab = as_labels(Z)
+    d = X.shape[1]
+    rng = np.random.default_rng(seed)
+    V = rng.standard_normal((int(lab.max()) + 1, d))
+    V *= math.sqrt(d) / np.linalg.norm(V, axis=1, keepdims=True)
+    sd = X.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    return X + strength * sd[None, :] * V[lab]
+
+
+@dataclass
+class Calibration:
+    """Type-I error (rejections on independent data) and power (rejections on planted dependence)
+    of a test at level alpha, each a Rate with its Clopper-Pearson interval."""
+
+    type1: Rate
+    power: Rate
+    alpha: float
+    n: int
+    d: int
+    repetitions: int
+    effect: float
+    seconds_per_test: float
+    conditional: bool = False
+    paired: bool = False
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["type1"], out["power"] = self.type1.to_dict(), self.power.to_dict()
+        return out
+
+
+def _p_of(result) -> float:
+    return float(result.p_value if hasattr(result, "p_value") else result)
+
+
+@single_blas_thread
+def calibrate(test_fn: Callable, n: int, d: int, repetitions: int = 200, alpha: float = 0.05,
+              seed: int = 0, effect: float = 0.3, n_classes: int = 4,
+              n_strata: int | None = None, paired: bool = False) -> Calibration:
+    """Type-I error and power of `test_fn` at sample size n and dimension d.
+
+    Each repetition r (seed + r) draws R ~ N(0, I_d) (n rows) and labels Z uniform on n_classes.
+      * n_strata None, paired False: test_fn(R, Z) -> p-value (or an object with .p_value).
+        Null: R independent of Z. Alternative: planted_dependence(R, Z, effect).
+      * n_strata given (for conditional tests): S uniform on n_strata, Z = S mod n_classes with
+        probability 0.7 (else uniform), R shifted by planted_dependence(., S, 1.0): R and Z are both
+        driven by S, so R is NOT independent of Z, but R is independent of Z given S.
+        test_fn(R, Z, S) is called. Alternative: planted_dependence(R, Z, effect) on top.
+      * paired True (counterfactual pairs, as in the book): n // 2 pairs; a pair shares S (uniform on
+        n_strata, default 4) and a data part D ~ N(0, I_d) plus planted_dependence(., S, 1.0); its
+        clean row is D + N(0, I_d) with Z = 0, its injected row D + N(0, I_d) with Z uniform on
+        1..n_classes-1. test_fn(R, Z, S, pair_ids) is called. Alternative:
+        planted_dependence(R, Z, effect).
+    Returns the rejection rates (p <= alpha) with Clopper-Pearson intervals.
+    """
+    rej0 = rej1 = 0
+    t = 0.0
+    for r in range(repetitions):
+        rng = np.random.default_rng(seed + r)
+        if paired:
+            m = n // 2
+            S1 = rng.integers(0, n_strata or 4, m)
+            D = planted_dependence(rng.standard_normal((m, d)), S1, 1.0, seed=seed + r + 10**6)
+            R = np.vstack([D, D]) + rng.standard_normal((2 * m, d))
+            Z = np.r_[np.zeros(m, int), rng.integers(1, max(n_classes, 2), m)]
+            args = (np.r_[S1, S1], np.r_[np.arange(m), np.arange(m)])
+        elif n_strata is None:
+            R = rng.standard_normal((n, d))
+            Z = rng.integers(0, n_classes, n)
+            args = ()
+        else:
+            R = rng.standard_normal((n, d))
+            S = rng.integers(0, n_strata, n)
+            Z = np.where(rng.random(n) < 0.7, S % n_classes, rng.integers(0, n_classes, n))
+            R = planted_dependence(R, S, 1.0, seed=seed + r + 10**6)
+            args = (S,)
+        R1 = planted_dependence(R, Z, effect, seed=seed + r + 2 * 10**6)
+        t0 = time.perf_counter()
+        rej0 += _p_of(test_fn(R, Z, *args)) <= alpha
+        t += time.perf_counter() - t0
+        rej1 += _p_of(test_fn(R1, Z, *args)) <= alpha
+    return Calibration(rate(rej0, repetitions), rate(rej1, repetitions), alpha, len(R), d,
+                       repetitions, effect, t / max(repetitions, 1),
+                       n_strata is not None or paired, paired)
+
+
+def time_gamma_test(n: int = 2000, d: int = 64, repeat: int = 3, seed: int = 0) -> float:
+    """Median wall time (s) of one hsic_test(method='gamma') on R (n, d) Gaussian vs 4 discrete labels
+    (y_discrete) - the d-separation setting. The benchmark target is <= 0.3 s at n=2000, d=64."""
+    rng = np.random.default_rng(seed)
+    R, Z = rng.standard_normal((n, d)), rng.integers(0, 4, n)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        hsic_test(R, Z, method="gamma", y_discrete=True)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+# ----------------------------------------------------------------------------------------------
+# PAC-Bayes
+
+
+def binary_kl(q: float, p: float) -> float:
+    """kl(q || p) = q ln(q/p) + (1-q) ln((1-q)/(1-p)), Bernoulli KL, with 0 ln 0 = 0."""
+    p = min(max(p, 1e-300), 1 - 1e-16)
+    out = 0.0
+    if q > 0:
+        out += q * math.log(q / p)
+    if q < 1:
+        out += (1 - q) * math.log((1 - q) / (1 - p))
+    return out
+
+
+def kl_inverse_upper(q: float, c: float) -> float:
+    """sup {p in [q, 1] : kl(q || p) <= c}, by brentq (kl(q || .) increases on [q, 1])."""
+    if c <= 0:
+        return float(q)
+    hi = 1.0 - 1e-15
+    if binary_kl(q, hi) <= c:
+        return 1.0
+    return float(brentq(lambda p: binary_kl(q, p) - c, q, hi, xtol=1e-14, rtol=1e-12))
+
+
+def _complexity(n: int, kl: float, delta: float) -> float:
+    return kl + math.log(2.0 * math.sqrt(n) / delta)
+
+
+def pac_bayes_kl_bound(emp_error: float, n: int, kl: float, delta: float = 0.05) -> float:
+    """PAC-Bayes-kl upper bound on the true error of the Gibbs posterior Q (Seeger 2002, with
+    Maurer's 2004 constant): with probability >= 1 - delta over n i.i.d. samples, for all Q,
+        kl(emp_error || true_error) <= (KL(Q || P) + ln(2 sqrt(n) / delta)) / n,
+    inverted for the largest true_error with brentq. emp_error is the empirical error of the
+    Gibbs classifier (weights drawn from Q); the prior P must not depend on these n samples.
+
+    DESIGN.md's numbers come from this form: 12 errors in 1000, delta = 0.05 -> 0.02996 at KL = 0 and
+    0.03747 at KL = 5, i.e. 0.030 and 0.038 rounded up (outwards, as an upper bound should be).
+    """
+    if n <= 0:
+        return 1.0
+    return kl_inverse_upper(float(emp_error), _complexity(n, kl, delta) / n)
+
+
+def mcallester_bound(emp_error: float, n: int, kl: float, delta: float = 0.05) -> float:
+    """McAllester-style bound, in the form that follows from the kl bound by Pinsker's inequality
+    (kl(q||p) >= 2 (p-q)^2): true_error <= emp_error + sqrt((KL + ln(2 sqrt(n)/delta)) / (2 n)).
+    Always looser than pac_bayes_kl_bound with the same constants (kept for comparison)."""
+    if n <= 0:
+        return 1.0
+    return float(min(1.0, emp_error + math.sqrt(_complexity(n, kl, delta) / (2.0 * n))))
+
+
+def _to_numpy(t) -> np.ndarray:
+    if hasattr(t, "detach"):  # torch tensor, without importing torch here
+        t = t.detach().float().cpu().numpy()
+    return np.asarray(t, dtype=np.float64)
+
+
+def squared_distance(posterior_params, prior_params) -> float:
+    """sum over parameter tensors of ||w - w0||^2. Accepts two dicts with the same keys (state_dicts;
+    only the keys of the posterior are used, e.g. the trainable / LoRA weights) or two sequences of
+    arrays/tensors in the same order."""
+    if isinstance(posterior_params, dict):
+        pairs = [(posterior_params[k], prior_params[k]) for k in posterior_params]
+    else:
+        pairs = list(zip(list(posterior_params), list(prior_params), strict=True))
+    return float(sum(np.sum((_to_numpy(a) - _to_numpy(b)) ** 2) for a, b in pairs))
+
+
+def gaussian_kl(posterior_params, prior_params, sigma: float) -> float:
+    """KL(Q || P) for Q = N(w, sigma^2 I) around the trained weights w and P = N(w0, sigma^2 I) around
+    the base weights w0, with the same isotropic sigma: KL = ||w - w0||^2 / (2 sigma^2).
+
+    Assumptions: the prior is centred at the base model (chosen before seeing the bound's samples),
+    both Gaussians share sigma (the covariance terms cancel), parameters not passed are equal in Q and
+    P (e.g. frozen weights under LoRA: pass only the adapted ones, or the merged delta). sigma is
+    picked from a small grid; pay ln(grid size) for it with pac_bayes_grid_bound (a union bound).
+    """
+    if sigma <= 0:
+        raise ValueError("sigma must be positive")
+    return squared_distance(posterior_params, prior_params) / (2.0 * sigma * sigma)
+
+
+def pac_bayes_grid_bound(emp_errors, n: int, sq_dist: float, sigmas: Sequence[float],
+                         delta: float = 0.05) -> dict:
+    """Best pac_bayes_kl_bound over a grid of sigmas, valid for all of them at once: each uses
+    delta / len(sigmas) (union bound, i.e. + ln(len(sigmas)) in the complexity term).
+
+    emp_errors: the Gibbs empirical error for each sigma (a scalar is used for all sigmas, e.g. the
+    error of the trained weights when the posterior noise does not change the predictions - state it).
+    Returns dict(bound, sigma, kl, bounds) with the per-sigma bounds.
+    """
+    sigmas = list(sigmas)
+    errs = np.broadcast_to(np.asarray(emp_errors, dtype=float), (len(sigmas),))
+    d = delta / len(sigmas)
+    kls = [sq_dist / (2.0 * s * s) for s in sigmas]
+    bounds = [pac_bayes_kl_bound(e, n, k, d) for e, k in zip(errs, kls)]
+    i = int(np.argmin(bounds))
+    return {"bound": bounds[i], "sigma": sigmas[i], "kl": kls[i], "bounds": bounds,
+            "delta": delta, "grid_size": len(sigmas)}
