@@ -106,6 +106,12 @@ class TrainConfig:
     dpo_beta: float = field(default=0.1, metadata=_range(0.0))
     # SecAlign's DPO learning rate; 0 = train.learning_rate (LoRA-DPO needs a higher lr than full FT)
     dpo_learning_rate: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    # SecAlign's DPO epochs; 0 = train.epochs. One by default: a DPO step costs ~2-3 SFT steps on CPU
+    # (chosen + rejected) and reward accuracy passes 0.95 within the first epoch on the embedded world
+    dpo_epochs: float = field(default=1.0, metadata=_range(0.0))
+    # weight of an NLL term on the chosen answer next to the DPO loss (RPO, Pang et al. 2024); 0 = plain
+    # DPO as in SecAlign. Plain DPO on injected prompts alone can erode the answers on clean inputs
+    dpo_sft_weight: float = field(default=0.0, metadata=_range(0.0))
     # share of training pairs whose injected side is the clean item itself: keeps a task gradient on
     # clean inputs, since the clean pass of a pair is the no-grad target of L_causal
     clean_pair_fraction: float = field(default=0.25, metadata=_range(0.0, 1.0))
