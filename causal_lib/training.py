@@ -303,7 +303,7 @@ def training_arguments(cfg: Config, out_dir: Path, *, epochs: float, learning_ra
         lr_scheduler_type="cosine", logging_steps=logging_steps, logging_nan_inf_filter=False,
         save_strategy="epoch", save_total_limit=None, eval_strategy="no", report_to=report, seed=seed, data_seed=seed,
         use_cpu=not cuda, bf16=cuda and mc.dtype == "bfloat16", fp16=cuda and mc.dtype == "float16",
-        gradient_checkpointing=mc.gradient_checkpointing, dataloader_num_workers=0, dataloader_pin_memory=False,
+        activation_checkpointing=mc.gradient_checkpointing, dataloader_num_workers=0, dataloader_pin_memory=False,
         remove_unused_columns=False, disable_tqdm=True, save_only_model=False,
     )
 

@@ -1,0 +1,79 @@
+# %% [markdown]
+# # 05 · Training one defense
+#
+# One papermill run per defense (`defense` parameter): `causal` fine-tunes the base with
+# L = L_task + λ_causal·L_causal + λ_spurious·L_spurious (DESIGN.md §3) on counterfactual pairs;
+# `struq` and `secalign` train the published baselines on the same base and the same training split.
+# Curves of every loss, causal stability on validation pairs per epoch, memory and speed; checkpoints per
+# epoch under `checkpoints/<defense>/epoch_N`, `best_model` chosen by causal stability (causal) or the
+# last epoch (baselines). Writes this defense's section of `WEEK2_TRAINING_REPORT.md`.
+
+# %% tags=["parameters"]
+params_file = "params/smoke.yaml"
+overrides = {}
+defense = "causal"
+resume = False
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from causal_lib import chapter, reports
+from causal_lib.defenses import LABELS
+from causal_lib.training import nan_free, read_train_log, steps_per_second, train_causal
+
+cfg, paths = chapter.start(params_file, overrides)
+if defense == "causal":
+    result = train_causal(cfg, paths, resume=resume)
+elif defense == "struq":
+    from causal_lib.baselines import train_struq
+    result = train_struq(cfg, paths, resume=resume)
+elif defense == "secalign":
+    from causal_lib.baselines import train_secalign
+    result = train_secalign(cfg, paths, resume=resume)
+else:
+    raise ValueError(f"defense {defense!r} is not trained here; trained defenses: causal, struq, secalign")
+log = read_train_log(paths, defense)
+df = pd.DataFrame([r for r in log if any(k.startswith("loss") for k in r)])
+print(f"{LABELS[defense]}: {result.steps} steps in {result.train_seconds:.0f} s; best epoch {result.best_epoch}")
+
+# %%
+loss_cols = [c for c in df.columns if c.startswith("loss") or c.endswith("loss")]
+fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
+for c in loss_cols:
+    axes[0].plot(df["step"], df[c], label=c)
+axes[0].set_title(f"{LABELS[defense]}: losses"); axes[0].set_xlabel("step"); axes[0].legend(fontsize=7)
+axes[1].plot(df["step"], df["rss_gb"], label="RSS")
+if "cuda_peak_gb" in df:
+    axes[1].plot(df["step"], df["cuda_peak_gb"], label="CUDA peak")
+axes[1].axhline(cfg.run.memory_limit_gb, color="red", ls="--", label="limit"); axes[1].set_title("memory (GB)")
+axes[1].legend(fontsize=7)
+if "steps_per_s" in df:
+    axes[2].plot(df["step"], df["steps_per_s"]); axes[2].set_title("steps / s")
+plt.tight_layout(); plt.show()
+
+# %%
+epochs = pd.DataFrame([{"epoch": e, **s} for e, s in sorted(result.epochs.items())])
+if "causal_stability" in epochs:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(epochs["epoch"], epochs["causal_stability"], marker="o")
+    ax.axhline(0.80, color="green", ls="--", label="target 0.80"); ax.set_xlabel("epoch")
+    ax.set_title("causal stability (validation pairs)"); ax.legend(); plt.show()
+epochs
+
+# %%
+sps = steps_per_second(log)
+metrics = {"defense": defense, "steps": result.steps, "train_seconds": result.train_seconds,
+           "best_epoch": result.best_epoch, "epochs": {str(k): v for k, v in result.epochs.items()},
+           "nan_free": nan_free(log), "steps_per_s": sps, "peak_rss_gb": float(df["rss_gb"].max()) if len(df) else None,
+           "final_losses": {c: float(df[c].iloc[-1]) for c in loss_cols} if len(df) else {}, "seed": cfg.run.seed}
+chapter.write_metrics(paths, f"train_{defense}", metrics)
+rows = [{"epoch": e, **s} for e, s in sorted(result.epochs.items())]
+reports.write_report_section(paths, "WEEK2_TRAINING_REPORT.md", defense,
+    f"## {LABELS[defense]}\n\n{result.steps} steps in {result.train_seconds:.0f} s "
+    f"({sps or float('nan'):.2f} steps/s), peak RSS {metrics['peak_rss_gb'] or float('nan'):.2f} GB, "
+    f"no NaN: {metrics['nan_free']}, best epoch {result.best_epoch}, seed {cfg.run.seed}.\n\n"
+    f"Final losses: {', '.join(f'{k} {v:.4f}' for k, v in metrics['final_losses'].items())}\n\n"
+    + (reports.markdown_table(rows) if rows else ""), title="Week 2 training report")
+reports.record_verdict(paths, f"05_train[{defense}]", "PASS" if metrics["nan_free"] else "FAIL",
+                       f"{result.steps} steps, {result.train_seconds:.0f} s, best epoch {result.best_epoch}")

@@ -1,0 +1,54 @@
+# %% [markdown]
+# # 06 · Epoch validation
+#
+# Every epoch checkpoint of one defense, scored on the validation split with the plan's metrics:
+# causal stability and ε_causal on validation pairs, benign accuracy and attack success on validation
+# items (seen and held-out families), and the train/validation loss gap. `best_model` is the epoch with
+# the highest causal stability — the same criterion training used; a disagreement is reported.
+
+# %% tags=["parameters"]
+params_file = "params/smoke.yaml"
+overrides = {}
+defense = "causal"
+
+# %%
+import shutil
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from causal_lib import chapter, reports
+from causal_lib.base_model import checkpoint_meta, records_for
+from causal_lib.data import load_split
+from causal_lib.defenses import LABELS
+from causal_lib.epochs import validate_epochs
+
+cfg, paths = chapter.start(params_file, overrides)
+table = validate_epochs(cfg, paths, defense)
+df = pd.DataFrame(table["epochs"])
+df
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(15, 3.3))
+axes[0].errorbar(df["epoch"], df["causal_stability"], yerr=[df["causal_stability"] - df["causal_stability_lo"],
+                 df["causal_stability_hi"] - df["causal_stability"]], marker="o", capsize=3)
+axes[0].axhline(0.8, color="green", ls="--"); axes[0].set_title("causal stability (val)")
+axes[1].errorbar(df["epoch"], df["asr"], yerr=[df["asr"] - df["asr_lo"], df["asr_hi"] - df["asr"]], marker="o",
+                 capsize=3, label="ASR")
+axes[1].errorbar(df["epoch"], df["benign_accuracy"], yerr=[df["benign_accuracy"] - df["benign_accuracy_lo"],
+                 df["benign_accuracy_hi"] - df["benign_accuracy"]], marker="s", capsize=3, label="benign accuracy")
+axes[1].set_ylim(-0.02, 1.02); axes[1].legend(); axes[1].set_title("validation rates (95% CI)")
+axes[2].plot(df["epoch"], df["train_loss"], marker="o", label="train"); axes[2].plot(df["epoch"], df["val_loss"], marker="s", label="val")
+axes[2].legend(); axes[2].set_title("L_task: train vs val")
+for a in axes:
+    a.set_xlabel("epoch")
+plt.tight_layout(); plt.show()
+
+# %%
+best = table["best_epoch"]
+detail = (f"best epoch {best} by causal stability ({table['selection_agrees'] and 'agrees with' or 'differs from'} "
+          f"training's choice {table['training_best_epoch']}); val ASR {df.set_index('epoch').loc[best, 'asr']:.1%}, "
+          f"benign {df.set_index('epoch').loc[best, 'benign_accuracy']:.1%}, gap {table['gap_at_best']:+.3f}")
+chapter.write_metrics(paths, f"epochs_{defense}", {**table, "seed": cfg.run.seed})
+reports.record_verdict(paths, f"06_epoch_validation[{defense}]", "PASS", detail)
+print(detail)
