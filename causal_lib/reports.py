@@ -67,6 +67,7 @@ def record_verdict(paths: RunPaths, chapter: str, verdict: str, detail: str = ""
     verdicts[chapter] = {"verdict": verdict, "detail": detail,
                          "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json(path, verdicts)
+    print(f"VERDICT {chapter}: {verdict}" + (f" ({detail})" if detail else ""))
     return verdicts[chapter]
 
 

@@ -1,0 +1,101 @@
+"""The whole book on params/smoke.yaml, as a user runs it: every chapter executes, renders, reports
+measured numbers, and the same params and seed give the same metrics (DESIGN.md s.9)."""
+import json
+import re
+
+import pytest
+
+from causal_lib.book import chapter_runs, run_book
+from causal_lib.config import load_config
+from causal_lib.defenses import LABELS
+
+pytestmark = pytest.mark.slow
+
+REPORTS = ["WEEK1_SETUP_REPORT.md", "WEEK1_DATASET_REPORT.md", "WEEK2_TRAINING_REPORT.md",
+           "WEEK3_VERIFICATION_REPORT.md", "WEEK4_EVALUATION_REPORT.md", "WEEK4_COMPARISON_TABLE.md",
+           "PHASE2_COMPLETION_REPORT.md", "PROJECT_STATUS.md"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    overrides = {"run.output_root": str(root)}
+    state = run_book("params/smoke.yaml", overrides=overrides)
+    cfg = load_config("params/smoke.yaml", overrides)
+    return {"root": root / "smoke", "state": state, "cfg": cfg, "overrides": overrides}
+
+
+def _cells(nb_path):
+    return json.loads(nb_path.read_text())["cells"]
+
+
+def test_every_chapter_ran_ok_and_was_measured(smoke):
+    labels = [r.label for r in chapter_runs(smoke["cfg"])]
+    chapters = smoke["state"]["chapters"]
+    assert list(chapters) == labels
+    for label, rec in chapters.items():
+        assert rec["status"] == "ok", (label, rec)
+        assert rec["wall_s"] > 0 and 0 < rec["peak_rss_gb"] < 5.5
+
+
+def test_executed_notebooks_have_no_errors_and_end_in_a_verdict(smoke):
+    for nb in sorted((smoke["root"] / "notebooks").glob("*.ipynb")):
+        outputs = [o for c in _cells(nb) for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o["output_type"] == "error"], nb.name
+        text = "".join("".join(o.get("text", "")) for o in outputs)
+        assert re.search(r"VERDICT \S+: \w+", text), nb.name
+
+
+def test_html_reports_have_inline_plots_and_index_links_every_chapter(smoke):
+    html = smoke["root"] / "html"
+    pages = sorted(html.glob("0*.html"))
+    assert len(pages) == len(smoke["state"]["chapters"])
+    with_plots = [p.name for p in pages if "data:image/png;base64" in p.read_text()]
+    assert len(with_plots) >= 6, with_plots
+    index = (html / "index.html").read_text()
+    for p in pages:
+        assert p.name in index
+
+
+def test_reports_exist_and_carry_measured_numbers_with_intervals(smoke):
+    reports = smoke["root"] / "reports"
+    for name in REPORTS:
+        text = (reports / name).read_text()
+        assert len(text) > 200 and re.search(r"\d", text), name
+    table = (reports / "WEEK4_COMPARISON_TABLE.md").read_text()
+    for label in LABELS.values():
+        assert label in table
+    assert "[" in table and "%" in table  # rates with their 95% intervals
+    assert "literature" in table.lower()  # reference numbers are labelled as such
+
+
+def test_comparison_is_measured_on_one_test_set_with_held_out_split(smoke):
+    metrics = smoke["root"] / "metrics"
+    summaries = {d: json.loads((metrics / f"eval_{d}.json").read_text())["summary"]
+                 for d in ("none", "filter", "struq", "secalign", "causal")}
+    ns = {d: s["asr"]["n"] for d, s in summaries.items()}
+    assert len(set(ns.values())) == 1 and ns["causal"] > 0, ns
+    for s in summaries.values():
+        assert {"seen", "held_out"} <= set(s["asr_by_split"])
+        assert s["asr"]["lo"] <= s["asr"]["rate"] <= s["asr"]["hi"]
+
+
+def test_verification_shows_power_next_to_every_independence_test(smoke):
+    ver = json.loads((smoke["root"] / "metrics" / "verification.json").read_text())
+    dsep = ver["dseparation"]
+    assert {"base", "planted control"} <= set(dsep)
+    assert dsep["planted control"]["rejects"], "the planted-dependence control must reject at the same n"
+    assert dsep["planted control"]["n"] == dsep["base"]["n"]
+    cal = ver["calibration"]
+    assert 0 <= cal["type1"]["rate"] <= 1 and cal["power"]["n"] > 0
+
+
+def test_same_params_and_seed_give_the_same_metrics(smoke):
+    run_book("params/smoke.yaml", only=["02", "04"], run_name="smoke_again", overrides=smoke["overrides"])
+    a, b = smoke["root"] / "metrics", smoke["root"].parent / "smoke_again" / "metrics"
+    for name in ("base",):
+        first, second = json.loads((a / f"{name}.json").read_text()), json.loads((b / f"{name}.json").read_text())
+        assert first["summary"] == second["summary"]
+    for split in ("train", "test"):
+        assert ((smoke["root"] / "data" / f"{split}.jsonl").read_bytes()
+                == (smoke["root"].parent / "smoke_again" / "data" / f"{split}.jsonl").read_bytes())
