@@ -327,6 +327,9 @@ def run_training(cfg: Config, paths, name: str, model, tokenizer, train_dataset:
                               logging_steps=logging_steps)
     if batch_size:
         args.per_device_train_batch_size = batch_size
+    if getattr(train_dataset, "items", None) and "input_ids" in train_dataset.items[0]:
+        # batches of similar length: with random batches 28% of the tokens of the embedded corpus are padding
+        args.train_sampling_strategy = "group_by_length"
     if max_steps:
         args.max_steps = max_steps
     export = EpochExport(ckpt_root, tokenizer, score_fn, extra={"name": name, **(extra_meta or {})})
