@@ -137,7 +137,8 @@ def _failed_cell(ipynb: Path, exec_count) -> str:
     return f"In [{exec_count}]"
 
 
-def execute_chapter(run: ChapterRun, cfg: Config, params_file: Path, overrides: dict, paths: RunPaths) -> dict:
+def execute_chapter(run: ChapterRun, cfg: Config, params_file: Path, overrides: dict, paths: RunPaths,
+                    resume: bool = False) -> dict:
     import jupytext
     import papermill as pm
 
@@ -148,6 +149,8 @@ def execute_chapter(run: ChapterRun, cfg: Config, params_file: Path, overrides: 
     out = paths.notebooks / f"{run.out_stem}.ipynb"
     html = paths.html / f"{run.out_stem}.html"
     parameters = {"params_file": str(params_file), "overrides": overrides, **run.parameters}
+    if resume:  # training chapters continue from their last complete trainer checkpoint
+        parameters["resume"] = True
     t0 = time.time()
     error = None
     with PeakMemory() as mem:
@@ -214,7 +217,7 @@ def run_book(params: str, from_chapter: str | None = None, only: list[str] | Non
     t_book = time.time()
     for i, run in enumerate(selected, 1):
         print(f"[{i}/{len(selected)}] {run.label} ...", flush=True)
-        record = execute_chapter(run, cfg, params_file, overrides, paths)
+        record = execute_chapter(run, cfg, params_file, overrides, paths, resume=resume)
         state["chapters"][run.label] = record
         write_json(paths.root / "run.json", state)
         write_json(paths.metrics / "chapters.json", state["chapters"])

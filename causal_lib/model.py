@@ -335,7 +335,7 @@ def _load_hf_base(cfg: ModelConfig):
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **kw)
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=dtype, use_safetensors=True, quantization_config=bnb,
-            device_map={"": 0} if bnb is not None else None, **kw)
+            device_map={"": int(os.environ.get("LOCAL_RANK", 0))} if bnb is not None else None, **kw)
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001
