@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .chapter import RunPaths, write_json
+from .chapter import SEEDS_DIR, RunPaths, notebook_stem, write_json
 from .config import PROJECT_ROOT, Config, ConfigError, load_config, resolve_params_path
+from .data import data_seed
 from .defenses import TRAINED_DEFENSES
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -31,6 +32,9 @@ class Chapter:
     stem: str  # notebooks/<stem>.py
     # Several papermill runs of one chapter (05_train once per defense): label suffix -> parameters.
     variants: Callable[[Config], list[tuple[str, dict]]] | None = None
+    # Runs again for every seed replica (run.seeds), before the main seed's run of the same chapter, so
+    # that the main run's 08 finds every replica's comparison.
+    per_seed: bool = False
 
     @property
     def number(self) -> str:
@@ -45,11 +49,11 @@ CHAPTERS: list[Chapter] = [
     Chapter("01_setup_check"),
     Chapter("02_dataset_validation"),
     Chapter("03_dry_run"),
-    Chapter("04_base_model"),
-    Chapter("05_train", variants=_per_trained_defense),
-    Chapter("06_epoch_validation", variants=_per_trained_defense),
+    Chapter("04_base_model", per_seed=True),
+    Chapter("05_train", variants=_per_trained_defense, per_seed=True),
+    Chapter("06_epoch_validation", variants=_per_trained_defense, per_seed=True),
     Chapter("07_causal_verification"),
-    Chapter("08_attack_evaluation"),
+    Chapter("08_attack_evaluation", per_seed=True),
     Chapter("09_phase2_report"),
 ]
 
@@ -57,8 +61,9 @@ CHAPTERS: list[Chapter] = [
 @dataclass
 class ChapterRun:
     chapter: Chapter
-    label: str  # "05_train[causal]"
+    label: str  # "05_train[causal]", "05_train[causal]@seed1" for a seed replica
     parameters: dict = field(default_factory=dict)
+    seed: int | None = None  # a seed replica's seed; None = the main run
 
     @property
     def source(self) -> Path:
@@ -66,16 +71,25 @@ class ChapterRun:
 
     @property
     def out_stem(self) -> str:
-        return self.label.replace("[", "__").replace("]", "")
+        return notebook_stem(self.label)
+
+    def overrides(self, cfg: Config, overrides: dict) -> dict:
+        """The chapter's params overrides: a seed replica trains with its own seed on the main run's data,
+        in outputs/<run>/seeds/seed_<s>/."""
+        if self.seed is None:
+            return overrides
+        return {**overrides, "run.seed": self.seed, "run.seeds": [], "data.seed": data_seed(cfg),
+                "run.name": f"{cfg.run.name}/{SEEDS_DIR}/seed_{self.seed}"}
 
 
 def chapter_runs(cfg: Config) -> list[ChapterRun]:
     runs = []
     for ch in CHAPTERS:
-        if ch.variants is None:
-            runs.append(ChapterRun(ch, ch.stem))
-        else:
-            runs += [ChapterRun(ch, f"{ch.stem}[{suffix}]", params) for suffix, params in ch.variants(cfg)]
+        variants = [("", {})] if ch.variants is None else [(f"[{sfx}]", p) for sfx, p in ch.variants(cfg)]
+        for suffix, params in variants:
+            if ch.per_seed:
+                runs += [ChapterRun(ch, f"{ch.stem}{suffix}@seed{s}", params, s) for s in cfg.run.seeds]
+            runs.append(ChapterRun(ch, f"{ch.stem}{suffix}", params))
     return runs
 
 
@@ -148,7 +162,7 @@ def execute_chapter(run: ChapterRun, cfg: Config, params_file: Path, overrides: 
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     out = paths.notebooks / f"{run.out_stem}.ipynb"
     html = paths.html / f"{run.out_stem}.html"
-    parameters = {"params_file": str(params_file), "overrides": overrides, **run.parameters}
+    parameters = {"params_file": str(params_file), "overrides": run.overrides(cfg, overrides), **run.parameters}
     if resume:  # training chapters continue from their last complete trainer checkpoint
         parameters["resume"] = True
     t0 = time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from .config import Config, load_config
 # Spinning OpenMP threads make torch steps ~20x slower when anything else is busy (DESIGN.md s.9).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+SEEDS_DIR = "seeds"  # outputs/<run>/seeds/seed_<s>/: the seed replicas of a run
 
 
 @dataclass
@@ -33,10 +37,24 @@ class RunPaths:
     @property
     def logs(self) -> Path: return self.root / "logs"
 
+    def replica(self, seed: int) -> "RunPaths":
+        """The run folder of a seed replica (run.seeds) inside this run."""
+        return RunPaths(self.root / SEEDS_DIR / f"seed_{seed}")
+
     def make(self) -> "RunPaths":
         for p in (self.notebooks, self.html, self.reports, self.metrics, self.checkpoints, self.data, self.logs):
             p.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def notebook_stem(label: str) -> str:
+    """File stem of a chapter run's executed notebook and HTML: "05_train[causal]@seed1" -> "05_train__causal__seed1"."""
+    return label.replace("[", "__").replace("]", "").replace("@", "__")
+
+
+def replica_seed(label: str) -> int | None:
+    """The seed of a seed replica's label ("08_attack_evaluation@seed2" -> 2), None for the main run."""
+    return int(label.rsplit("@seed", 1)[1]) if "@seed" in label else None
 
 
 def set_seed(seed: int) -> None:
@@ -79,6 +97,20 @@ def write_json(path: Path, obj) -> Path:
 def write_metrics(paths: RunPaths, name: str, obj: dict) -> Path:
     """Every number a report shows is also written here, as metrics/<name>.json."""
     return write_json(paths.metrics / f"{name}.json", obj)
+
+
+# Metrics that measure the machine rather than the science (time, speed, memory, clock): they differ between
+# two runs of the same params and seed; everything else in metrics/ must not.
+MACHINE_KEYS = re.compile(r"seconds|runtime|speedup|per_second|_s$|_gb$|_at$|^at$|(^|_)time|^(rss|peak|wall)")
+
+
+def without_machine_measurements(obj):
+    """`obj` (parsed metrics JSON) without the MACHINE_KEYS fields: what two identical runs must share."""
+    if isinstance(obj, dict):
+        return {k: without_machine_measurements(v) for k, v in obj.items() if not MACHINE_KEYS.search(str(k))}
+    if isinstance(obj, list):  # rows flagged "machine" (free RAM, book wall time) go as a whole
+        return [without_machine_measurements(v) for v in obj if not (isinstance(v, dict) and v.get("machine") is True)]
+    return obj
 
 
 def read_metrics(paths: RunPaths, name: str) -> dict:

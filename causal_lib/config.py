@@ -33,7 +33,9 @@ def _range(lo=None, hi=None, **kw):
 class RunConfig:
     name: str = "default"
     seed: int = 0
-    # Extra seeds for the training/evaluation chapters (issue 8); empty = just `seed`.
+    # Seed replicas: chapters 04-06 and 08 run again for each of these seeds (same data, same test set:
+    # data.seed stays at run.seed) under outputs/<run>/seeds/seed_<s>/, and 08 reports mean and spread
+    # over `seed` and these. Empty = one seed.
     seeds: list[int] = field(default_factory=list)
     output_root: str = "outputs"
     memory_limit_gb: float = field(default=5.5, metadata=_range(0.1))
@@ -43,6 +45,7 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
+    seed: int | None = None  # seed of the generated world; None = run.seed
     n_train: int = field(default=6000, metadata=_range(10))  # counterfactual pairs for defense training
     n_val: int = field(default=400, metadata=_range(4))
     n_test: int = field(default=600, metadata=_range(4))
@@ -256,6 +259,10 @@ def _check_consistency(cfg: Config) -> None:
             close = difflib.get_close_matches(d, DEFENSES, n=1)
             raise ConfigError(f"train.defenses: unknown defense {d!r}"
                               + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {DEFENSES}")
+    seeds = cfg.run.seeds
+    if cfg.run.seed in seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"run.seeds: {seeds} must be distinct extra seeds, without run.seed ({cfg.run.seed}), "
+                          f"e.g. run.seeds: [1, 2] for three seeds in all")
     m = cfg.model
     if m.kind == "hf" and not m.name_or_path:
         raise ConfigError("model.name_or_path: required when model.kind is 'hf' (a hub name or a local folder)")

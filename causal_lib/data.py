@@ -213,10 +213,15 @@ def resolve_attack_file(path: str) -> Path:
     raise DataError(f"data.attack_files: {path} not found (looked in {Path.cwd()} and {PROJECT_ROOT})")
 
 
+def data_seed(cfg) -> int:
+    """The world's seed: data.seed when set (seed replicas keep the main run's data), else run.seed."""
+    return cfg.data.seed if cfg.data.seed is not None else cfg.run.seed
+
+
 def build_dataset(cfg) -> dict[str, list[Record]]:
     """All files' records from the config (seeded). Eval splits are drawn first, so that the test set does
     not change with the size of the training corpus."""
-    dc, seed = cfg.data, cfg.run.seed
+    dc, seed = cfg.data, data_seed(cfg)
     held = set(dc.held_out_families)
     unknown = held - set(attacks.FAMILIES)
     if unknown:
@@ -297,8 +302,9 @@ def data_hash(cfg) -> str:
     for f in cfg.data.attack_files:
         p = resolve_attack_file(f)
         files.append([p.name, hashlib.sha256(p.read_bytes()).hexdigest()])
-    key = {"schema": SCHEMA_VERSION, "generator": GENERATOR_VERSION, "seed": cfg.run.seed,
-           "data": dataclasses.asdict(cfg.data), "attack_files": files}
+    key = {"schema": SCHEMA_VERSION, "generator": GENERATOR_VERSION, "seed": data_seed(cfg),
+           "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "seed"},  # resolved above
+           "attack_files": files}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -341,7 +347,7 @@ def ensure_dataset(cfg, paths, force: bool = False) -> dict:
         files[name] = {"sha256": write_split(d / f"{name}.jsonl", recs), "records": len(recs),
                        "kinds": dict(sorted(Counter(r.kind for r in recs).items()))}
     manifest = {
-        "schema_version": SCHEMA_VERSION, "generator_version": GENERATOR_VERSION, "seed": cfg.run.seed,
+        "schema_version": SCHEMA_VERSION, "generator_version": GENERATOR_VERSION, "seed": data_seed(cfg),
         "data_hash": h, "data_params": dataclasses.asdict(cfg.data), "files": files,
         "families": list(attacks.FAMILIES), "held_out_families": list(cfg.data.held_out_families),
         "training_families": attacks.training_families(cfg.data.held_out_families),

@@ -30,9 +30,10 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     dsep = ver.get("dseparation", {})
     rows = []
 
-    def add(kind, name, measured, target, ok):
+    def add(kind, name, measured, target, ok, machine=False):
+        # machine: the value measures this machine (time, memory), so it differs between identical runs
         rows.append({"kind": kind, "criterion": name, "measured": measured, "target": target,
-                     "status": "NOT MEASURED" if ok is None else ("PASS" if ok else "FAIL")})
+                     "status": "NOT MEASURED" if ok is None else ("PASS" if ok else "FAIL"), "machine": machine})
 
     asr = s.get("asr")
     add("must", "attack success rate (all test attacks)", _fmt_rate(asr), "< 10% (stretch < 5%)",
@@ -63,10 +64,10 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     chapters = _read(paths, "chapters") or {}
     total = sum(c.get("wall_s", 0) for c in chapters.values())
     add("quality", "book wall time (chapters so far)", f"{total / 60:.1f} min", f"<= {book_budget_s / 60:.0f} min",
-        total <= book_budget_s if chapters else None)
+        total <= book_budget_s if chapters else None, machine=True)
     peak = max((c.get("peak_rss_gb", 0) for c in chapters.values()), default=None)
     add("quality", "peak memory of any chapter", f"{peak:.2f} GB" if peak is not None else "not measured",
-        f"<= {memory_limit_gb} GB", None if peak is None else peak <= memory_limit_gb)
+        f"<= {memory_limit_gb} GB", None if peak is None else peak <= memory_limit_gb, machine=True)
     trains = {p.stem[len("train_"):]: json.loads(p.read_text()) for p in paths.metrics.glob("train_*.json")}
     add("quality", "no NaN/Inf in any training run", ", ".join(f"{k}: {v.get('nan_free')}" for k, v in trains.items()) or "not measured",
         "all nan-free", None if not trains else all(v.get("nan_free") for v in trains.values()))

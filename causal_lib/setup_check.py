@@ -21,6 +21,7 @@ class Check:
     value: str
     expected: str = ""
     advice: str = ""
+    machine: bool = False  # the value measures this machine's state (free RAM, disk), not the params
 
 
 def pinned_versions(path=PROJECT_ROOT / "requirements.txt") -> dict[str, str]:
@@ -80,16 +81,16 @@ def check_resources(cfg: Config) -> list[Check]:
     gb = 2**30
     avail = psutil.virtual_memory().available / gb
     checks = [Check("free RAM", "PASS" if avail >= cfg.run.memory_limit_gb else "WARN", f"{avail:.1f} GB",
-                    f">= {cfg.run.memory_limit_gb} GB", "close other programs or lower data/batch sizes")]
+                    f">= {cfg.run.memory_limit_gb} GB", "close other programs or lower data/batch sizes", machine=True)]
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
         checks.append(Check("free VRAM", "PASS" if free / gb >= cfg.run.memory_limit_gb else "WARN",
-                            f"{free / gb:.1f} of {total / gb:.1f} GB", f">= {cfg.run.memory_limit_gb} GB"))
+                            f"{free / gb:.1f} of {total / gb:.1f} GB", f">= {cfg.run.memory_limit_gb} GB", machine=True))
     root = cfg.run_dir.parent
     root.mkdir(parents=True, exist_ok=True)
     disk = shutil.disk_usage(root).free / gb
     checks.append(Check("free disk", "PASS" if disk >= 2 else "FAIL", f"{disk:.1f} GB", ">= 2 GB",
-                        "free disk space under outputs/ (checkpoints need room)"))
+                        "free disk space under outputs/ (checkpoints need room)", machine=True))
     return checks
 
 

@@ -11,7 +11,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from .chapter import RunPaths
+from .chapter import SEEDS_DIR, RunPaths, notebook_stem, replica_seed
 from .config import PROJECT_ROOT
 
 
@@ -23,8 +23,13 @@ def write_index(paths: RunPaths) -> Path:
     verdicts = json.loads(verdict_path.read_text()) if verdict_path.exists() else {}
     rows = []
     for label, rec in state.get("chapters", {}).items():
-        stem = label.replace("[", "__").replace("]", "")
-        v = verdicts.get(label, {})
+        stem = notebook_stem(label)
+        seed = replica_seed(label)
+        if seed is None:
+            v = verdicts.get(label, {})
+        else:  # a seed replica records its verdicts in its own folder, under the chapter's plain label
+            replica = paths.replica(seed).metrics / "verdicts.json"
+            v = (json.loads(replica.read_text()) if replica.exists() else {}).get(label.rsplit("@", 1)[0], {})
         verdict = v.get("verdict") or ("FAILED: " + (rec.get("error") or "") if rec.get("status") != "ok" else "ran")
         rows.append(f"<tr><td><a href='{html.escape(stem)}.html'>{html.escape(label)}</a></td>"
                     f"<td>{html.escape(verdict)}</td><td>{html.escape(v.get('detail', ''))}</td>"
@@ -52,6 +57,8 @@ def archive_run(run_dir: Path, with_checkpoints: bool = False, out: Path | None 
         raise FileNotFoundError(f"{run_dir} is not a run folder (no run.json): run the book first")
     out = Path(out or run_dir.parent / f"{run_dir.name}.tar.gz")
     parts = ["run.json", "notebooks", "html", "reports", "metrics", "data/manifest.json"]
+    for replica in sorted((run_dir / SEEDS_DIR).glob("seed_*")):  # seed replicas (run.seeds)
+        parts += [str(replica.relative_to(run_dir) / p) for p in ("reports", "metrics", "data/manifest.json")]
     if with_checkpoints:
         parts.append("checkpoints")
     with tarfile.open(out, "w:gz") as tar:

@@ -278,6 +278,25 @@ def complete_trainer_checkpoint(trainer_dir: Path) -> str | None:
     return str(done[-1]) if done else None
 
 
+def _checkpoint_step(trainer_checkpoint: str) -> int:
+    return int(Path(trainer_checkpoint).name.split("-")[-1])
+
+
+def _forget_after(ckpt_root: Path, log_path: Path, step: int) -> None:
+    """Before resuming at `step`: drop what the killed process wrote after it (log lines, epoch exports,
+    half-written temporary folders), so the resumed run's files equal an uninterrupted run's."""
+    for stale in list(ckpt_root.glob("*.tmp*")) + list(ckpt_root.glob("*.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    for ep_dir in ckpt_root.glob("epoch_*"):
+        meta = ep_dir / "checkpoint.json"
+        done_at = json.loads(meta.read_text()).get("extra", {}).get("global_step") if meta.exists() else None
+        if done_at is None or done_at > step:
+            shutil.rmtree(ep_dir, ignore_errors=True)
+    if log_path.exists():
+        keep = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        log_path.write_text("".join(ln + "\n" for ln in keep))
+
+
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -318,9 +337,11 @@ def run_training(cfg: Config, paths, name: str, model, tokenizer, train_dataset:
     trainer_dir = ckpt_root / "trainer"
     log_path = paths.metrics / f"train_{name}_log.jsonl"
     resume_from = complete_trainer_checkpoint(trainer_dir) if resume else None
-    if not resume:
+    if resume_from is None:  # nothing complete to continue from: start clean, as an uninterrupted run would
         shutil.rmtree(ckpt_root, ignore_errors=True)
         log_path.unlink(missing_ok=True)
+    else:
+        _forget_after(ckpt_root, log_path, _checkpoint_step(resume_from))
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(paths.logs / name)
     os.environ.setdefault("WANDB_MODE", "offline")  # W&B never needs the network unless asked
     args = training_arguments(cfg, trainer_dir, epochs=epochs, learning_rate=learning_rate, seed=cfg.run.seed,
@@ -470,4 +491,5 @@ def dry_run(cfg: Config, paths) -> dict:
     return {"steps": result.steps, "samples": len(ds), "batch_size": bs, "seconds": seconds,
             "loss_before": before, "loss_after": after, "loss_curve": [r["loss"] for r in log if "loss" in r],
             "nan_free": nan_free(log), "peak_memory_gb": peak_gb, "memory_limit_gb": cfg.run.memory_limit_gb,
-            "checkpoint": str(ckpt), "checkpoint_identical": identical}
+            "checkpoint": str(ckpt.relative_to(paths.root)) if ckpt else None,  # relative: a shared run stays readable
+            "checkpoint_identical": identical}

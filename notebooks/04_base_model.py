@@ -19,9 +19,11 @@ import pandas as pd
 from causal_lib import chapter, reports
 from causal_lib.base_model import train_base
 from causal_lib.comparison import evaluate_defense
+from causal_lib.data import ensure_dataset
 from causal_lib.training import nan_free, read_train_log
 
 cfg, paths = chapter.start(params_file, overrides)
+ensure_dataset(cfg, paths)  # built by chapter 02; a seed replica builds the same files in its own folder
 result = train_base(cfg, paths, resume=resume)
 log = read_train_log(paths, "base")
 

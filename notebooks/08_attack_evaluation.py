@@ -84,13 +84,41 @@ ax.set_xlabel("benign accuracy"); ax.set_ylabel("attack success rate"); ax.set_x
 ax.legend(fontsize=8); ax.set_title("ASR vs benign accuracy (95% CI)")
 plt.show()
 
+# %% [markdown]
+# ## Seeds: mean and spread
+# With `run.seeds` set, chapters 04-06 and this one ran again for each extra seed (same data and test set,
+# another initialisation and data order) under `seeds/seed_<s>/`; here each headline rate over all seeds.
+
 # %%
-chapter.write_metrics(paths, "comparison", {"defenses": defenses, "summaries": {d: evals[d]["summary"] for d in defenses},
-                                            "gcg": gcg, "filter_detectors": filter_rates, "table": rows, "seed": cfg.run.seed})
+comparison_payload = {"defenses": defenses, "summaries": {d: evals[d]["summary"] for d in defenses},
+                      "gcg": gcg, "filter_detectors": filter_rates, "table": rows, "seed": cfg.run.seed}
+spread = None
+if cfg.run.seeds:
+    from causal_lib.comparison import seed_replicas, seed_spread, seed_spread_rows
+    spread = seed_spread({cfg.run.seed: comparison_payload, **seed_replicas(paths, cfg.run.seeds)})
+    chapter.write_metrics(paths, "seeds", spread)
+    display(pd.DataFrame(seed_spread_rows(spread)))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for i, d in enumerate(spread["defenses"]):
+        vals = list(spread["defenses"][d]["ASR (all attacks)"]["values"].values())
+        ax.scatter([i] * len(vals), vals, color="grey", s=14)
+        ax.errorbar(i, spread["defenses"][d]["ASR (all attacks)"]["mean"],
+                    yerr=spread["defenses"][d]["ASR (all attacks)"]["sd"], fmt="o", capsize=4)
+    ax.set_xticks(range(len(spread["defenses"])), [LABELS[d] for d in spread["defenses"]], rotation=20)
+    ax.set_ylabel("ASR"); ax.set_ylim(-0.02, 1.02); ax.set_title(f"ASR over seeds {spread['seeds']} (mean ± sd)")
+    plt.tight_layout(); plt.show()
+else:
+    print("one seed (run.seeds is empty): set run.seeds, e.g. --set 'run.seeds=[1,2]', for mean and spread")
+
+# %%
+chapter.write_metrics(paths, "comparison", comparison_payload)
 reports.write_report(paths, "WEEK4_COMPARISON_TABLE.md",
     "# Week 4 comparison table\n\nAll defenses trained and evaluated here on the same base model and test set; "
     f"seed {cfg.run.seed}. Rates with 95% Clopper-Pearson intervals. The last column holds the plan's literature "
-    "figures for orientation only: they were **not** measured in this run.\n\n" + reports.markdown_table(rows))
+    "figures for orientation only: they were **not** measured in this run.\n\n" + reports.markdown_table(rows)
+    + (f"\n## Over seeds {spread['seeds']}\n\nMean ± standard deviation [min, max] of each rate over the seeds "
+       "(same data and test set; each seed's own table is under `seeds/seed_<s>/reports/`).\n\n"
+       + reports.markdown_table(seed_spread_rows(spread)) if spread else ""))
 by = lambda key: reports.markdown_table(long[(long["metric"] == "asr") & (long["group_type"] == key)]
                                         [["defense", "group", "k", "n", "rate", "lo", "hi"]].to_dict("records"))
 reports.write_report(paths, "WEEK4_EVALUATION_REPORT.md",

@@ -21,7 +21,8 @@ from causal_lib.phase_report import failure_cases, success_criteria
 
 cfg, paths = chapter.start(params_file, overrides)
 criteria = success_criteria(paths, memory_limit_gb=cfg.run.memory_limit_gb)
-table = pd.DataFrame(criteria)
+CRITERIA_COLUMNS = ["kind", "criterion", "measured", "target", "status"]
+table = pd.DataFrame(criteria)[CRITERIA_COLUMNS]
 table
 
 # %%
@@ -53,7 +54,8 @@ md_fail = "".join(f"\n### {k.replace('_', ' ')}\n\n" + (reports.markdown_table(v
 reports.write_report(paths, "PHASE2_COMPLETION_REPORT.md",
     f"# Phase 2 completion report\n\nRun `{paths.root.name}`, params hash {cfg.params_hash()}, seed {cfg.run.seed}. "
     f"Every value below is read from `metrics/*.json` written by this run.\n\n**Status: {status}** "
-    f"({n_pass}/{len(criteria)} criteria pass)\n\n" + reports.markdown_table(criteria) + "\n## Failure cases\n" + md_fail)
+    f"({n_pass}/{len(criteria)} criteria pass)\n\n" + reports.markdown_table(criteria, CRITERIA_COLUMNS)
+    + "\n## Failure cases\n" + md_fail)
 reports.write_report(paths, "PROJECT_STATUS.md",
     f"# Project status\n\nPhase 2 on run `{paths.root.name}`: **{status}**, {n_pass}/{len(criteria)} criteria pass.\n\n"
     + "".join(f"- {r['status']}: {r['criterion']} — {r['measured']} (target {r['target']})\n" for r in criteria)

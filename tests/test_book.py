@@ -1,5 +1,6 @@
 """The runner: order, variants, failure naming chapter and cell, resume, params-hash guard."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -85,7 +86,7 @@ def test_failure_names_chapter_and_cell_and_keeps_earlier_outputs(fake_book, tmp
 
 
 def test_refuses_to_mix_params_in_one_run_folder(fake_book, tmp_path, monkeypatch):
-    monkeypatch.setattr(book, "execute_chapter", lambda run, cfg, pf, ov, paths: {"status": "ok", "wall_s": 0, "peak_rss_gb": 0})
+    monkeypatch.setattr(book, "execute_chapter", lambda run, cfg, pf, ov, paths, **kw: {"status": "ok", "wall_s": 0, "peak_rss_gb": 0})
     run_book("params/smoke.yaml", overrides=fake_book, only=["01"])
     with pytest.raises(BookError, match="other params"):
         run_book("params/smoke.yaml", overrides={**fake_book, "train.epochs": 3}, only=["01"])
@@ -96,3 +97,33 @@ def test_refuses_to_mix_params_in_one_run_folder(fake_book, tmp_path, monkeypatc
 def test_from_unknown_chapter_is_an_error(fake_book):
     with pytest.raises(BookError, match="no such chapter"):
         run_book("params/smoke.yaml", overrides=fake_book, from_chapter="42")
+
+
+def test_seed_replicas_run_before_the_main_seed_in_their_own_folder():
+    from causal_lib.config import config_from_dict
+
+    cfg = config_from_dict({"run": {"seed": 0, "seeds": [1, 2]}})
+    runs = chapter_runs(cfg)
+    labels = [r.label for r in runs]
+    for stem in ("04_base_model", "05_train[causal]", "06_epoch_validation[struq]", "08_attack_evaluation"):
+        i = labels.index(stem)
+        assert labels[i - 2:i] == [f"{stem}@seed1", f"{stem}@seed2"], labels
+    assert not any(lb.startswith(("01", "02", "03", "07", "09")) and "@" in lb for lb in labels)
+    replica = next(r for r in runs if r.label == "05_train[causal]@seed2")
+    ov = replica.overrides(cfg, {"run.output_root": "/x"})
+    assert ov == {"run.output_root": "/x", "run.seed": 2, "run.seeds": [], "data.seed": 0,
+                  "run.name": "default/seeds/seed_2"}
+    sub = config_from_dict({"run": {"seed": 0, "seeds": [1, 2]}}, ov)
+    from causal_lib.data import data_hash
+    assert data_hash(sub) == data_hash(cfg)  # the replica trains on the main run's data and test set
+    assert sub.run_dir == Path("/x") / "default" / "seeds" / "seed_2"
+    main = next(r for r in runs if r.label == "05_train[causal]")
+    assert main.overrides(cfg, {"a": 1}) == {"a": 1} and replica.out_stem == "05_train__causal__seed2"
+
+
+@pytest.mark.parametrize("seeds", [[0, 1], [1, 1]])
+def test_seeds_must_be_distinct_extras(seeds):
+    from causal_lib.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="run.seeds"):
+        config_from_dict({"run": {"seed": 0, "seeds": seeds}})

@@ -489,3 +489,27 @@ def test_cli_on_real_dataset_with_attack_file(tmp_path, capsys, ckpt):
     rc = ev.main(["--model", str(ckpt), "--data-dir", str(d), "--params", str(_params(tmp_path)), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "02" in err
+
+
+def test_seed_spread_mean_sd_and_missing_replica(tmp_path):
+    from causal_lib.chapter import RunPaths
+    from causal_lib.comparison import seed_replicas, seed_spread, seed_spread_rows
+
+    def payload(asr, benign):
+        s = {"asr": {"rate": asr}, "asr_by_split": {"held_out": {"rate": asr / 2}}, "benign_accuracy": {"rate": benign},
+             "over_defense": {"rate": 0.1}, "sep": {"rate": None}}
+        return {"summaries": {"none": s, "causal": {**s, "asr": {"rate": asr / 4}}}, "gcg": {"causal": {"asr": {"rate": 0.5}}}}
+
+    spread = seed_spread({0: payload(0.8, 0.9), 1: payload(0.6, 1.0), 2: payload(0.7, 0.95)})
+    asr = spread["defenses"]["none"]["ASR (all attacks)"]
+    assert asr["mean"] == pytest.approx(0.7) and asr["sd"] == pytest.approx(0.1) and (asr["min"], asr["max"]) == (0.6, 0.8)
+    assert spread["defenses"]["causal"]["ASR (all attacks)"]["mean"] == pytest.approx(0.175)
+    assert spread["defenses"]["none"]["ASR held-out families"]["mean"] == pytest.approx(0.35)
+    assert "SEP separation" not in spread["defenses"]["none"]  # undefined rates are left out, not averaged as 0
+    assert "ASR adaptive (GCG)" in spread["defenses"]["causal"] and "ASR adaptive (GCG)" not in spread["defenses"]["none"]
+    rows = seed_spread_rows(spread)
+    assert rows[0]["ASR (all attacks)"] == "70.0% ± 10.0% [60.0%, 80.0%]" and rows[0]["seeds"] == 3
+
+    paths = RunPaths(tmp_path / "run").make()
+    with pytest.raises(FileNotFoundError, match="seed replica 1"):
+        seed_replicas(paths, [1])

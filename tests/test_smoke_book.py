@@ -6,6 +6,7 @@ import re
 import pytest
 
 from causal_lib.book import chapter_runs, run_book
+from causal_lib.chapter import without_machine_measurements
 from causal_lib.config import load_config
 from causal_lib.defenses import LABELS
 
@@ -16,11 +17,18 @@ REPORTS = ["WEEK1_SETUP_REPORT.md", "WEEK1_DATASET_REPORT.md", "WEEK2_TRAINING_R
            "PHASE2_COMPLETION_REPORT.md", "PROJECT_STATUS.md"]
 
 
+# Secrets a user may have in the environment: none may reach a log, notebook, report or metrics file.
+SECRETS = {"WANDB_API_KEY": "wandb-key-3f9c2e71d0", "HF_TOKEN": "hf_token3f9c2e71d0", "HUGGING_FACE_HUB_TOKEN": "hf_hub3f9c2e71d0"}
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("outputs")
     overrides = {"run.output_root": str(root)}
-    state = run_book("params/smoke.yaml", overrides=overrides)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in SECRETS.items():
+            mp.setenv(k, v)
+        state = run_book("params/smoke.yaml", overrides=overrides)
     cfg = load_config("params/smoke.yaml", overrides)
     return {"root": root / "smoke", "state": state, "cfg": cfg, "overrides": overrides}
 
@@ -90,12 +98,40 @@ def test_verification_shows_power_next_to_every_independence_test(smoke):
     assert 0 <= cal["type1"]["rate"] <= 1 and cal["power"]["n"] > 0
 
 
+def test_no_secret_from_the_environment_is_written_anywhere(smoke):
+    leaked = []
+    for f in smoke["root"].rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            leaked += [f"{f.relative_to(smoke['root'])}: {k}" for k, v in SECRETS.items() if v.encode() in data]
+    assert not leaked, leaked
+
+
+def _metrics_view(metrics_dir):
+    """Every metrics file of a run, parsed, without the fields that measure the machine (time, memory)."""
+    out = {}
+    for f in sorted(metrics_dir.iterdir()):
+        if f.suffix == ".json":
+            obj = json.loads(f.read_text())
+        elif f.suffix == ".jsonl":
+            obj = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        else:
+            continue
+        if f.name == "verdicts.json":  # the one-line details quote durations: compare the verdicts themselves
+            obj = {k: v["verdict"] for k, v in obj.items()}
+        out[f.name] = without_machine_measurements(obj)
+    return out
+
+
 def test_same_params_and_seed_give_the_same_metrics(smoke):
-    run_book("params/smoke.yaml", only=["02", "04"], run_name="smoke_again", overrides=smoke["overrides"])
-    a, b = smoke["root"] / "metrics", smoke["root"].parent / "smoke_again" / "metrics"
-    for name in ("base",):
-        first, second = json.loads((a / f"{name}.json").read_text()), json.loads((b / f"{name}.json").read_text())
-        assert first["summary"] == second["summary"]
-    for split in ("train", "test"):
-        assert ((smoke["root"] / "data" / f"{split}.jsonl").read_bytes()
-                == (smoke["root"].parent / "smoke_again" / "data" / f"{split}.jsonl").read_bytes())
+    run_book("params/smoke.yaml", run_name="smoke_again", overrides=smoke["overrides"])
+    a, b = smoke["root"], smoke["root"].parent / "smoke_again"
+    first, second = _metrics_view(a / "metrics"), _metrics_view(b / "metrics")
+    assert first.keys() == second.keys()
+    assert len(first) >= 20 and {"comparison.json", "verification.json", "eval_causal_items.jsonl"} <= first.keys()
+    for name in first:
+        assert first[name] == second[name], f"metrics/{name} differs between two runs of the same params and seed"
+    for split in ("train", "test", "base_corpus"):
+        assert (a / "data" / f"{split}.jsonl").read_bytes() == (b / "data" / f"{split}.jsonl").read_bytes()
+    for report in REPORTS:  # the seed is recorded in every report
+        assert re.search(r"seed\W{0,3}0\b", (a / "reports" / report).read_text(), re.I), report
