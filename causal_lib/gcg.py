@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .model import _text_ids, encode_example
+from .model import _text_ids, answer_ids, encode_example
 
 _PLACEHOLDER = "\x00GCG\x00"
 
@@ -228,7 +228,7 @@ def gcg_attack(model, tokenizer, record, target_text: str, n_steps: int = 30, su
     prefix, suffix = split_at_injection(record)
     before, after = template_parts(tokenizer, system, prefix + suffix)
     pre, suf = _text_ids(tokenizer, prefix), _text_ids(tokenizer, suffix)
-    target_ids = _text_ids(tokenizer, target_text)
+    target_ids = answer_ids(tokenizer, target_text)
     if not target_ids:
         raise ValueError(f"gcg: record {getattr(record, 'id', '?')} has an empty target")
 

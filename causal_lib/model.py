@@ -45,7 +45,8 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] == 'system' %}<|system|>{{ m['content'] }}<|end|>"
     "{% elif m['role'] == 'user' %}<|user|>{{ m['content'] }}<|end|>"
-    "{% elif m['role'] == 'assistant' %}<|assistant|>{% generation %}{{ m['content'] }}<|end|>{% endgeneration %}"
+    # the answer starts with a space, as encode_example encodes it (answer_ids)
+    "{% elif m['role'] == 'assistant' %}<|assistant|>{% generation %} {{ m['content'] }}<|end|>{% endgeneration %}"
     "{% else %}{{ raise_exception('unknown role ' + m['role']) }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -156,6 +157,26 @@ def _text_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
 
+def is_embedded_tokenizer(tokenizer) -> bool:
+    """The project's own byte-level BPE (train_tokenizer), also under StruQ's template."""
+    return (tokenizer.pad_token == PAD_TOKEN and tokenizer.eos_token == END_TOKEN
+            and ASSISTANT_TOKEN in tokenizer.get_vocab())
+
+
+def answer_ids(tokenizer, target: str) -> list[int]:
+    """Token ids of an assistant answer (without eos): the one definition for SFT targets, DPO completions
+    and GCG targets.
+
+    The embedded tokenizer encodes a word inside the data with its leading space ("Ġspoon"); the answer
+    is encoded the same way (" spoon"), so that answering with a word of the data is a copy of its token.
+    Without the space the answer is spelt differently ("sp", "oon"): the base then has to learn a second
+    spelling of every word and, in our measurement, stayed at 5-16% on the copy tasks (last item, extract
+    field) after 2,400 steps. Decoding strips the space. Other tokenizers encode the text as it is."""
+    if is_embedded_tokenizer(tokenizer) and target and not target[0].isspace():
+        target = " " + target
+    return _text_ids(tokenizer, target)
+
+
 def encode_example(tokenizer, system: str, user: str, target: str | None = None, max_length: int | None = None,
                    sanitize: bool = True) -> dict:
     """Token ids of the chat prompt (system, user, assistant header) followed by `target` + eos.
@@ -165,7 +186,7 @@ def encode_example(tokenizer, system: str, user: str, target: str | None = None,
     joined by TRUNCATION_MARKER) and `truncated` is True: the target and the instruction are never cut.
     For generation pass the room left for new tokens as max_length (max_seq_length - max_new_tokens).
     """
-    target_ids = [] if target is None else _text_ids(tokenizer, target) + [tokenizer.eos_token_id]
+    target_ids = [] if target is None else answer_ids(tokenizer, target) + [tokenizer.eos_token_id]
     prompt = _prompt_ids(tokenizer, system, user, sanitize)
     truncated = False
     if max_length is not None and len(prompt) + len(target_ids) > max_length:

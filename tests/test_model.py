@@ -52,7 +52,7 @@ def test_tokenizer_special_tokens_and_template(tok):
     assert tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == \
         "<|system|>S<|end|><|user|>U<|end|><|assistant|>"
     full = msgs + [{"role": "assistant", "content": "answer"}]
-    assert tok.apply_chat_template(full, tokenize=False) == "<|system|>S<|end|><|user|>U<|end|><|assistant|>answer<|end|>"
+    assert tok.apply_chat_template(full, tokenize=False) == "<|system|>S<|end|><|user|>U<|end|><|assistant|> answer<|end|>"
     assert prompt_text(tok, "S", "U") == "<|system|>S<|end|><|user|>U<|end|><|assistant|>"
     # v5 returns a BatchEncoding by default; the ids of the full chat are what encode_example builds
     e = encode_example(tok, "S", "U", target="answer")
@@ -64,7 +64,15 @@ def test_tokenizer_special_tokens_and_template(tok):
 def test_tokenizer_round_trip(tok, s):
     assert tok.decode(tok.encode(s, add_special_tokens=False)) == s
     e = encode_example(tok, "Copy.", "x", target=s)
-    assert tok.decode(e["input_ids"][e["prompt_length"]:], skip_special_tokens=True) == s
+    # the answer is encoded with a leading space (answer_ids) unless it has one
+    assert tok.decode(e["input_ids"][e["prompt_length"]:], skip_special_tokens=True) == (s if s[0].isspace() else " " + s)
+
+
+def test_an_answer_copied_from_the_data_has_the_same_tokens(tok):
+    e = encode_example(tok, "What is the last item?", "Items: apple, pear, banana.", target="banana")
+    answer = e["input_ids"][e["prompt_length"]:-1]
+    prompt = e["input_ids"][:e["prompt_length"]]
+    assert any(prompt[i:i + len(answer)] == answer for i in range(len(prompt))), tok.convert_ids_to_tokens(answer)
 
 
 def test_tokenizer_save_load_and_padding_side(tok, tmp_path):
@@ -111,8 +119,8 @@ def test_truncation_never_cuts_target(tok):
     assert e["truncated"] and len(e["input_ids"]) <= 48
     text = tok.decode(e["input_ids"])
     assert text.startswith("<|system|>Sort the list.<|end|><|user|>BEGIN") and "[...]" in text and "END<|end|>" in text
-    assert text.endswith(f"<|assistant|>{target}<|end|>")
-    assert tok.decode(e["input_ids"][e["prompt_length"]:], skip_special_tokens=True) == target
+    assert text.endswith(f"<|assistant|> {target}<|end|>")
+    assert tok.decode(e["input_ids"][e["prompt_length"]:], skip_special_tokens=True) == " " + target
     with pytest.raises(ValueError, match="max_length"):
         encode_example(tok, "Sort the list. " * 20, user, target=target, max_length=24)
 

@@ -31,9 +31,6 @@ SECALIGN_COMPLETION_SHARE = 0.1
 ID_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 
-def _target_ids(tokenizer, text: str) -> list[int]:
-    # = model._text_ids: control-token strings inside a target are plain text, as in encode_example
-    return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
 
 def _has_rejected(r) -> bool:
@@ -48,7 +45,7 @@ def secalign_pairs(records: Sequence, tokenizer, max_length: int, seed: int = 0,
     struq.injected_mixture) whose injection has an answer of its own, different from O*. Each pair:
     prompt_ids (the StruQ prompt of the injected input, its data cut so that prompt + the longer completion
     fit `max_length`), chosen_ids / rejected_ids (O* / O_inj + eos), and the texts for inspection."""
-    from ..model import encode_example, prompt_text
+    from ..model import answer_ids, encode_example, prompt_text
 
     clean = [r for r in records if r.kind == "clean" and not r.held_out]
     if not clean:
@@ -61,8 +58,8 @@ def secalign_pairs(records: Sequence, tokenizer, max_length: int, seed: int = 0,
     for r in picked:
         s, u = struq_prompt(r, tokenizer)
         # Completions encoded exactly as encode_example encodes SFT targets: the text's ids + eos.
-        chosen = _target_ids(tokenizer, r.target) + eos
-        rejected = _target_ids(tokenizer, r.injected_target) + eos
+        chosen = answer_ids(tokenizer, r.target) + eos
+        rejected = answer_ids(tokenizer, r.injected_target) + eos
         prompt = encode_example(tokenizer, s, u, max_length=max_length - max(len(chosen), len(rejected)))
         pairs.append({"prompt_ids": prompt["input_ids"], "chosen_ids": chosen, "rejected_ids": rejected,
                       "id": r.id, "family": r.family, "goal": r.goal, "truncated": prompt["truncated"],
