@@ -57,7 +57,8 @@ reports.write_report(paths, "PHASE2_COMPLETION_REPORT.md",
     f"({n_pass}/{len(criteria)} criteria pass)\n\n" + reports.markdown_table(criteria, CRITERIA_COLUMNS)
     + "\n## Failure cases\n" + md_fail)
 reports.write_report(paths, "PROJECT_STATUS.md",
-    f"# Project status\n\nPhase 2 on run `{paths.root.name}`: **{status}**, {n_pass}/{len(criteria)} criteria pass.\n\n"
+    f"# Project status\n\nPhase 2 on run `{paths.root.name}` (seed {cfg.run.seed}, params hash {cfg.params_hash()}): "
+    f"**{status}**, {n_pass}/{len(criteria)} criteria pass.\n\n"
     + "".join(f"- {r['status']}: {r['criterion']} — {r['measured']} (target {r['target']})\n" for r in criteria)
     + "\nChapters: " + ", ".join(f"{k} {v.get('status')} ({v.get('wall_s', 0):.0f} s)" for k, v in chapters.items()) + "\n")
 reports.record_verdict(paths, "09_phase2_report", status, f"{n_pass}/{len(criteria)} criteria pass")

@@ -233,8 +233,9 @@ def test_secalign_pairs_chosen_rejected_prompt(struq):
         r = by_id[p["id"]]
         assert r.kind == "injected" and not r.held_out
         assert p["chosen"] == r.target and p["rejected"] == r.injected_target
-        assert p["chosen_ids"] == t.encode(r.target, add_special_tokens=False) + [eos]
-        assert p["rejected_ids"] == t.encode(r.injected_target, add_special_tokens=False) + [eos]
+        # answers carry the leading space of a data word (model.answer_ids)
+        assert p["chosen_ids"] == t.encode(" " + r.target, add_special_tokens=False) + [eos]
+        assert p["rejected_ids"] == t.encode(" " + r.injected_target, add_special_tokens=False) + [eos]
         # the prompt is the StruQ-formatted injected input, token for token what evaluation generates from
         s, u = struq_prompt(r, t)
         assert p["prompt_ids"] == encode_example(t, s, u)["input_ids"]
