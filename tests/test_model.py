@@ -365,3 +365,22 @@ def test_estimate_peak_memory_tiny_and_7b(tmp_path):
     assert estimate_peak_memory(full, batch_size=1, seq_len=512)["total_gb"] > 50
     with pytest.raises(ValueError, match="batch_size"):
         estimate_peak_memory(ModelConfig())
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_trust_remote_code_only_when_the_params_ask(hf_folder, tmp_path, monkeypatch, asked):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    seen = []
+    for cls in (AutoModelForCausalLM, AutoTokenizer):
+        orig = cls.from_pretrained.__func__
+
+        def spy(klass, *a, _orig=orig, **kw):
+            seen.append((kw.get("trust_remote_code"), kw.get("local_files_only"), kw.get("use_safetensors", True)))
+            return _orig(klass, *a, **kw)
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    cfg = ModelConfig(kind="hf", name_or_path=str(hf_folder), trust_remote_code=asked)
+    model, t = load_hf_model(cfg)
+    save_checkpoint(model, t, tmp_path / "ck")
+    load_checkpoint(tmp_path / "ck", cfg, is_trainable=False)
+    assert len(seen) >= 4 and all(s == (asked, True, True) for s in seen), seen
