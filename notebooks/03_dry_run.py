@@ -36,7 +36,7 @@ checks = [
     {"check": "loss falls", "ok": result["loss_after"] < result["loss_before"],
      "value": f"{result['loss_before']:.3f} -> {result['loss_after']:.3f}"},
     {"check": "peak memory under the limit", "ok": result["peak_memory_gb"] <= cfg.run.memory_limit_gb,
-     "value": f"{result['peak_memory_gb']:.2f} GB of {cfg.run.memory_limit_gb} GB"},
+     "value": f"{result['peak_memory_gb']:.2f} GB of {cfg.run.memory_limit_gb} GB", "machine": True},
     {"check": "checkpoint round trip identical", "ok": result["checkpoint_identical"], "value": result["checkpoint"]},
 ]
 for c in checks:
@@ -48,7 +48,7 @@ reports.write_report_section(paths, "WEEK1_SETUP_REPORT.md", "dry_run",
     f"## Dry run (03_dry_run)\n\n" + reports.markdown_table(checks, ["check", "status", "value"])
     + f"\n{result['seconds']:.1f} s for {result['steps']} steps.\n\n**{verdict}**\n", title="Week 1 setup report")
 reports.record_verdict(paths, "03_dry_run", "PASS" if ready else "FAIL", verdict)
-pd.DataFrame(checks)
+pd.DataFrame(checks)[["check", "status", "value"]]
 
 # %%
 print(verdict)
