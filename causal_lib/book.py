@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .chapter import SEEDS_DIR, RunPaths, notebook_stem, write_json
+from .chapter import SEEDS_DIR, RunPaths, notebook_stem, replica_label, write_json
 from .config import PROJECT_ROOT, Config, ConfigError, load_config, resolve_params_path
 from .data import data_seed
 from .defenses import TRAINED_DEFENSES
@@ -88,7 +88,7 @@ def chapter_runs(cfg: Config) -> list[ChapterRun]:
         variants = [("", {})] if ch.variants is None else [(f"[{sfx}]", p) for sfx, p in ch.variants(cfg)]
         for suffix, params in variants:
             if ch.per_seed:
-                runs += [ChapterRun(ch, f"{ch.stem}{suffix}@seed{s}", params, s) for s in cfg.run.seeds]
+                runs += [ChapterRun(ch, replica_label(f"{ch.stem}{suffix}", s), params, s) for s in cfg.run.seeds]
             runs.append(ChapterRun(ch, f"{ch.stem}{suffix}", params))
     return runs
 

@@ -52,9 +52,15 @@ def notebook_stem(label: str) -> str:
     return label.replace("[", "__").replace("]", "").replace("@", "__")
 
 
-def replica_seed(label: str) -> int | None:
-    """The seed of a seed replica's label ("08_attack_evaluation@seed2" -> 2), None for the main run."""
-    return int(label.rsplit("@seed", 1)[1]) if "@seed" in label else None
+def replica_label(label: str, seed: int) -> str:
+    """The label of a seed replica of a chapter run: ("08_attack_evaluation", 2) -> "08_attack_evaluation@seed2"."""
+    return f"{label}@seed{seed}"
+
+
+def split_replica_label(label: str) -> tuple[str, int | None]:
+    """The inverse of replica_label: (the chapter run's own label, the replica's seed or None for the main run)."""
+    base, sep, seed = label.rpartition("@seed")
+    return (base, int(seed)) if sep else (label, None)
 
 
 def set_seed(seed: int) -> None:

@@ -11,7 +11,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from .chapter import SEEDS_DIR, RunPaths, notebook_stem, replica_seed
+from .chapter import SEEDS_DIR, RunPaths, notebook_stem, split_replica_label
 from .config import PROJECT_ROOT
 
 
@@ -24,12 +24,12 @@ def write_index(paths: RunPaths) -> Path:
     rows = []
     for label, rec in state.get("chapters", {}).items():
         stem = notebook_stem(label)
-        seed = replica_seed(label)
+        own_label, seed = split_replica_label(label)
         if seed is None:
             v = verdicts.get(label, {})
         else:  # a seed replica records its verdicts in its own folder, under the chapter's plain label
             replica = paths.replica(seed).metrics / "verdicts.json"
-            v = (json.loads(replica.read_text()) if replica.exists() else {}).get(label.rsplit("@", 1)[0], {})
+            v = (json.loads(replica.read_text()) if replica.exists() else {}).get(own_label, {})
         verdict = v.get("verdict") or ("FAILED: " + (rec.get("error") or "") if rec.get("status") != "ok" else "ran")
         rows.append(f"<tr><td><a href='{html.escape(stem)}.html'>{html.escape(label)}</a></td>"
                     f"<td>{html.escape(verdict)}</td><td>{html.escape(v.get('detail', ''))}</td>"

@@ -119,6 +119,9 @@ def test_seed_replicas_run_before_the_main_seed_in_their_own_folder():
     assert sub.run_dir == Path("/x") / "default" / "seeds" / "seed_2"
     main = next(r for r in runs if r.label == "05_train[causal]")
     assert main.overrides(cfg, {"a": 1}) == {"a": 1} and replica.out_stem == "05_train__causal__seed2"
+    from causal_lib.chapter import split_replica_label
+    assert split_replica_label(replica.label) == ("05_train[causal]", 2)
+    assert split_replica_label("07_causal_verification") == ("07_causal_verification", None)
 
 
 @pytest.mark.parametrize("seeds", [[0, 1], [1, 1]])
