@@ -41,6 +41,18 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), lb.reshape(-1), ignore_index=-100)
 
 
+def response_window(labels: torch.Tensor) -> int:
+    """How many trailing positions' logits a loss on `labels` needs: from the logit that predicts the batch's
+    earliest response token to the end (pass it as `logits_to_keep` and slice labels[:, -k:]). Only the
+    response is supervised, so the LM head and softmax over the prompt positions are wasted work."""
+    has = labels != -100
+    rows = has.any(dim=1)
+    if not bool(rows.any()):
+        return 1
+    first = int(has.float().argmax(dim=1)[rows].min())
+    return int(min(labels.shape[1], labels.shape[1] - first + 1))
+
+
 def response_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits that predict each response token, flattened row by row -> ([N, V], counts per row [B]).
 
@@ -160,5 +172,5 @@ def total_loss(l_task: torch.Tensor, l_causal: torch.Tensor | None = None, l_spu
                    "lambda_causal": float(lambda_causal), "lambda_spurious": float(lambda_spurious)}
 
 
-__all__ = ["task_loss", "causal_loss", "kl_along_response", "response_logits", "hsic_loss", "gaussian_bandwidth",
+__all__ = ["task_loss", "response_window", "causal_loss", "kl_along_response", "response_logits", "hsic_loss", "gaussian_bandwidth",
            "total_loss"]

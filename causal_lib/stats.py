@@ -209,14 +209,17 @@ def _one_hot(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sq_dists(X: np.ndarray) -> np.ndarray:
-    """||x_i - x_j||^2 via the Gram matrix (one GEMM), clipped at 0 against rounding."""
+def _sq_dists(X: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """scale * ||x_i - x_j||^2, clipped at 0 against rounding, from one GEMM of augmented rows:
+    [-2x_i, |x_i|^2, 1] . [x_j, 1, |x_j|^2] = |x_i - x_j|^2 (no passes over the n x n result to add the norms).
+    scale < 0 gives the exponent of a Gaussian kernel directly (clipped at 0 from above)."""
+    X = np.asarray(X, dtype=np.float64)
     sq = np.einsum("ij,ij->i", X, X)
-    D = X @ X.T
-    D *= -2.0
-    D += sq[:, None]
-    D += sq[None, :]
-    np.maximum(D, 0.0, out=D)
+    one = np.ones((len(X), 1))
+    A = np.hstack([X * (-2.0 * scale), sq[:, None] * scale, one * scale])
+    B = np.hstack([X, one, sq[:, None]])
+    D = A @ B.T
+    (np.maximum if scale >= 0 else np.minimum)(D, 0.0, out=D)
     np.fill_diagonal(D, 0.0)
     return D
 
@@ -230,14 +233,24 @@ def median_bandwidth(X, max_points: int = 1000, seed: int = 0) -> float:
     n = len(X)
     if n > max_points:
         X = X[np.random.default_rng(seed).choice(n, max_points, replace=False)]
-    d = np.sqrt(_sq_dists(X)[np.triu_indices(len(X), 1)])
-    if d.size == 0:
+    m = len(X)
+    if m < 2:
         return 1.0
-    med = float(np.median(d))
+    d2 = _sq_dists(X)[np.triu(np.ones((m, m), dtype=bool), 1)]
+    med = _sqrt_median(d2)
     if med <= 0:
-        pos = d[d > 0]
-        med = float(np.median(pos)) if pos.size else 1.0
+        pos = d2[d2 > 0]
+        med = _sqrt_median(pos) if pos.size else 1.0
     return med
+
+
+def _sqrt_median(d2: np.ndarray) -> float:
+    """np.median(np.sqrt(d2)) without the square root of every element (sqrt is monotone: take the
+    middle order statistics of d2 and average their roots)."""
+    k = len(d2)
+    mid = [(k - 1) // 2, k // 2]
+    part = np.partition(d2, mid)
+    return float((math.sqrt(part[mid[0]]) + math.sqrt(part[mid[1]])) / 2.0)
 
 
 def gaussian_gram(X, sigma: float | None = None, max_points: int = 1000, seed: int = 0) -> np.ndarray:
@@ -245,9 +258,10 @@ def gaussian_gram(X, sigma: float | None = None, max_points: int = 1000, seed: i
     X = _as_2d(X)
     if sigma is None:
         sigma = median_bandwidth(X, max_points, seed)
-    K = _sq_dists(X)
-    K *= -1.0 / (2.0 * sigma * sigma)
-    np.exp(K, out=K)
+    import torch
+
+    K = _sq_dists(X, scale=-1.0 / (2.0 * sigma * sigma))
+    torch.from_numpy(K).exp_()  # in place on K; ~3.5x faster than np.exp on float64 (vectorised, threaded)
     return K
 
 
@@ -297,26 +311,41 @@ def _gram(V, discrete: bool, sigma: float | None, max_points: int, seed: int) ->
     return delta_gram(V) if discrete else gaussian_gram(V, sigma, max_points, seed)
 
 
+def _center_stats(K: np.ndarray) -> tuple[float, float]:
+    """Centre K in place (H K H, as center_gram) -> (mean diagonal, mean off-diagonal) of the uncentred K."""
+    n = len(K)
+    d = float(np.trace(K)) / n
+    col = K.mean(axis=0)
+    row = K.mean(axis=1)
+    total = float(col.mean())
+    mu = (total * n * n - n * d) / (n * (n - 1))
+    K -= col[None, :]
+    K -= (row - total)[:, None]
+    return d, mu
+
+
 def _hsic_parts(K: np.ndarray, L: np.ndarray):
-    """From uncentred K, L: (HSIC_b, CKA, gamma-approximation p-value). K, L are overwritten."""
+    """From uncentred K, L: (HSIC_b, CKA, gamma-approximation p-value, Kc, None, degenerate).
+    K, L are overwritten (K by Kc; L is scratch). Sums of products are BLAS dot products over the
+    flattened matrices, so no n x n temporary is allocated: ~2x faster at n = 2000 (README, Performance)."""
+    K, L = np.ascontiguousarray(K, dtype=np.float64), np.ascontiguousarray(L, dtype=np.float64)
     n = len(K)
     # Null moments (Gretton et al. 2008, hsicTestGamma): mu = mean off-diagonal kernel value;
     # E[HSIC_b] = (1/n)(dK - muK)(dL - muL) with dK the mean diagonal (= 1 for Gaussian/delta
     # kernels, giving Gretton's (1/n)(1 + muK muL - muK - muL)).
-    dK, dL = float(np.trace(K)) / n, float(np.trace(L)) / n
-    muK = (float(K.sum()) - n * dK) / (n * (n - 1))
-    muL = (float(L.sum()) - n * dL) / (n * (n - 1))
-    Kc = center_gram(K, inplace=True)
-    Lc = center_gram(L, inplace=True)
-    P = Kc * Lc
-    kl = float(P.sum())
+    dK, muK = _center_stats(K)
+    dL, muL = _center_stats(L)
+    Kc, k, l_ = K, K.reshape(-1), L.reshape(-1)
+    kl = float(np.dot(k, l_))
     hsic = kl / n**2
-    kk, ll = float(np.einsum("ij,ij->", Kc, Kc)), float(np.einsum("ij,ij->", Lc, Lc))
+    kk, ll = float(np.dot(k, k)), float(np.dot(l_, l_))
     cka = kl / math.sqrt(kk * ll) if kk > 0 and ll > 0 else 0.0
-    mean = (dK - muK) * (dL - muL) / n
     # Var[HSIC_b] = 2 (n-4)(n-5) / (n (n-1)(n-2)(n-3)) * mean_{i != j} (Kc_ij Lc_ij)^2.
-    P *= P
-    off = (float(P.sum()) - float(np.trace(P))) / (n * (n - 1))
+    diag = np.diagonal(K) * np.diagonal(L)
+    np.multiply(K, L, out=L)
+    p2 = L.reshape(-1)
+    off = (float(np.dot(p2, p2)) - float(np.dot(diag, diag))) / (n * (n - 1))
+    mean = (dK - muK) * (dL - muL) / n
     var = 2.0 * (n - 4) * (n - 5) / (n * (n - 1) * (n - 2) * (n - 3)) * off if n > 5 else 0.0
     degenerate = kk <= 1e-18 * n * n or ll <= 1e-18 * n * n  # a constant variable (up to rounding)
     if degenerate:
@@ -325,7 +354,7 @@ def _hsic_parts(K: np.ndarray, L: np.ndarray):
         p = 1.0  # a constant variable: no evidence of dependence
     else:
         p = float(sps.gamma.sf(hsic, mean**2 / var, scale=var / mean))
-    return hsic, cka, p, Kc, Lc, degenerate
+    return hsic, cka, p, Kc, None, degenerate
 
 
 def _perm_stats_discrete(Kc: np.ndarray, labels: np.ndarray, perms: np.ndarray,

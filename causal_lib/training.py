@@ -10,6 +10,7 @@ TensorBoard events under logs/<name>/ when report_to is tensorboard.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import Config
-from .losses import causal_loss, hsic_loss, task_loss, total_loss
+from .losses import causal_loss, hsic_loss, response_window, task_loss, total_loss
 from .model import encode_example, save_checkpoint
 from .representation import representation
 
@@ -144,12 +145,33 @@ def _check_finite(loss: torch.Tensor, where: str) -> None:
         raise TrainingError(f"non-finite loss ({loss.item()}) in {where}: {ADVICE_NAN}")
 
 
+def _takes_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def forward_for_labels(model, input_ids, attention_mask, labels, **kwargs):
+    """The model's forward with logits only where `labels` need them -> (output, labels cut to match).
+
+    The embedded model's answers are a few tokens after a ~40-token prompt: computing the LM head on the
+    response window alone makes a training step ~15% cheaper (README, Performance). Hidden states stay
+    whole, so R is unchanged. Models whose forward has no `logits_to_keep` get every position."""
+    if not _takes_logits_to_keep(model):
+        return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs), labels
+    keep = response_window(labels)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **kwargs)
+    return out, labels[:, -keep:]
+
+
 class SFTTrainer(Trainer):
     """Cross-entropy on the response tokens (L_task alone): the base model and StruQ."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        loss = task_loss(out.logits, inputs["labels"])
+        out, labels = forward_for_labels(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        loss = task_loss(out.logits, labels)
         _check_finite(loss, "L_task")
         return (loss, out) if return_outputs else loss
 
@@ -161,20 +183,20 @@ def causal_objective(model, inputs: dict, cfg: Config):
     step instead of 1.65-1.8x for two gradient passes, DESIGN.md s.9)."""
     mc, tc = cfg.model, cfg.train
     with torch.no_grad():
-        out_c = model(input_ids=inputs["clean_input_ids"], attention_mask=inputs["clean_attention_mask"],
-                      output_hidden_states=True)
+        out_c, lab_c = forward_for_labels(model, inputs["clean_input_ids"], inputs["clean_attention_mask"],
+                                          inputs["clean_labels"], output_hidden_states=True)
         r_c = representation(model, inputs["clean_input_ids"], inputs["clean_attention_mask"], layer=mc.repr_layer,
                              pooling=mc.repr_pooling, prompt_lengths=inputs["clean_prompt_length"],
                              hidden_states=out_c.hidden_states)
-    out_i = model(input_ids=inputs["injected_input_ids"], attention_mask=inputs["injected_attention_mask"],
-                  output_hidden_states=True)
+    out_i, lab_i = forward_for_labels(model, inputs["injected_input_ids"], inputs["injected_attention_mask"],
+                                      inputs["injected_labels"], output_hidden_states=True)
     r_i = representation(model, inputs["injected_input_ids"], inputs["injected_attention_mask"], layer=mc.repr_layer,
                          pooling=mc.repr_pooling, prompt_lengths=inputs["injected_prompt_length"],
                          hidden_states=out_i.hidden_states)
-    l_task = task_loss(out_i.logits, inputs["injected_labels"])
+    l_task = task_loss(out_i.logits, lab_i)
     # centred like the causal-stability metric: raw hidden states are anisotropic (cosines near 1)
     l_causal = causal_loss(r_c, r_i, logits_clean=out_c.logits, logits_injected=out_i.logits,
-                           labels=(inputs["clean_labels"], inputs["injected_labels"]),
+                           labels=(lab_c, lab_i),
                            kl_weight=tc.kl_weight, center=True)
     l_spur = hsic_loss(r_i, inputs["z"], groups=inputs["s_group"])
     loss, parts = total_loss(l_task, l_causal, l_spur, tc.lambda_causal, tc.lambda_spurious)

@@ -227,3 +227,30 @@ def test_gradients_reach_only_lora_weights(tok):
             assert p.grad is None, name
     assert any(p.grad.abs().sum() > 0 for n, p in m.named_parameters() if "lora_B" in n)
     assert all(np.isfinite(v) for v in parts.values())
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_response_window_gives_the_full_sequence_losses(tok, model, lora):
+    """Logits on the response window only (the training speed-up) give the same L_task and KL as all positions."""
+    from causal_lib.losses import response_window
+    from causal_lib.training import forward_for_labels
+
+    m = model
+    if lora:
+        m = build_tiny_model(ModelConfig(tiny=SMALL, max_seq_length=64, use_lora=True,
+                                         lora=LoraConfig(r=4, alpha=8, dropout=0.0)), tok).eval()
+    clean, inj = encode_pairs(tok)
+    k = response_window(inj["labels"])
+    assert 1 < k < inj["labels"].shape[1]
+    with torch.no_grad():
+        full_i = m(input_ids=inj["input_ids"], attention_mask=inj["attention_mask"])
+        full_c = m(input_ids=clean["input_ids"], attention_mask=clean["attention_mask"])
+        cut_i, lab_i = forward_for_labels(m, inj["input_ids"], inj["attention_mask"], inj["labels"])
+        cut_c, lab_c = forward_for_labels(m, clean["input_ids"], clean["attention_mask"], clean["labels"])
+    assert cut_i.logits.shape[1] == k == lab_i.shape[1]
+    assert float(task_loss(cut_i.logits, lab_i)) == pytest.approx(float(task_loss(full_i.logits, inj["labels"])),
+                                                                 rel=1e-5)
+    kl_full = kl_along_response(full_c.logits, full_i.logits, clean["labels"], inj["labels"])
+    kl_cut = kl_along_response(cut_c.logits, cut_i.logits, lab_c, lab_i)
+    assert float(kl_cut) == pytest.approx(float(kl_full), rel=1e-4, abs=1e-7)
+    assert response_window(torch.full((2, 5), -100)) == 1
