@@ -51,13 +51,32 @@ def base_training_records(paths: RunPaths) -> list:
     return load_split(paths.data, "base_corpus") + [r for r in load_split(paths.data, "train") if r.kind == "clean"]
 
 
+def base_followups(k: int, seed: int):
+    """Further questions on the document of each plain base example and clean training example (later user
+    turns, world.followup_turns), drawn from a generator seeded by the run seed and the record id (the same
+    turns on every run and resume). None when k == 0."""
+    if k <= 0:
+        return None
+    import random
+
+    from . import world
+
+    def turns(r):
+        if r.kind not in ("base", "clean") or r.data != r.clean_data or r.template_id not in (None, "plain"):
+            return []
+        return world.followup_turns(r.clean_data, r.target, k, random.Random(f"{seed}:{r.id}"))
+
+    return turns
+
+
 def train_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResult | None:
     """Pre-train the embedded model from scratch as the undefended base; a real model is used as it is."""
     if cfg.model.kind == "hf":
         return None
     tok = ensure_tokenizer(cfg, paths)
     model, tok = build_model(cfg.model, tok, seed=cfg.run.seed)
-    ds = SFTDataset(base_training_records(paths), tok, cfg.model.max_seq_length)
+    ds = SFTDataset(base_training_records(paths), tok, cfg.model.max_seq_length,
+                    followups_fn=base_followups(cfg.train.base_followups, cfg.run.seed))
     return run_training(cfg, paths, "base", model, tok, ds, epochs=cfg.train.base_epochs,
                         learning_rate=cfg.train.base_learning_rate, resume=resume,
                         extra_meta={"defense": "none"})

@@ -64,16 +64,17 @@ def bench_causal_step(steps: int = 10) -> dict:
     """One causal training step (no-grad clean pass + injected pass + three losses + backward + AdamW)
     vs one plain cross-entropy step on the injected half, same model and batch."""
     from .losses import task_loss
-    from .training import causal_objective
+    from .training import causal_objective, forward_for_labels
 
     cfg = Config()
     model = _tiny_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = _pair_batch()
 
-    def ce():
-        out = model(input_ids=batch["injected_input_ids"], attention_mask=batch["injected_attention_mask"])
-        task_loss(out.logits, batch["injected_labels"]).backward()
+    def ce():  # the SFT step as training runs it (logits on the response window, like the causal step)
+        out, labels = forward_for_labels(model, batch["injected_input_ids"], batch["injected_attention_mask"],
+                                         batch["injected_labels"])
+        task_loss(out.logits, labels).backward()
         opt.step(); opt.zero_grad()
 
     def causal():
@@ -92,7 +93,7 @@ def bench_trainer_step(steps: int = 30) -> dict:
     from transformers import TrainingArguments
 
     from .losses import task_loss
-    from .training import SFTTrainer, make_collator
+    from .training import SFTTrainer, forward_for_labels, make_collator
 
     B, T = 32, 64
     g = torch.Generator().manual_seed(0)
@@ -107,9 +108,9 @@ def bench_trainer_step(steps: int = 30) -> dict:
 
     def loop():
         t0 = time.perf_counter()
-        for b in batches[:steps]:
-            out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-            task_loss(out.logits, b["labels"]).backward()
+        for b in batches[:steps]:  # the same forward as SFTTrainer.compute_loss
+            out, labels = forward_for_labels(model, b["input_ids"], b["attention_mask"], b["labels"])
+            task_loss(out.logits, labels).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(); opt.zero_grad()
         return (time.perf_counter() - t0) / steps

@@ -94,6 +94,9 @@ class TrainConfig:
     # pre-training of the undefended base (tiny model only)
     base_epochs: float = field(default=3.0, metadata=_range(0.0))
     base_learning_rate: float = field(default=1e-3, metadata=_range(0.0, 1.0))
+    # further questions on the same document, asked as later user turns of the base's plain examples
+    # (world.followup_turns): more supervised answers per sequence; 0 = one question per example
+    base_followups: int = field(default=3, metadata=_range(0))
     # defense training (05_train)
     defenses: list[str] = field(default_factory=lambda: ["causal", "struq", "secalign"])
     epochs: float = field(default=2.0, metadata=_range(0.0))

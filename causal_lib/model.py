@@ -177,6 +177,18 @@ def answer_ids(tokenizer, target: str) -> list[int]:
     return _text_ids(tokenizer, target)
 
 
+def followup_ids(tokenizer, turns, sanitize: bool = True) -> tuple[list[int], list[int]]:
+    """Later turns of a conversation, to append to an encode_example output: for each (question, answer) a
+    user turn, the assistant header and the answer + eos -> (ids, labels), labels on the answers only."""
+    ids, labels = [], []
+    for question, answer in turns:
+        head = _prompt_ids(tokenizer, None, question, sanitize)
+        ans = answer_ids(tokenizer, answer) + [tokenizer.eos_token_id]
+        ids += head + ans
+        labels += [-100] * len(head) + ans
+    return ids, labels
+
+
 def encode_example(tokenizer, system: str, user: str, target: str | None = None, max_length: int | None = None,
                    sanitize: bool = True) -> dict:
     """Token ids of the chat prompt (system, user, assistant header) followed by `target` + eos.

@@ -27,7 +27,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import Config
 from .losses import causal_loss, hsic_loss, response_window, task_loss, total_loss
-from .model import encode_example, save_checkpoint
+from .model import encode_example, followup_ids, save_checkpoint
 from .representation import representation
 
 ADVICE_NAN = ("lower train.learning_rate (e.g. by 3x), raise train.warmup_ratio (e.g. 0.1), keep "
@@ -64,13 +64,20 @@ def z_features(record, vocab: Sequence[str]) -> list[float]:
 class SFTDataset(Dataset):
     """One chat example per item: system S, user U, assistant target (loss on the target only)."""
 
-    def __init__(self, records: Sequence, tokenizer, max_length: int, format_fn=None):
+    def __init__(self, records: Sequence, tokenizer, max_length: int, format_fn=None, followups_fn=None):
+        """followups_fn(record) -> [(question, answer), ...]: later user turns appended (while they fit)."""
         fmt = format_fn or (lambda r: (r.system, r.data, r.target))
         self.items = []
         for r in records:
             s, u, t = fmt(r)
             enc = encode_example(tokenizer, s, u, t, max_length=max_length)
-            self.items.append({"input_ids": enc["input_ids"], "labels": enc["labels"]})
+            ids, labels = enc["input_ids"], enc["labels"]
+            for turn in (followups_fn(r) if followups_fn else []):
+                more_ids, more_labels = followup_ids(tokenizer, [turn])
+                if len(ids) + len(more_ids) > max_length:
+                    break
+                ids, labels = ids + more_ids, labels + more_labels
+            self.items.append({"input_ids": ids, "labels": labels})
 
     def __len__(self):
         return len(self.items)

@@ -405,6 +405,16 @@ def insert(text: str, insertion: str, position: str, rng: random.Random, copies:
 # the base-training corpus
 
 # Shares of the base corpus (the rest is plain instruction following, a third of it with a benign note).
+def followup_turns(doc_text: str, first_answer: str, k: int, rng: random.Random) -> list[tuple[str, str]]:
+    """k further questions on the same document with their answers (other task instances than the one
+    answered first), for later user turns of a base example. A chat model answers each new question on the
+    document in front of it; for the base this gives k more supervised answers per sequence, which is what
+    makes the copy-style tasks learnable within the book's budget (README, "The base model")."""
+    doc = parse_document(doc_text)
+    options = [i for i in instances_for(doc) if answer(i, doc) != first_answer]
+    return [(system_text(i, rng), answer(i, doc)) for i in rng.sample(options, min(k, len(options)))]
+
+
 REVISION_SHARE = 0.40  # a plain revision request inside the data, followed
 SYSTEM_EXTRA_SHARE = 0.15  # S itself carries an extra instruction, followed
 

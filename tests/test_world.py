@@ -193,3 +193,43 @@ def test_documents_already_used_are_never_drawn_again():
     assert len({r.clean_data for r in again}) == 50 and len(seen) == 60
     clean = data.build_clean(20, random.Random(7), set(used), "test")
     assert not used & {r.clean_data for r in clean}
+
+
+def test_followup_turns_are_correct_other_questions_on_the_same_document(splits):
+    """Later user turns of the base's plain examples: other questions on the same document, their answers
+    recomputed by the oracle, never the first answer again, the same turns for the same seed and record."""
+    from causal_lib.base_model import base_followups
+
+    turns_of = base_followups(3, seed=0)
+    assert base_followups(0, seed=0) is None
+    counts = Counter()
+    for r in splits["base_corpus"] + splits["train"]:
+        turns = turns_of(r)
+        counts[len(turns)] += 1
+        if r.kind == "injected" or r.template_id in ("revision", "system_extra", "note"):
+            assert turns == [], r  # only plain examples get further questions
+            continue
+        assert turns == turns_of(r) and (r.kind != "base" or turns)
+        questions = [q for q, _ in turns]
+        assert len(set(questions)) == len(questions)
+        for q, a in turns:
+            assert a == oracle(q, r.clean_data) and a != r.target, (q, a, r)
+    assert counts[0] and (counts[2] + counts[3]) > 200
+
+
+def test_followups_are_appended_as_supervised_later_turns_within_max_length():
+    from causal_lib.model import ASSISTANT_TOKEN, END_TOKEN, train_tokenizer
+    from causal_lib.training import SFTDataset
+
+    recs = data.build_dataset(config_from_dict({}, SMALL))["base_corpus"][:200]
+    tok = train_tokenizer([t for r in recs for t in (r.system, r.data, r.target)], vocab_size=600)
+    turns = lambda r: [("What is the first item in the list?", "apple"), ("Name the last item.", "pear")]  # noqa: E731
+    plain = SFTDataset(recs[:1], tok, 192)[0]
+    more = SFTDataset(recs[:1], tok, 192, followups_fn=turns)[0]
+    n = len(plain["input_ids"])
+    assert more["input_ids"][:n] == plain["input_ids"] and more["labels"][:n] == plain["labels"]
+    supervised = tok.decode([i for i in more["labels"][n:] if i != -100])
+    assert supervised.replace(END_TOKEN, "|").split("|")[:2] == [" apple", " pear"]
+    assert tok.decode(more["input_ids"][n:]).count(ASSISTANT_TOKEN) == 2
+    short = SFTDataset(recs[:1], tok, n + 12, followups_fn=turns)[0]  # the turns that do not fit are left out
+    assert len(short["input_ids"]) <= n + 12
