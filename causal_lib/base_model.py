@@ -12,6 +12,8 @@ from .model import CheckpointError, build_model, load_checkpoint, load_hf_model,
 from .training import SFTDataset, TrainResult, run_training
 
 
+
+
 def tokenizer_dir(paths: RunPaths) -> Path:
     return paths.checkpoints / "tokenizer"
 
@@ -51,6 +53,11 @@ def base_training_records(paths: RunPaths) -> list:
     return load_split(paths.data, "base_corpus") + [r for r in load_split(paths.data, "train") if r.kind == "clean"]
 
 
+def is_plain_task_example(r) -> bool:
+    """A base-corpus or clean training example that is just the task: no revision, note or extra instruction."""
+    return r.kind in ("base", "clean") and r.data == r.clean_data and r.template_id in (None, "plain")
+
+
 def base_followups(k: int, seed: int):
     """Further questions on the document of each plain base example and clean training example (later user
     turns, world.followup_turns), drawn from a generator seeded by the run seed and the record id (the same
@@ -62,11 +69,18 @@ def base_followups(k: int, seed: int):
     from . import world
 
     def turns(r):
-        if r.kind not in ("base", "clean") or r.data != r.clean_data or r.template_id not in (None, "plain"):
+        if not is_plain_task_example(r):
             return []
         return world.followup_turns(r.clean_data, r.target, k, random.Random(f"{seed}:{r.id}"))
 
     return turns
+
+
+def curriculum_runs(cfg: Config) -> list[str]:
+    """Run names (checkpoints/<name>, metrics/train_<name>_log.jsonl) of the base's curriculum stages, in order."""
+    if cfg.model.kind == "hf" or cfg.train.base_curriculum_epochs <= 0:
+        return []
+    return [f"base_curriculum_{i + 1}" for i in range(len(cfg.train.base_curriculum))]
 
 
 def train_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResult | None:
@@ -75,10 +89,25 @@ def train_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResul
         return None
     tok = ensure_tokenizer(cfg, paths)
     model, tok = build_model(cfg.model, tok, seed=cfg.run.seed)
-    ds = SFTDataset(base_training_records(paths), tok, cfg.model.max_seq_length,
-                    followups_fn=base_followups(cfg.train.base_followups, cfg.run.seed))
-    return run_training(cfg, paths, "base", model, tok, ds, epochs=cfg.train.base_epochs,
-                        learning_rate=cfg.train.base_learning_rate, resume=resume,
+    tc = cfg.train
+    records = base_training_records(paths)
+    followups = base_followups(tc.base_followups, cfg.run.seed)
+    for name, tasks in zip(curriculum_runs(cfg), tc.base_curriculum):
+        stage = [r for r in records if r.task in tasks and is_plain_task_example(r)]
+        if not stage:
+            raise ValueError(f"train.base_curriculum stage {tasks} matches no plain example of the base corpus; "
+                             f"choose from {sorted({r.task for r in records})} or set train.base_curriculum: []")
+        done = paths.checkpoints / name / "best_model"  # written when the stage has finished
+        if resume and done.exists():  # a finished stage is read back (its last epoch), not trained again
+            model = load_checkpoint(done, cfg.model, is_trainable=True)[0]
+            continue
+        run_training(cfg, paths, name, model, tok, SFTDataset(stage, tok, cfg.model.max_seq_length,
+                                                              followups_fn=followups),
+                     epochs=tc.base_curriculum_epochs, learning_rate=tc.base_learning_rate, resume=resume,
+                     extra_meta={"defense": "none", "curriculum_tasks": list(tasks)})
+    ds = SFTDataset(records, tok, cfg.model.max_seq_length, followups_fn=followups)
+    return run_training(cfg, paths, "base", model, tok, ds, epochs=tc.base_epochs,
+                        learning_rate=tc.base_learning_rate, resume=resume,
                         extra_meta={"defense": "none"})
 
 

@@ -96,7 +96,13 @@ class TrainConfig:
     base_learning_rate: float = field(default=1e-3, metadata=_range(0.0, 1.0))
     # further questions on the same document, asked as later user turns of the base's plain examples
     # (world.followup_turns): more supervised answers per sequence; 0 = one question per example
-    base_followups: int = field(default=3, metadata=_range(0))
+    base_followups: int = field(default=0, metadata=_range(0))
+    # a curriculum: stages run in order before the whole base corpus, each base_curriculum_epochs epochs over
+    # the plain examples of its tasks alone. The copy mechanism (answer = a token of the data) forms within
+    # ~400 steps on first/last item alone but stalls for thousands of steps in the 7-task mixture
+    # (README, "The base model"); [] or 0 epochs = no curriculum
+    base_curriculum: list[list[str]] = field(default_factory=list)
+    base_curriculum_epochs: float = field(default=0.0, metadata=_range(0.0))
     # defense training (05_train)
     defenses: list[str] = field(default_factory=lambda: ["causal", "struq", "secalign"])
     epochs: float = field(default=2.0, metadata=_range(0.0))
@@ -262,6 +268,17 @@ def _check_consistency(cfg: Config) -> None:
             close = difflib.get_close_matches(d, DEFENSES, n=1)
             raise ConfigError(f"train.defenses: unknown defense {d!r}"
                               + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {DEFENSES}")
+    from .world import TASK_NAMES
+
+    for i, stage in enumerate(cfg.train.base_curriculum):
+        if not stage:
+            raise ConfigError(f"train.base_curriculum[{i}]: a stage needs at least one task; choose from {TASK_NAMES}")
+        for t in stage:
+            if t in TASK_NAMES:
+                continue
+            close = difflib.get_close_matches(t, TASK_NAMES, n=1)
+            raise ConfigError(f"train.base_curriculum[{i}]: unknown task {t!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {TASK_NAMES}")
     seeds = cfg.run.seeds
     if cfg.run.seed in seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"run.seeds: {seeds} must be distinct extra seeds, without run.seed ({cfg.run.seed}), "

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from causal_lib import chapter, reports
-from causal_lib.base_model import train_base
+from causal_lib.base_model import curriculum_runs, train_base
 from causal_lib.comparison import evaluate_defense
 from causal_lib.data import ensure_dataset
 from causal_lib.training import nan_free, read_train_log
@@ -26,14 +26,26 @@ cfg, paths = chapter.start(params_file, overrides)
 ensure_dataset(cfg, paths)  # built by chapter 02; a seed replica builds the same files in its own folder
 result = train_base(cfg, paths, resume=resume)
 log = read_train_log(paths, "base")
+stages = [(f"curriculum {i + 1}: {', '.join(tasks)}", read_train_log(paths, name))
+          for i, (name, tasks) in enumerate(zip(curriculum_runs(cfg), cfg.train.base_curriculum))]
+
+# %% [markdown]
+# With a curriculum (`train.base_curriculum`, `train.base_curriculum_epochs`) the base first trains on the
+# plain examples of each stage's tasks alone (the copy tasks first: the answer is a token of the data), then
+# on the whole corpus; the curves below run on one step axis, stage after stage.
 
 # %%
 if log:
-    df = pd.DataFrame([r for r in log if "loss" in r])
     fig, ax = plt.subplots(1, 2, figsize=(10, 3))
-    ax[0].plot(df["step"], df["loss"]); ax[0].set_yscale("log"); ax[0].set_title("base pre-training loss")
-    ax[0].set_xlabel("step")
-    ax[1].plot(df["step"], df["rss_gb"]); ax[1].set_title("resident memory (GB)"); ax[1].set_xlabel("step")
+    shift = 0
+    for name, rows in stages + [("whole corpus", log)]:
+        df = pd.DataFrame([r for r in rows if "loss" in r])
+        if len(df):
+            ax[0].plot(df["step"] + shift, df["loss"], label=name)
+            ax[1].plot(df["step"] + shift, df["rss_gb"], label=name)
+        shift += max((r["step"] for r in rows), default=0)
+    ax[0].set_yscale("log"); ax[0].set_title("base pre-training loss"); ax[0].set_xlabel("step"); ax[0].legend()
+    ax[1].set_title("resident memory (GB)"); ax[1].set_xlabel("step")
     plt.show()
 
 # %%
@@ -43,6 +55,12 @@ benign, asr = summary["benign_accuracy"], summary["asr"]
 pd.DataFrame([{"metric": "benign accuracy (clean test items)", **benign},
               {"metric": "attack success rate (attacked test items)", **asr},
               {"metric": "ASR, held-out families", **summary["asr_by_split"].get("held_out", {})}])
+
+# %% [markdown]
+# Benign accuracy per task (95% Clopper-Pearson): which of the world's tasks the base has not learned.
+
+# %%
+pd.DataFrame([{"task": t, **r} for t, r in summary.get("benign_accuracy_by_task", {}).items()])
 
 # %%
 ok_benign, ok_vuln = (benign["rate"] or 0) >= 0.95, (asr["rate"] or 0) >= 0.50

@@ -152,3 +152,37 @@ def test_causal_trainer_logs_three_losses_and_selects_best(setup):
     assert res.best_epoch == 2
     meta = json.loads((paths.checkpoints / "causal" / "best_model" / "checkpoint.json").read_text())
     assert meta["extra"]["epoch"] == 2
+
+
+def test_base_curriculum_runs_first_and_is_not_trained_again_on_resume(tmp_path):
+    """train.base_curriculum_epochs > 0: the plain examples of the curriculum tasks alone, then the whole corpus,
+    each with its own log and checkpoints; resuming a finished base trains neither phase again."""
+    from causal_lib.base_model import base_checkpoint, curriculum_runs, is_plain_task_example, train_base
+    from causal_lib.data import ensure_dataset, load_split
+
+    cfg = config_from_dict({
+        "run": {"output_root": str(tmp_path)},
+        "data": {"n_base_corpus": 240, "n_train": 40, "n_val": 10, "n_test": 20, "n_benign_lookalikes": 10,
+                 "n_sep_probes": 10},
+        "model": {"tiny": {"vocab_size": 400, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                           "intermediate_size": 64}, "max_seq_length": 160},
+        "train": {"batch_size": 16, "report_to": "none", "base_epochs": 1, "base_curriculum_epochs": 2,
+                  "base_curriculum": [["first_item", "last_item"], ["extract_field"]]}})
+    paths = RunPaths(cfg.run_dir).make()
+    ensure_dataset(cfg, paths)
+    result = train_base(cfg, paths)
+    names = curriculum_runs(cfg)
+    assert names == ["base_curriculum_1", "base_curriculum_2"]
+    curriculum, main = [read_train_log(paths, n) for n in names], read_train_log(paths, "base")
+    records = load_split(paths.data, "base_corpus") + load_split(paths.data, "train")
+    for log, tasks in zip(curriculum, cfg.train.base_curriculum):
+        n = sum(r.task in tasks and is_plain_task_example(r) for r in records)
+        assert 0 < n and log[-1]["step"] == 2 * -(-n // 16)  # 2 epochs over that stage's plain examples
+    assert all((paths.checkpoints / n / "best_model").exists() for n in names) and base_checkpoint(paths).exists()
+    assert result.steps == main[-1]["step"]
+    before = _weights(load_checkpoint(base_checkpoint(paths), cfg.model)[0])
+    train_base(cfg, paths, resume=True)
+    assert [read_train_log(paths, n) for n in names] == curriculum
+    assert read_train_log(paths, "base")[:len(main)] == main
+    after = _weights(load_checkpoint(base_checkpoint(paths), cfg.model)[0])
+    assert all(torch.equal(before[k], after[k]) for k in before)
