@@ -42,6 +42,10 @@ def test_unknown_key_names_closest():
     ({"model": {"kind": "hf"}}, r"model.name_or_path: required"),
     ({"model": {"load_in_4bit": True, "kind": "hf", "name_or_path": "x"}}, r"set model.use_lora: true"),
     ({"run": 3}, r"run: expected a section"),
+    ({"train": {"base_curriculum": [["first_item"], ["last_iten"]]}},
+     r"train.base_curriculum\[1\]: unknown task 'last_iten' \(did you mean 'last_item'\?\)"),
+    ({"train": {"base_curriculum": [[]]}}, r"train.base_curriculum\[0\]: a stage needs at least one task"),
+    ({"train": {"base_curriculum": ["first_item"]}}, r"train.base_curriculum\[0\]: expected a list"),
 ])
 def test_bad_values_say_which_and_why(data, match):
     with pytest.raises(ConfigError, match=match):
