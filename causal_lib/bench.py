@@ -87,10 +87,11 @@ def bench_causal_step(steps: int = 10) -> dict:
 
 
 def bench_trainer_step(steps: int = 30) -> dict:
-    """HF Trainer (SFTTrainer) step vs a plain torch loop step, same model, data, optimizer and batch size."""
+    """HF Trainer (SFTTrainer) step vs a plain torch loop step, same model, data, optimizer and batch size; both
+    timed as the mean interval between step ends (the Trainer's set-up before its first step is not a step)."""
     import tempfile
 
-    from transformers import TrainingArguments
+    from transformers import TrainerCallback, TrainingArguments
 
     from .losses import task_loss
     from .training import SFTTrainer, forward_for_labels, make_collator
@@ -106,14 +107,25 @@ def bench_trainer_step(steps: int = 30) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batches = [collate(data[i:i + B]) for i in range(0, len(data), B)]
 
+    def per_step(stamps):  # mean interval between step ends: set-up and the first step are not steps
+        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+
     def loop():
-        t0 = time.perf_counter()
+        stamps = []
         for b in batches[:steps]:  # the same forward as SFTTrainer.compute_loss
             out, labels = forward_for_labels(model, b["input_ids"], b["attention_mask"], b["labels"])
             task_loss(out.logits, labels).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(); opt.zero_grad()
-        return (time.perf_counter() - t0) / steps
+            stamps.append(time.perf_counter())
+        return per_step(stamps)
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.stamps = []
+
+        def on_step_end(self, args, state, control, **kw):
+            self.stamps.append(time.perf_counter())
 
     loop()  # warm-up
     t_loop = loop()
@@ -126,10 +138,10 @@ def bench_trainer_step(steps: int = 30) -> dict:
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, data_collator=collate)
         trainer.train()  # includes set-up; measure a second run of the same steps
         model2 = _tiny_model()
-        trainer = SFTTrainer(model=model2, args=args, train_dataset=data, data_collator=collate)
-        t0 = time.perf_counter()
+        clock = StepClock()
+        trainer = SFTTrainer(model=model2, args=args, train_dataset=data, data_collator=collate, callbacks=[clock])
         trainer.train()
-        t_trainer = (time.perf_counter() - t0) / steps
+        t_trainer = per_step(clock.stamps)
     return {"loop_step_s": t_loop, "trainer_step_s": t_trainer, "ratio": t_trainer / t_loop}
 
 
