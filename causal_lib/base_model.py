@@ -104,6 +104,9 @@ def train_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResul
         run_training(cfg, paths, name, model, tok, SFTDataset(stage, tok, cfg.model.max_seq_length,
                                                               followups_fn=followups),
                      epochs=tc.base_curriculum_epochs, learning_rate=tc.base_learning_rate, resume=resume,
+                     # constant after warmup: a stage is a warm start; with the cosine decay over a stage of ~440
+                     # steps the copy mechanism had not formed when the rate reached 0 (first item 0.41)
+                     lr_scheduler_type="constant_with_warmup",
                      extra_meta={"defense": "none", "curriculum_tasks": list(tasks)})
     ds = SFTDataset(records, tok, cfg.model.max_seq_length, followups_fn=followups)
     return run_training(cfg, paths, "base", model, tok, ds, epochs=tc.base_epochs,

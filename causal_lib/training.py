@@ -360,7 +360,7 @@ def run_training(cfg: Config, paths, name: str, model, tokenizer, train_dataset:
                  epochs: float, learning_rate: float, score_fn=None, select_by: str | None = None,
                  higher_is_better: bool = True, resume: bool = False, extra_meta: dict | None = None,
                  trainer_kwargs: dict | None = None, logging_steps: int = 10, batch_size: int | None = None,
-                 max_steps: int | None = None) -> TrainResult:
+                 max_steps: int | None = None, lr_scheduler_type: str | None = None) -> TrainResult:
     """Train `model` with `trainer_cls`, export epoch checkpoints and best_model; stop clearly on NaN/OOM."""
     ckpt_root = paths.checkpoints / name
     trainer_dir = ckpt_root / "trainer"
@@ -382,6 +382,8 @@ def run_training(cfg: Config, paths, name: str, model, tokenizer, train_dataset:
         args.train_sampling_strategy = "group_by_length"
     if max_steps:
         args.max_steps = max_steps
+    if lr_scheduler_type:
+        args.lr_scheduler_type = lr_scheduler_type
     export = EpochExport(ckpt_root, tokenizer, score_fn, extra={"name": name, **(extra_meta or {})})
     kwargs = dict(trainer_kwargs or {})
     if trainer_cls is CausalTrainer:
