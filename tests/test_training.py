@@ -166,7 +166,7 @@ def test_base_curriculum_runs_first_and_is_not_trained_again_on_resume(tmp_path)
                  "n_sep_probes": 10},
         "model": {"tiny": {"vocab_size": 400, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                            "intermediate_size": 64}, "max_seq_length": 160},
-        "train": {"batch_size": 16, "report_to": "none", "base_epochs": 1, "base_curriculum_epochs": 2,
+        "train": {"batch_size": 4, "report_to": "none", "base_epochs": 1, "base_curriculum_epochs": 4,
                   "base_curriculum": [["first_item", "last_item"], ["extract_field"]]}})
     paths = RunPaths(cfg.run_dir).make()
     ensure_dataset(cfg, paths)
@@ -177,7 +177,9 @@ def test_base_curriculum_runs_first_and_is_not_trained_again_on_resume(tmp_path)
     records = load_split(paths.data, "base_corpus") + load_split(paths.data, "train")
     for log, tasks in zip(curriculum, cfg.train.base_curriculum):
         n = sum(r.task in tasks and is_plain_task_example(r) for r in records)
-        assert 0 < n and log[-1]["step"] == 2 * -(-n // 16)  # 2 epochs over that stage's plain examples
+        assert 0 < n and log[-1]["step"] == 4 * -(-n // 4)  # 4 epochs over that stage's plain examples
+        rates = [r["learning_rate"] for r in log if "learning_rate" in r]  # constant after warmup, no decay
+        assert rates and all(r == pytest.approx(cfg.train.base_learning_rate) for r in rates), log
     assert all((paths.checkpoints / n / "best_model").exists() for n in names) and base_checkpoint(paths).exists()
     assert result.steps == main[-1]["step"]
     before = _weights(load_checkpoint(base_checkpoint(paths), cfg.model)[0])
