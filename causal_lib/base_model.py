@@ -12,8 +12,6 @@ from .model import CheckpointError, build_model, load_checkpoint, load_hf_model,
 from .training import SFTDataset, TrainResult, run_training
 
 
-
-
 def tokenizer_dir(paths: RunPaths) -> Path:
     return paths.checkpoints / "tokenizer"
 

@@ -10,6 +10,7 @@ TensorBoard events under logs/<name>/ when report_to is tensorboard.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -154,8 +155,13 @@ def _check_finite(loss: torch.Tensor, where: str) -> None:
 
 def _takes_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes_logits_to_keep(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(model_cls) -> bool:  # once per class, not on every training step
     try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
+        return "logits_to_keep" in inspect.signature(model_cls.forward).parameters
     except (TypeError, ValueError):
         return False
 
@@ -164,7 +170,7 @@ def forward_for_labels(model, input_ids, attention_mask, labels, **kwargs):
     """The model's forward with logits only where `labels` need them -> (output, labels cut to match).
 
     The embedded model's answers are a few tokens after a ~40-token prompt: computing the LM head on the
-    response window alone makes a training step ~15% cheaper (README, Performance). Hidden states stay
+    response window alone made a step of the 4-head model 19% cheaper (README, Performance). Hidden states stay
     whole, so R is unchanged. Models whose forward has no `logits_to_keep` get every position."""
     if not _takes_logits_to_keep(model):
         return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs), labels
