@@ -40,10 +40,10 @@ lab: venv
 		$(if $(filter 0,$(shell id -u)),--ServerApp.allow_root=True)
 
 bench: venv
-	$(PY) -m causal_lib.bench
+	$(PY) -m causal_lib.book.bench
 
 archive: venv
-	$(PY) -m causal_lib.share archive --run $(RUN)
+	$(PY) -m causal_lib.book.share archive --run $(RUN)
 
 clean:
 	rm -rf outputs/smoke outputs/test-*

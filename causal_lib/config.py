@@ -6,17 +6,32 @@ type or an out-of-range value says which field and why (`ConfigError`).
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import dataclasses
 import difflib
 import hashlib
-import json
 import types
 import typing
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-
 import yaml
+from causal_lib.defenses import registry
+from causal_lib.data.world import TASK_NAMES
+
+
+def parse_overrides(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=1")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -187,9 +202,6 @@ class Config:
         return root / self.run.name
 
 
-# ---------------------------------------------------------------------------------------------
-# validation
-
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -261,14 +273,12 @@ def _build(cls, data: dict, where: str = ""):
 
 
 def _check_consistency(cfg: Config) -> None:
-    from .defenses import DEFENSES  # the one list of defense names
 
     for d in cfg.train.defenses:
-        if d not in DEFENSES:
-            close = difflib.get_close_matches(d, DEFENSES, n=1)
+        if d not in registry.trained_names():
+            close = difflib.get_close_matches(d, registry.trained_names(), n=1)
             raise ConfigError(f"train.defenses: unknown defense {d!r}"
-                              + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {DEFENSES}")
-    from .world import TASK_NAMES
+                              + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from the trained defenses {registry.trained_names()}")
 
     for i, stage in enumerate(cfg.train.base_curriculum):
         if not stage:

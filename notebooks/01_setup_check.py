@@ -15,8 +15,9 @@ overrides = {}
 import pandas as pd
 import matplotlib.pyplot as plt
 
-from causal_lib import chapter, reports
-from causal_lib.setup_check import run_setup_checks
+from causal_lib.book import run_folder as chapter
+from causal_lib.book import reports
+from causal_lib.book.setup_check import run_setup_checks
 
 cfg, paths = chapter.start(params_file, overrides)
 checks, estimate = run_setup_checks(cfg)

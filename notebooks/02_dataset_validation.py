@@ -25,15 +25,19 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from causal_lib import chapter, data, reports
+from causal_lib.book import run_folder as chapter
+from causal_lib.data import build
+from causal_lib.data import records
+from causal_lib.data import checks
+from causal_lib.book import reports
 
 cfg, paths = chapter.start(params_file, overrides)
-manifest = data.ensure_dataset(cfg, paths)
+manifest = build.ensure_dataset(cfg, paths)
 print(f"data in {paths.data}: {'built' if manifest['built'] else 'reused'} ({manifest['reason']}), "
       f"{manifest['seconds']:.1f} s, data hash {manifest['data_hash']}")
-splits = data.load_dataset(paths.data)
-report = data.validate_dataset(paths.data, cfg.data.held_out_families)
-rows = pd.DataFrame([r for recs in splits.values() for r in data.length_table(recs)])
+splits = records.load_dataset(paths.data)
+report = checks.validate_dataset(paths.data, cfg.data.held_out_families)
+rows = pd.DataFrame([r for recs in splits.values() for r in checks.length_table(recs)])
 rows["file"] = [name for name, recs in splits.items() for _ in recs]
 
 # %% [markdown]

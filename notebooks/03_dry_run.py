@@ -14,9 +14,10 @@ overrides = {}
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib import chapter, reports
-from causal_lib.data import ensure_dataset
-from causal_lib.training import dry_run
+from causal_lib.book import run_folder as chapter
+from causal_lib.book import reports
+from causal_lib.data.build import ensure_dataset
+from causal_lib.training.dry_run import dry_run
 
 cfg, paths = chapter.start(params_file, overrides)
 ensure_dataset(cfg, paths)

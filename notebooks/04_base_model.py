@@ -16,11 +16,12 @@ resume = False
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib import chapter, reports
-from causal_lib.base_model import curriculum_runs, train_base
-from causal_lib.comparison import evaluate_defense
-from causal_lib.data import ensure_dataset
-from causal_lib.training import nan_free, read_train_log
+from causal_lib.book import run_folder as chapter
+from causal_lib.book import reports
+from causal_lib.training.pretrain import curriculum_runs, train_base
+from causal_lib.evaluation.run import evaluate_defense
+from causal_lib.data.build import ensure_dataset
+from causal_lib.training.trainer import nan_free, read_train_log
 
 cfg, paths = chapter.start(params_file, overrides)
 ensure_dataset(cfg, paths)  # built by chapter 02; a seed replica builds the same files in its own folder

@@ -18,31 +18,23 @@ resume = False
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib import chapter, reports
-from causal_lib.defenses import LABELS
-from causal_lib.training import nan_free, read_train_log, steps_per_second, train_causal
+from causal_lib.book import run_folder as chapter
+from causal_lib.book import reports
+from causal_lib.defenses import registry
+from causal_lib.training.trainer import nan_free, read_train_log, steps_per_second
 
 cfg, paths = chapter.start(params_file, overrides)
-if defense == "causal":
-    result = train_causal(cfg, paths, resume=resume)
-elif defense == "struq":
-    from causal_lib.baselines import train_struq
-    result = train_struq(cfg, paths, resume=resume)
-elif defense == "secalign":
-    from causal_lib.baselines import train_secalign
-    result = train_secalign(cfg, paths, resume=resume)
-else:
-    raise ValueError(f"defense {defense!r} is not trained here; trained defenses: causal, struq, secalign")
+result = registry.get(defense).train(cfg, paths, resume=resume)
 log = read_train_log(paths, defense)
 df = pd.DataFrame([r for r in log if any(k.startswith("loss") for k in r)])
-print(f"{LABELS[defense]}: {result.steps} steps in {result.train_seconds:.0f} s; best epoch {result.best_epoch}")
+print(f"{registry.label(defense)}: {result.steps} steps in {result.train_seconds:.0f} s; best epoch {result.best_epoch}")
 
 # %%
 loss_cols = [c for c in df.columns if c.startswith("loss") or c.endswith("loss")]
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
 for c in loss_cols:
     axes[0].plot(df["step"], df[c], label=c)
-axes[0].set_title(f"{LABELS[defense]}: losses"); axes[0].set_xlabel("step"); axes[0].legend(fontsize=7)
+axes[0].set_title(f"{registry.label(defense)}: losses"); axes[0].set_xlabel("step"); axes[0].legend(fontsize=7)
 axes[1].plot(df["step"], df["rss_gb"], label="RSS")
 if "cuda_peak_gb" in df:
     axes[1].plot(df["step"], df["cuda_peak_gb"], label="CUDA peak")
@@ -70,7 +62,7 @@ metrics = {"defense": defense, "steps": result.steps, "train_seconds": result.tr
 chapter.write_metrics(paths, f"train_{defense}", metrics)
 rows = [{"epoch": e, **s} for e, s in sorted(result.epochs.items())]
 reports.write_report_section(paths, "WEEK2_TRAINING_REPORT.md", defense,
-    f"## {LABELS[defense]}\n\n{result.steps} steps in {result.train_seconds:.0f} s "
+    f"## {registry.label(defense)}\n\n{result.steps} steps in {result.train_seconds:.0f} s "
     f"({sps or float('nan'):.2f} steps/s), peak RSS {metrics['peak_rss_gb'] or float('nan'):.2f} GB, "
     f"no NaN: {metrics['nan_free']}, best epoch {result.best_epoch}, seed {cfg.run.seed}.\n\n"
     f"Final losses: {', '.join(f'{k} {v:.4f}' for k, v in metrics['final_losses'].items())}\n\n"

@@ -18,11 +18,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from causal_lib import chapter, reports
-from causal_lib.base_model import checkpoint_meta, records_for
-from causal_lib.data import load_split
-from causal_lib.defenses import LABELS
-from causal_lib.epochs import validate_epochs
+from causal_lib.book import run_folder as chapter
+from causal_lib.book import reports
+from causal_lib.data.records import load_split
+from causal_lib.training.epoch_selection import validate_epochs
 
 cfg, paths = chapter.start(params_file, overrides)
 table = validate_epochs(cfg, paths, defense)

@@ -25,20 +25,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from causal_lib import chapter, reports
-from causal_lib.base_model import load_model
-from causal_lib.comparison import evaluate_defense
-from causal_lib.data import load_split
-from causal_lib.discovery import draw_graph
-from causal_lib.stats import calibrate, conditional_hsic_test
-from causal_lib import verification as V
+from causal_lib.book import run_folder as chapter
+from causal_lib.book import reports
+from causal_lib.defenses.load import load_model
+from causal_lib.evaluation.run import evaluate_defense
+from causal_lib.data.records import load_split
+from causal_lib.verification.discovery import draw_graph
+from causal_lib.verification.hsic import calibrate, conditional_hsic_test
+from causal_lib.verification import dseparation
+from causal_lib.verification import pac_bayes
+from causal_lib.verification import discovery
+from causal_lib.verification import invariance
 
 cfg, paths = chapter.start(params_file, overrides)
 sc = cfg.stats
 test = load_split(paths.data, "test")
-pairs = V.test_pairs(test, sc.n_independence // 2, cfg.run.seed)  # n_independence rows: clean + injected twins
+pairs = dseparation.test_pairs(test, sc.n_independence // 2, cfg.run.seed)  # n_independence rows: clean + injected twins
 models = {name: load_model(cfg, paths, d) for name, d in (("base", "none"), (model_name, model_name))}
-samples = {name: V.collect(m, tok, pairs, cfg) for name, (m, tok) in models.items()}
+samples = {name: dseparation.collect(m, tok, pairs, cfg) for name, (m, tok) in models.items()}
 print(f"{len(pairs)} test pairs -> n = {2 * len(pairs)} rows, R reduced to d = {sc.repr_dim} PCs")
 
 # %% [markdown]
@@ -61,8 +65,8 @@ pd.DataFrame([{"quantity": "type-I error (independent)", **cal.type1.to_dict()},
 # ## 2. d-separation: R ⊥ Z | S, with its power controls
 
 # %%
-dsep = {name: V.dseparation(s, cfg) for name, s in samples.items()}
-dsep["planted control"] = V.dseparation(samples[model_name], cfg, planted_strength=0.3)
+dsep = {name: dseparation.dseparation(s, cfg) for name, s in samples.items()}
+dsep["planted control"] = dseparation.dseparation(samples[model_name], cfg, planted_strength=0.3)
 dsep_df = pd.DataFrame([{"model": k, **v} for k, v in dsep.items()])
 dsep_df[["model", "n", "d", "statistic", "effect_size", "p_value", "rejects", "method"]]
 
@@ -82,8 +86,8 @@ plt.show()
 # %%
 rep = {}
 for name, s in samples.items():
-    rep[name] = {"causal_stability": V.causal_stability(s.r_clean, s.r_injected, sc.n_bootstrap, cfg.run.seed),
-                 "epsilon_causal": V.epsilon_causal(s.tv, sc.n_bootstrap, cfg.run.seed)}
+    rep[name] = {"causal_stability": invariance.causal_stability(s.r_clean, s.r_injected, sc.n_bootstrap, cfg.run.seed),
+                 "epsilon_causal": invariance.epsilon_causal(s.tv, sc.n_bootstrap, cfg.run.seed)}
 evals = {"base": evaluate_defense(cfg, paths, "none"), model_name: evaluate_defense(cfg, paths, model_name)}
 for name, ev in evals.items():
     rep[name]["sep"] = ev["summary"]["sep"]
@@ -108,7 +112,7 @@ metrics_df
 # %%
 m, tok = models[model_name]
 injected = [p[1] for p in pairs]
-pac = V.pac_bayes(m, models["base"][0], tok, injected, cfg)
+pac = pac_bayes.pac_bayes(m, models["base"][0], tok, injected, cfg)
 asr = rep[model_name]["asr"]
 bounds = {"asr_clopper_pearson_upper": asr["hi"], "asr": asr, "pac_bayes": pac}
 pd.DataFrame([{"bound": "ASR, Clopper-Pearson 95% upper", "value": asr["hi"]},
@@ -130,8 +134,8 @@ for ax, name in zip(axes, ("base", model_name)):
     recs = [p[0] for p in s.pairs] + [p[1] for p in s.pairs]
     ok = np.array([bool(items[r.id]["correct"]) if r.id in items else False for r in recs])
     hij = np.array([bool(items[r.id]["success"]) if r.id in items and r.kind == "injected" else False for r in recs])
-    blocks = V.discovery_blocks(s, ok, hij, k=min(8, sc.repr_dim))
-    res = V.discover(blocks, defended=(name != "base"), cfg=cfg)
+    blocks = discovery.discovery_blocks(s, ok, hij, k=min(8, sc.repr_dim))
+    res = discovery.discover(blocks, defended=(name != "base"), cfg=cfg)
     discovery[name] = res
     draw_graph(res["graph"], ax=ax, expected=res["expected"])
     ax.set_title(f"{name}: match {res['match']['score']:.2f}, hard checks {'pass' if res['match']['hard_pass'] else 'fail'}")

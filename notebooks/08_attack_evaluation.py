@@ -17,24 +17,26 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from causal_lib import chapter, reports
-from causal_lib.base_model import load_model, records_for
-from causal_lib.comparison import comparison_rows, evaluate_defense
-from causal_lib.data import load_split
-from causal_lib.defenses import DEFENSES, LABELS, TRAINED_DEFENSES
-from causal_lib.evaluate import results_table
+from causal_lib.book import run_folder as chapter
+from causal_lib.book import reports
+from causal_lib.defenses.load import load_model, records_for
+from causal_lib.evaluation.comparison import comparison_rows
+from causal_lib.evaluation.run import evaluate_defense
+from causal_lib.data.records import load_split
+from causal_lib.defenses import registry
+from causal_lib.evaluation.summary import results_table
 
 cfg, paths = chapter.start(params_file, overrides)
-defenses = [d for d in DEFENSES if d not in TRAINED_DEFENSES or d in cfg.train.defenses]
+defenses = registry.evaluated(cfg.train.defenses)
 evals = {d: evaluate_defense(cfg, paths, d) for d in defenses}
-long = pd.concat([results_table(evals[d]["summary"], defense=LABELS[d]) for d in defenses], ignore_index=True)
+long = pd.concat([results_table(evals[d]["summary"], defense=registry.label(d)) for d in defenses], ignore_index=True)
 print({d: evals[d]["summary"]["counts"] for d in defenses[:1]})
 
 # %% [markdown]
 # ## Input filtering: how good are the detectors?
 
 # %%
-from causal_lib.baselines.filters import detector_report
+from causal_lib.defenses.filters import detector_report
 filter_rates = detector_report(cfg, paths)
 pd.DataFrame(filter_rates["rows"])
 
@@ -44,7 +46,7 @@ pd.DataFrame(filter_rates["rows"])
 # per item, budget `eval.gcg_steps` steps of `eval.gcg_candidates` candidates over `eval.gcg_items` items.
 
 # %%
-from causal_lib.gcg import run_gcg
+from causal_lib.evaluation.gcg import run_gcg
 gcg = {}
 for d in defenses:
     if d == "filter":
@@ -52,7 +54,7 @@ for d in defenses:
     m, tok = load_model(cfg, paths, d)
     test = records_for(d, load_split(paths.data, "test"), tok)
     gcg[d] = run_gcg(m, tok, test, cfg.eval, seed=cfg.run.seed)
-    print(f"{LABELS[d]}: GCG ASR {gcg[d]['asr']['rate']:.1%} over {gcg[d]['asr']['n']} items, "
+    print(f"{registry.label(d)}: GCG ASR {gcg[d]['asr']['rate']:.1%} over {gcg[d]['asr']['n']} items, "
           f"{gcg[d].get('mean_seconds_per_item', float('nan')):.1f} s/item")
 
 # %% [markdown]
@@ -67,7 +69,7 @@ comparison
 fig, axes = plt.subplots(1, 2, figsize=(16, 4.5))
 for ax, group in zip(axes, ("family", "goal")):
     hm = long[(long["metric"] == "asr") & (long["group_type"] == group)].pivot(index="defense", columns="group", values="rate")
-    hm = hm.reindex([LABELS[d] for d in defenses])
+    hm = hm.reindex([registry.label(d) for d in defenses])
     sns.heatmap(hm, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="rocket_r", ax=ax)
     ax.set_title(f"ASR per {group}")
 plt.tight_layout(); plt.show()
@@ -78,7 +80,7 @@ for d in defenses:
     s = evals[d]["summary"]
     a, b = s["asr"], s["benign_accuracy"]
     ax.errorbar(b["rate"], a["rate"], xerr=[[b["rate"] - b["lo"]], [b["hi"] - b["rate"]]],
-                yerr=[[a["rate"] - a["lo"]], [a["hi"] - a["rate"]]], fmt="o", capsize=3, label=LABELS[d])
+                yerr=[[a["rate"] - a["lo"]], [a["hi"] - a["rate"]]], fmt="o", capsize=3, label=registry.label(d))
 ax.axhline(0.10, color="green", ls="--", lw=1, label="target ASR 10%")
 ax.set_xlabel("benign accuracy"); ax.set_ylabel("attack success rate"); ax.set_xlim(-0.02, 1.02); ax.set_ylim(-0.02, 1.02)
 ax.legend(fontsize=8); ax.set_title("ASR vs benign accuracy (95% CI)")
@@ -94,7 +96,7 @@ comparison_payload = {"defenses": defenses, "summaries": {d: evals[d]["summary"]
                       "gcg": gcg, "filter_detectors": filter_rates, "table": rows, "seed": cfg.run.seed}
 spread = None
 if cfg.run.seeds:
-    from causal_lib.comparison import seed_replicas, seed_spread, seed_spread_rows
+    from causal_lib.evaluation.comparison import seed_replicas, seed_spread, seed_spread_rows
     spread = seed_spread({cfg.run.seed: comparison_payload, **seed_replicas(paths, cfg.run.seeds)})
     chapter.write_metrics(paths, "seeds", spread)
     display(pd.DataFrame(seed_spread_rows(spread)))
@@ -104,7 +106,7 @@ if cfg.run.seeds:
         ax.scatter([i] * len(vals), vals, color="grey", s=14)
         ax.errorbar(i, spread["defenses"][d]["ASR (all attacks)"]["mean"],
                     yerr=spread["defenses"][d]["ASR (all attacks)"]["sd"], fmt="o", capsize=4)
-    ax.set_xticks(range(len(spread["defenses"])), [LABELS[d] for d in spread["defenses"]], rotation=20)
+    ax.set_xticks(range(len(spread["defenses"])), [registry.label(d) for d in spread["defenses"]], rotation=20)
     ax.set_ylabel("ASR"); ax.set_ylim(-0.02, 1.02); ax.set_title(f"ASR over seeds {spread['seeds']} (mean ± sd)")
     plt.tight_layout(); plt.show()
 else:
@@ -128,7 +130,7 @@ reports.write_report(paths, "WEEK4_EVALUATION_REPORT.md",
     + "\n## ASR seen vs held-out families\n\n" + by("split") + "\n## ASR per attack source\n\n" + by("source")
     + "\n## Input-filter detectors\n\n" + reports.markdown_table(filter_rates["rows"])
     + "\n## Adaptive attack (GCG)\n\n" + reports.markdown_table(
-        [{"defense": LABELS[d], **{k: g["asr"][k] for k in ("k", "n", "rate", "lo", "hi")},
+        [{"defense": registry.label(d), **{k: g["asr"][k] for k in ("k", "n", "rate", "lo", "hi")},
           "seconds_per_item": g.get("mean_seconds_per_item")} for d, g in gcg.items()]))
 causal = evals.get("causal", {}).get("summary", {})
 detail = (f"causal ASR {causal['asr']['rate']:.1%} [{causal['asr']['lo']:.1%}, {causal['asr']['hi']:.1%}] vs no defense "

@@ -16,8 +16,9 @@ import json
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib import chapter, reports
-from causal_lib.phase_report import failure_cases, success_criteria
+from causal_lib.book import run_folder as chapter
+from causal_lib.book import reports
+from causal_lib.book.phase_report import failure_cases, success_criteria
 
 cfg, paths = chapter.start(params_file, overrides)
 criteria = success_criteria(paths, memory_limit_gb=cfg.run.memory_limit_gb)

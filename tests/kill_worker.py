@@ -20,11 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from transformers import Trainer, TrainerCallback  # noqa: E402
 
-from causal_lib import model as model_mod  # noqa: E402
-from causal_lib.chapter import RunPaths  # noqa: E402
+from causal_lib.models import checkpoints as model_mod  # noqa: E402
+from causal_lib.book.run_folder import RunPaths  # noqa: E402
 from causal_lib.config import config_from_dict  # noqa: E402
-from causal_lib.model import build_tiny_model, train_tokenizer  # noqa: E402
-from causal_lib.training import SFTDataset, run_training  # noqa: E402
+from causal_lib.models.load import build_tiny_model
+from causal_lib.models.prompts import train_tokenizer  # noqa: E402
+from causal_lib.training.examples import SFTDataset
+from causal_lib.training.trainer import run_training  # noqa: E402
 
 ITEMS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "melon"]
 EPOCHS = 3

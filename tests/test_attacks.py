@@ -6,10 +6,14 @@ import re
 
 import pytest
 
-from causal_lib import attacks, data, world
-from causal_lib.attacks import AttackFileError, attack_succeeded, expand_attack_file, is_correct, load_attack_file, probe_executed
+from causal_lib.models.prompts import SPECIAL_TOKENS
+from causal_lib.data import attacks
+from causal_lib.data import checks as data
+from causal_lib.data import world
+from causal_lib.data.attacks import AttackFileError, expand_attack_file, load_attack_file
+from causal_lib.evaluation.scoring import attack_succeeded, is_correct, probe_executed
 from causal_lib.config import PROJECT_ROOT, DataConfig
-from causal_lib.data import Record
+from causal_lib.data.records import Record
 
 EXAMPLE = PROJECT_ROOT / "params" / "attacks" / "example_attacks.jsonl"
 
@@ -72,7 +76,7 @@ def test_families_and_templates():
         assert len(ts) >= 2, fam
         for t in ts:
             assert "{instruction}" in t.template
-            assert not any(tok in t.template for tok in world.SPECIAL_TOKENS)
+            assert not any(tok in t.template for tok in SPECIAL_TOKENS)
     assert len({t.id for t in attacks.BUILTIN_TEMPLATES}) == len(attacks.BUILTIN_TEMPLATES)
     assert list(attacks.DEFAULT_HELD_OUT) == DataConfig().held_out_families
     assert set(attacks.training_families()) == set(attacks.FAMILIES) - set(attacks.DEFAULT_HELD_OUT)

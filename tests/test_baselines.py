@@ -15,15 +15,13 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from causal_lib.baselines import (  # noqa: E402
-    BLOCKED_OUTPUT, DATA_TOKEN, INST_TOKEN, RESERVED_TOKENS, RESP_TOKEN, DataClassifier, FilterDefense,
-    KnownAnswerDetector, add_reserved_tokens, control_tokens, detector_rates, is_struq_tokenizer, reserved_token_ids,
-    secalign_pairs, secret_key, strip_reserved, struq_format, struq_prompt, struq_training_records, train_classifier,
-)
+from causal_lib.evaluation.generate import BLOCKED_OUTPUT
+from causal_lib.defenses.struq import DATA_TOKEN, INST_TOKEN, RESERVED_TOKENS, RESP_TOKEN, add_reserved_tokens, control_tokens, is_struq_tokenizer, reserved_token_ids, strip_reserved, struq_format, struq_prompt, struq_training_records
+from causal_lib.defenses.filters import DataClassifier, FilterDefense, KnownAnswerDetector, detector_rates, secret_key, train_classifier
+from causal_lib.defenses.secalign import secalign_pairs
 from causal_lib.config import Config, ModelConfig, TinyModelConfig  # noqa: E402
-from causal_lib.model import (  # noqa: E402
-    ASSISTANT_TOKEN, END_TOKEN, SYSTEM_TOKEN, USER_TOKEN, build_tiny_model, encode_example, train_tokenizer,
-)
+from causal_lib.models.prompts import ASSISTANT_TOKEN, END_TOKEN, SYSTEM_TOKEN, USER_TOKEN, encode_example, train_tokenizer
+from causal_lib.models.load import build_tiny_model
 
 SMALL = TinyModelConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64)
@@ -54,7 +52,7 @@ class _StandInRecord:  # the fields of causal_lib.data.Record (used when data.py
 
 def _record_cls():
     try:
-        from causal_lib.data import Record
+        from causal_lib.data.records import Record
 
         return Record
     except ImportError:
@@ -188,7 +186,7 @@ def world_clean(n=40, seed=0):
     """Clean records of the embedded world (its documents can be re-injected by attacks.inject)."""
     import random
 
-    from causal_lib import world as w
+    from causal_lib.data import world as w
 
     rng = random.Random(seed)
     out = []
@@ -200,7 +198,7 @@ def world_clean(n=40, seed=0):
 
 
 def test_mixtures_inject_the_worlds_own_training_templates():
-    from causal_lib import attacks
+    from causal_lib.data import attacks
 
     clean = world_clean(80)
     mix, stats = struq_training_records(clean, seed=0)
@@ -298,7 +296,7 @@ def test_kad_flags_when_the_key_is_missing():
 
 
 def test_kad_key_pool_and_variant_choice_on_validation():
-    from causal_lib.baselines import choose_kad
+    from causal_lib.defenses.filters import choose_kad
 
     pool = ("ZEBRA", "COMET")
     assert {secret_key(f"id{i}", 0, pool=pool) for i in range(50)} == set(pool)
@@ -334,7 +332,7 @@ def test_filter_blocks_flagged_items_and_rates():
         FilterDefense(kad=None, classifier=None)
     # with the evaluation engine, when it is there: a blocked item is answered BLOCKED_OUTPUT, never generated
     try:
-        from causal_lib.evaluate import evaluate_records
+        from causal_lib.evaluation.run import evaluate_records
         import causal_lib.attacks  # noqa: F401
     except ImportError:
         return
@@ -388,9 +386,9 @@ def test_filter_any_mode_combines_detectors():
 # ------------------------------------------------------------------ end to end: tiny StruQ and SecAlign runs
 
 def _run_setup(tmp_path, tok):
-    from causal_lib.chapter import RunPaths
+    from causal_lib.book.run_folder import RunPaths
     from causal_lib.config import config_from_dict
-    from causal_lib.model import save_checkpoint
+    from causal_lib.models.checkpoints import save_checkpoint
 
     cfg = config_from_dict({
         "run": {"name": "t", "output_root": str(tmp_path)},
@@ -404,7 +402,7 @@ def _run_setup(tmp_path, tok):
 
 
 def _changed(a_dir, b_dir, cfg):
-    from causal_lib.model import load_checkpoint
+    from causal_lib.models.checkpoints import load_checkpoint
 
     a, _ = load_checkpoint(a_dir, cfg.model)
     b, _ = load_checkpoint(b_dir, cfg.model)
@@ -413,13 +411,14 @@ def _changed(a_dir, b_dir, cfg):
 
 
 def test_secalign_end_to_end_tiny(tmp_path, tok):
-    from causal_lib.baselines import read_model_card, train_secalign
-    from causal_lib.model import load_checkpoint
+    from causal_lib.defenses.cards import read_model_card
+    from causal_lib.defenses import secalign
+    from causal_lib.models.checkpoints import load_checkpoint
 
     cfg, paths, base_dir = _run_setup(tmp_path, tok)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = train_secalign(cfg, paths, base_dir, world(24))
+        res = secalign.train(cfg, paths, base_dir, world(24))
     root = paths.checkpoints / "secalign"
     assert (root / "epoch_1" / "checkpoint.json").exists() and (root / "best_model" / "checkpoint.json").exists()
     assert res.best_epoch == 1 and res.steps == 3  # 24 pairs / batch 8
@@ -434,11 +433,12 @@ def test_secalign_end_to_end_tiny(tmp_path, tok):
 
 
 def test_struq_end_to_end_tiny(tmp_path, tok):
-    from causal_lib.baselines import read_model_card, train_struq
-    from causal_lib.model import load_checkpoint
+    from causal_lib.defenses.cards import read_model_card
+    from causal_lib.defenses import struq
+    from causal_lib.models.checkpoints import load_checkpoint
 
     cfg, paths, base_dir = _run_setup(tmp_path, tok)
-    res = train_struq(cfg, paths, base_dir, world(24))
+    res = struq.train(cfg, paths, base_dir, world(24))
     root = paths.checkpoints / "struq"
     assert (root / "epoch_1").is_dir() and (root / "best_model").is_dir() and res.steps == 3
     card = read_model_card(root / "best_model")
@@ -449,7 +449,8 @@ def test_struq_end_to_end_tiny(tmp_path, tok):
 
 
 def test_build_filter_and_report_on_a_tiny_model(tmp_path, tok):
-    from causal_lib.baselines import build_filter, classifier_path, detector_report, read_model_card
+    from causal_lib.defenses.filters import build_filter, classifier_path, detector_report
+    from causal_lib.defenses.cards import read_model_card
 
     cfg, paths, _ = _run_setup(tmp_path, tok)
     model = build_tiny_model(cfg.model, tok, seed=0)
@@ -467,8 +468,8 @@ def test_build_filter_and_report_on_a_tiny_model(tmp_path, tok):
 
 
 def test_dpo_config_carries_the_run_training_arguments(tmp_path):
-    from causal_lib.baselines.secalign import dpo_config_from
-    from causal_lib.training import training_arguments
+    from causal_lib.defenses.secalign import dpo_config_from
+    from causal_lib.training.trainer import training_arguments
 
     cfg = Config()
     args = training_arguments(cfg, tmp_path, epochs=1.0, learning_rate=1e-4, seed=7)

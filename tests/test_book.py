@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from causal_lib import book
-from causal_lib.book import BookError, Chapter, chapter_runs, run_book
+
+from causal_lib.book import runner
+from causal_lib.book.runner import BookError, Chapter, chapter_runs, run_book
 from causal_lib.config import Config
 
 OK_NB = '''# %% [markdown]
@@ -15,9 +16,9 @@ params_file = "params/smoke.yaml"
 overrides = {}
 defense = "none"
 # %%
-from causal_lib import chapter, reports
-cfg, paths = chapter.start(params_file, overrides)
-chapter.write_metrics(paths, f"ok_{defense}", {"defense": defense, "seed": cfg.run.seed})
+from causal_lib.book import reports, run_folder
+cfg, paths = run_folder.start(params_file, overrides)
+run_folder.write_metrics(paths, f"ok_{defense}", {"defense": defense, "seed": cfg.run.seed})
 reports.record_verdict(paths, "01_ok", "PASS", "fine")
 print("value", 42)
 '''
@@ -39,8 +40,8 @@ def fake_book(tmp_path, monkeypatch):
     (nbdir / "02_variants.py").write_text(OK_NB)
     (nbdir / "03_fail.py").write_text(FAIL_NB)
     (nbdir / "04_after.py").write_text(OK_NB)
-    monkeypatch.setattr(book, "NOTEBOOKS", nbdir)
-    monkeypatch.setattr(book, "CHAPTERS", [
+    monkeypatch.setattr(runner, "NOTEBOOKS", nbdir)
+    monkeypatch.setattr(runner, "CHAPTERS", [
         Chapter("01_ok"),
         Chapter("02_variants", variants=lambda cfg: [("a", {"defense": "a"}), ("b", {"defense": "b"})]),
         Chapter("03_fail"),
@@ -86,7 +87,7 @@ def test_failure_names_chapter_and_cell_and_keeps_earlier_outputs(fake_book, tmp
 
 
 def test_refuses_to_mix_params_in_one_run_folder(fake_book, tmp_path, monkeypatch):
-    monkeypatch.setattr(book, "execute_chapter", lambda run, cfg, pf, ov, paths, **kw: {"status": "ok", "wall_s": 0, "peak_rss_gb": 0})
+    monkeypatch.setattr(runner, "execute_chapter", lambda run, cfg, pf, ov, paths, **kw: {"status": "ok", "wall_s": 0, "peak_rss_gb": 0})
     run_book("params/smoke.yaml", overrides=fake_book, only=["01"])
     with pytest.raises(BookError, match="other params"):
         run_book("params/smoke.yaml", overrides={**fake_book, "train.epochs": 3}, only=["01"])
@@ -114,12 +115,12 @@ def test_seed_replicas_run_before_the_main_seed_in_their_own_folder():
     assert ov == {"run.output_root": "/x", "run.seed": 2, "run.seeds": [], "data.seed": 0,
                   "run.name": "default/seeds/seed_2"}
     sub = config_from_dict({"run": {"seed": 0, "seeds": [1, 2]}}, ov)
-    from causal_lib.data import data_hash
+    from causal_lib.data.build import data_hash
     assert data_hash(sub) == data_hash(cfg)  # the replica trains on the main run's data and test set
     assert sub.run_dir == Path("/x") / "default" / "seeds" / "seed_2"
     main = next(r for r in runs if r.label == "05_train[causal]")
     assert main.overrides(cfg, {"a": 1}) == {"a": 1} and replica.out_stem == "05_train__causal__seed2"
-    from causal_lib.chapter import split_replica_label
+    from causal_lib.book.run_folder import split_replica_label
     assert split_replica_label(replica.label) == ("05_train[causal]", 2)
     assert split_replica_label("07_causal_verification") == ("07_causal_verification", None)
 

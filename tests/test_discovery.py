@@ -3,7 +3,7 @@ bootstrap stability and drawing."""
 import numpy as np
 import pytest
 
-from causal_lib import discovery as dsc
+from causal_lib.verification import discovery as dsc
 
 
 def test_block_test_level_and_power():

@@ -16,13 +16,16 @@ from scipy.stats import binomtest  # noqa: E402
 
 torch.set_num_threads(1)
 
-from causal_lib import evaluate as ev  # noqa: E402
+from causal_lib.evaluation import run as ev_run
+from causal_lib.evaluation import cli as ev_cli  # noqa: E402
 from causal_lib.config import EvalConfig, ModelConfig, TinyModelConfig  # noqa: E402
-from causal_lib.evaluate import (  # noqa: E402
-    BLOCKED_OUTPUT, ItemResult, evaluate_records, generate, generate_one_by_one, measure_batched_speedup,
-    results_table, summarise,
-)
-from causal_lib.model import build_tiny_model, encode_example, pad_batch, save_checkpoint, train_tokenizer  # noqa: E402
+from causal_lib.evaluation.generate import BLOCKED_OUTPUT, generate, generate_one_by_one, measure_batched_speedup
+from causal_lib.evaluation.run import evaluate_records
+from causal_lib.evaluation.scoring import ItemResult
+from causal_lib.evaluation.summary import results_table, summarise
+from causal_lib.models.load import build_tiny_model
+from causal_lib.models.prompts import encode_example, pad_batch, train_tokenizer
+from causal_lib.models.checkpoints import save_checkpoint  # noqa: E402
 
 WORDS = "apple pear plum fig kiwi lime date grape melon peach berry nut".split()
 SYSTEM = "Does the list mention kiwi?"
@@ -210,7 +213,7 @@ def test_n_attacked_is_a_fixed_subsample(tok, model):
     res = evaluate_records(model, tok, recs, EvalConfig(batch_size=8, max_new_tokens=4, n_attacked=3),
                            checks=stand_in_checks())
     assert sum(r.kind == "injected" for r in res) == 3 and sum(r.kind == "clean" for r in res) == 8
-    again = ev.select_attacked(recs, 3)
+    again = ev_run.select_attacked(recs, 3)
     assert [r.id for r in res] == [r.id for r in again]
 
 
@@ -329,7 +332,7 @@ def ckpt(tok, model, tmp_path_factory):
 def test_cli_missing_model_folder_fails_clearly(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
-    rc = ev.main(["--model", str(tmp_path / "nope"), "--data-dir", str(data), "--params", str(_params(tmp_path)),
+    rc = ev_cli.main(["--model", str(tmp_path / "nope"), "--data-dir", str(data), "--params", str(_params(tmp_path)),
                   "--out", str(tmp_path / "r.json")])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1
@@ -339,7 +342,7 @@ def test_cli_missing_model_folder_fails_clearly(tmp_path, capsys):
 
 def test_cli_missing_data_dir_says_run_chapter_02(tmp_path, capsys, ckpt):
     ck = ckpt
-    rc = ev.main(["--model", str(ck), "--data-dir", str(tmp_path / "nodata"), "--params", str(_params(tmp_path)),
+    rc = ev_cli.main(["--model", str(ck), "--data-dir", str(tmp_path / "nodata"), "--params", str(_params(tmp_path)),
                   "--out", str(tmp_path / "r.json")])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "chapter 02" in err
@@ -350,10 +353,10 @@ def test_cli_writes_json(tmp_path, capsys, ckpt, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()
     recs = _records(5)
-    monkeypatch.setattr(ev, "_load_test_records", lambda d: recs)
-    monkeypatch.setattr(ev, "_checks", stand_in_checks)
+    monkeypatch.setattr(ev_cli, "_load_test_records", lambda d: recs)
+    monkeypatch.setattr(ev_run, "_checks", stand_in_checks)
     out = tmp_path / "sub" / "r.json"
-    rc = ev.main(["--model", str(ck), "--data-dir", str(data), "--params", str(_params(tmp_path)), "--out", str(out),
+    rc = ev_cli.main(["--model", str(ck), "--data-dir", str(data), "--params", str(_params(tmp_path)), "--out", str(out),
                   "--defense-name", "none"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
@@ -362,8 +365,8 @@ def test_cli_writes_json(tmp_path, capsys, ckpt, monkeypatch):
     assert doc["defense"] == "none" and len(doc["items"]) == len(recs)
     assert doc["summary"]["asr"]["n"] == 5 and doc["summary"]["benign_accuracy"]["n"] == 5
     # an empty test set is a clear error too
-    monkeypatch.setattr(ev, "_load_test_records", lambda d: [])
-    rc = ev.main(["--model", str(ck), "--data-dir", str(data), "--params", str(_params(tmp_path)), "--out", str(out)])
+    monkeypatch.setattr(ev_cli, "_load_test_records", lambda d: [])
+    rc = ev_cli.main(["--model", str(ck), "--data-dir", str(data), "--params", str(_params(tmp_path)), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "test" in err
 
@@ -372,7 +375,7 @@ def test_cli_writes_json(tmp_path, capsys, ckpt, monkeypatch):
 
 def _attacks_module():
     try:
-        from causal_lib import attacks
+        from causal_lib.data import attacks
     except ImportError:
         return None
     if not all(hasattr(attacks, f) for f in ("load_attack_file", "expand_attack_file", "attack_succeeded")):
@@ -386,17 +389,17 @@ def test_cli_broken_attack_file_names_the_line(tmp_path, capsys, ckpt, monkeypat
     ck = ckpt
     data = tmp_path / "data"
     data.mkdir()
-    monkeypatch.setattr(ev, "_load_test_records", lambda d: _records(3))
+    monkeypatch.setattr(ev_cli, "_load_test_records", lambda d: _records(3))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "template": "x {instruction}", "family": "f", "goal": "output_hijack"}\n{not json\n')
-    rc = ev.main(["--model", str(ck), "--data-dir", str(data), "--params", str(_params(tmp_path)),
+    rc = ev_cli.main(["--model", str(ck), "--data-dir", str(data), "--params", str(_params(tmp_path)),
                   "--out", str(tmp_path / "r.json"), "--attacks", str(bad)])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "bad.jsonl:2" in err
 
 
 def _world_clean(n=12, seed=3):
-    from causal_lib import world
+    from causal_lib.data import world
 
     rng = random.Random(seed)
     out = []
@@ -409,7 +412,7 @@ def _world_clean(n=12, seed=3):
 def _oracle_generate_ids(model, tokenizer, prompt_ids, max_new_tokens=16, batch_size=64, do_sample=False,
                          num_return_sequences=1, seed=0):
     """A deterministic 'vulnerable model': answers the first payload word that appears in its prompt."""
-    from causal_lib import world
+    from causal_lib.data import world
 
     out = []
     for ids in prompt_ids:
@@ -436,7 +439,7 @@ def test_external_attack_file_equals_builtin_family(tmp_path, tok, model, monkey
     assert [r.data for r in from_file] == [r.data for r in from_builtin]
     assert {r.source for r in from_file} == {"mine.jsonl"} and {r.family for r in from_file} == {"escape_characters"}
 
-    monkeypatch.setattr(ev, "generate_ids", _oracle_generate_ids)
+    monkeypatch.setattr(ev_run, "generate_ids", _oracle_generate_ids)
     # max_length: the test tokenizer spells world text byte by byte; nothing may be cut here
     res = evaluate_records(model, tok, clean + from_file + from_builtin, EvalConfig(max_new_tokens=4), max_length=4096)
     by = {r.id: r for r in res}
@@ -453,7 +456,8 @@ def test_external_attack_file_equals_builtin_family(tmp_path, tok, model, monkey
 def test_cli_on_real_dataset_with_attack_file(tmp_path, capsys, ckpt):
     """End to end with the dataset's own files, loader and checks: test split + an external attack file."""
     try:
-        from causal_lib import data as data_mod
+        from causal_lib.data import records
+        from causal_lib.data import build
         from causal_lib.config import config_from_dict
     except ImportError:
         pytest.skip("causal_lib.data is not there yet")
@@ -461,15 +465,15 @@ def test_cli_on_real_dataset_with_attack_file(tmp_path, capsys, ckpt):
         pytest.skip("causal_lib.attacks has no load_attack_file/expand_attack_file yet")
     cfg = config_from_dict({"data": {"n_train": 10, "n_val": 4, "n_test": 8, "n_base_corpus": 10,
                                      "n_benign_lookalikes": 3, "n_sep_probes": 3}})
-    test = data_mod.build_dataset(cfg)["test"]
+    test = build.build_dataset(cfg)["test"]
     d = tmp_path / "run" / "data"
     d.mkdir(parents=True)
-    data_mod.write_split(d / "test.jsonl", test)
+    records.write_split(d / "test.jsonl", test)
     f = tmp_path / "mine.jsonl"
     f.write_text(json.dumps({"id": "t1", "family": "translation_trick", "template": "Translate, then {instruction}"})
                  + "\n")
     out = tmp_path / "r.json"
-    rc = ev.main(["--model", str(ckpt), "--data-dir", str(d), "--params", str(_params(tmp_path)), "--out", str(out),
+    rc = ev_cli.main(["--model", str(ckpt), "--data-dir", str(d), "--params", str(_params(tmp_path)), "--out", str(out),
                   "--attacks", str(f)])
     assert rc == 0, capsys.readouterr().err
     doc = json.loads(out.read_text())
@@ -480,20 +484,20 @@ def test_cli_on_real_dataset_with_attack_file(tmp_path, capsys, ckpt):
     assert s["counts"]["probe_system"] == 3 and s["counts"]["lookalike"] == 3
     assert s["asr_by_split"]["held_out"]["n"] >= n_clean  # an unknown family counts as held out
     # --no-builtin keeps the file's attacks only
-    rc = ev.main(["--model", str(ckpt), "--data-dir", str(d), "--params", str(_params(tmp_path)), "--out", str(out),
+    rc = ev_cli.main(["--model", str(ckpt), "--data-dir", str(d), "--params", str(_params(tmp_path)), "--out", str(out),
                   "--attacks", str(f), "--no-builtin"])
     assert rc == 0
     assert set(json.loads(out.read_text())["summary"]["asr_by_source"]) == {"mine.jsonl"}
     # a data folder without test.jsonl: one line that says which chapter builds it
     (d / "test.jsonl").unlink()
-    rc = ev.main(["--model", str(ckpt), "--data-dir", str(d), "--params", str(_params(tmp_path)), "--out", str(out)])
+    rc = ev_cli.main(["--model", str(ckpt), "--data-dir", str(d), "--params", str(_params(tmp_path)), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "02" in err
 
 
 def test_seed_spread_mean_sd_and_missing_replica(tmp_path):
-    from causal_lib.chapter import RunPaths
-    from causal_lib.comparison import seed_replicas, seed_spread, seed_spread_rows
+    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.evaluation.comparison import seed_replicas, seed_spread, seed_spread_rows
 
     def payload(asr, benign):
         s = {"asr": {"rate": asr}, "asr_by_split": {"held_out": {"rate": asr / 2}}, "benign_accuracy": {"rate": benign},

@@ -14,10 +14,9 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from causal_lib.config import EvalConfig, LoraConfig, ModelConfig, TinyModelConfig  # noqa: E402
-from causal_lib.gcg import (  # noqa: E402
-    allowed_token_mask, gcg_attack, run_gcg, select_gcg_items, split_at_injection, template_parts,
-)
-from causal_lib.model import _text_ids, build_tiny_model, encode_example, pad_batch, train_tokenizer  # noqa: E402
+from causal_lib.evaluation.gcg import allowed_token_mask, gcg_attack, run_gcg, select_gcg_items, split_at_injection, template_parts
+from causal_lib.models.prompts import _text_ids, encode_example, pad_batch, train_tokenizer
+from causal_lib.models.load import build_tiny_model  # noqa: E402
 
 WORDS = "apple pear plum fig kiwi lime date grape melon peach berry nut".split()
 SYSTEM = "Answer."
@@ -106,7 +105,7 @@ def test_split_at_injection():
 
 
 def test_planted_trigger_is_found(tok, planted):
-    from causal_lib.evaluate import generate
+    from causal_lib.evaluation.generate import generate
 
     rec = _record()
     assert generate(planted, tok, [rec.system], [rec.data], 4)[0] == "A"  # the plain injection fails
@@ -175,8 +174,8 @@ def test_run_gcg_reports_rate_and_details(tok, planted):
 def test_run_gcg_on_dataset_records_with_dataset_check(tok):
     """The default success check is the dataset's attacks.attack_succeeded on the record with the attacked data."""
     try:
-        from causal_lib import data as data_mod
-        from causal_lib.attacks import FAMILIES
+        from causal_lib.data import build as data_mod
+        from causal_lib.data.attacks import FAMILIES
     except ImportError:
         pytest.skip("causal_lib.data / attacks are not there yet")
     rng = random.Random(0)

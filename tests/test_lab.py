@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.request
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
@@ -86,9 +85,9 @@ class _Links(HTMLParser):
 
 
 def test_index_links_resolve(tmp_path):
-    from causal_lib.chapter import RunPaths
-    from causal_lib.reports import record_verdict, write_report
-    from causal_lib.share import archive_run, write_index
+    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.book.reports import record_verdict, write_report
+    from causal_lib.book.share import archive_run, write_index
 
     paths = RunPaths(tmp_path / "run").make()
     (paths.root / "run.json").write_text(json.dumps({"params_hash": "x", "chapters": {

@@ -12,9 +12,10 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from causal_lib.config import LoraConfig, ModelConfig, TinyModelConfig  # noqa: E402
-from causal_lib.losses import causal_loss, hsic_loss, kl_along_response, task_loss, total_loss  # noqa: E402
-from causal_lib.model import build_tiny_model, encode_example, pad_batch, train_tokenizer  # noqa: E402
-from causal_lib.representation import batched_representations, prompt_positions, representation  # noqa: E402
+from causal_lib.training.losses import causal_loss, hsic_loss, kl_along_response, task_loss, total_loss  # noqa: E402
+from causal_lib.models.load import build_tiny_model
+from causal_lib.models.prompts import encode_example, pad_batch, train_tokenizer  # noqa: E402
+from causal_lib.models.representation import batched_representations, prompt_positions, representation  # noqa: E402
 
 SMALL = TinyModelConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64)
@@ -131,7 +132,7 @@ def test_hsic_within_groups_and_gradient():
     # groups of one member are skipped; a batch with no group of 2 gives 0
     assert hsic_loss(r.detach(), z, groups=torch.arange(60)).item() == 0.0
     # the group mean: HSIC of a single group equals the whole-batch value with the same bandwidth
-    from causal_lib.losses import gaussian_bandwidth
+    from causal_lib.training.losses import gaussian_bandwidth
     s2 = gaussian_bandwidth(r.detach())
     one = hsic_loss(r.detach(), z, groups=torch.zeros(60, dtype=torch.long), sigma2=s2)
     assert one.item() == pytest.approx(hsic_loss(r.detach(), z, sigma2=s2).item())
@@ -232,8 +233,8 @@ def test_gradients_reach_only_lora_weights(tok):
 @pytest.mark.parametrize("lora", [False, True])
 def test_response_window_gives_the_full_sequence_losses(tok, model, lora):
     """Logits on the response window only (the training speed-up) give the same L_task and KL as all positions."""
-    from causal_lib.losses import response_window
-    from causal_lib.training import forward_for_labels
+    from causal_lib.training.losses import response_window
+    from causal_lib.training.trainer import forward_for_labels
 
     m = model
     if lora:

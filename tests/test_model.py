@@ -12,12 +12,10 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from causal_lib.config import LoraConfig, ModelConfig, TinyModelConfig  # noqa: E402
-from causal_lib.model import (  # noqa: E402
-    ASSISTANT_TOKEN, END_TOKEN, PAD_TOKEN, SYSTEM_TOKEN, USER_TOKEN, CheckpointError, ModelLoadError,
-    build_model, build_tiny_model, count_parameters, encode_example, ensure_chat_template, estimate_peak_memory,
-    load_checkpoint, load_hf_model, model_fingerprint, pad_batch, parameter_count_from_arch, prompt_text,
-    save_checkpoint, train_tokenizer,
-)
+from causal_lib.models.prompts import ASSISTANT_TOKEN, END_TOKEN, PAD_TOKEN, SYSTEM_TOKEN, USER_TOKEN, encode_example, ensure_chat_template, pad_batch, prompt_text, train_tokenizer
+from causal_lib.models.checkpoints import CheckpointError, load_checkpoint, model_fingerprint, save_checkpoint
+from causal_lib.models.load import ModelLoadError, build_model, build_tiny_model, count_parameters, load_hf_model
+from causal_lib.models.memory import estimate_peak_memory, parameter_count_from_arch
 
 SMALL = TinyModelConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64)
@@ -151,7 +149,7 @@ def test_tiny_model_param_count_and_seed(tok):
     m = build_tiny_model(cfg, tok)
     total, trainable = count_parameters(m)
     assert 1.5e6 < total < 2.5e6 and trainable == total
-    from causal_lib.model import _arch_from_config
+    from causal_lib.models.memory import _arch_from_config
     arch = {**_arch_from_config(cfg), "vocab_size": len(tok)}
     assert parameter_count_from_arch(arch)[0] == total  # the config-only count is exact
     assert m.config.tie_word_embeddings and m.config.eos_token_id == tok.eos_token_id
@@ -264,7 +262,7 @@ def test_lora_on_a_reloaded_base_checkpoint(tok, tmp_path):
     cfg = small_cfg()
     save_checkpoint(build_tiny_model(cfg, tok), tok, tmp_path / "base")
     base, t = load_checkpoint(tmp_path / "base", cfg)
-    from causal_lib.model import apply_lora
+    from causal_lib.models.load import apply_lora
     lora_cfg = small_cfg(use_lora=True, lora=LoraConfig(r=4, alpha=8, dropout=0.0))
     model = apply_lora(base, lora_cfg)
     save_checkpoint(model, t, tmp_path / "defense")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from causal_lib.training import complete_trainer_checkpoint
+from causal_lib.training.trainer import complete_trainer_checkpoint
 
 WORKER = Path(__file__).with_name("kill_worker.py")
 
@@ -87,10 +87,12 @@ def test_sigkill_anywhere_resumes_to_the_same_weights_and_log(reference, where):
 def test_out_of_memory_stops_with_the_plans_advice(tmp_path, monkeypatch):
     from transformers import Trainer
 
-    from causal_lib.chapter import RunPaths
+    from causal_lib.book.run_folder import RunPaths
     from causal_lib.config import config_from_dict
-    from causal_lib.model import build_tiny_model, train_tokenizer
-    from causal_lib.training import SFTDataset, TrainingError, run_training
+    from causal_lib.models.load import build_tiny_model
+    from causal_lib.models.prompts import train_tokenizer
+    from causal_lib.training.examples import SFTDataset
+    from causal_lib.training.trainer import TrainingError, run_training
     from types import SimpleNamespace
 
     cfg = config_from_dict({"model": {"tiny": {"vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 1,
@@ -118,9 +120,10 @@ def test_evaluating_10000_attacked_items_does_not_grow_memory():
     import psutil
 
     from causal_lib.config import config_from_dict
-    from causal_lib.data import build_dataset
-    from causal_lib.evaluate import evaluate_records
-    from causal_lib.model import build_tiny_model, train_tokenizer
+    from causal_lib.data.build import build_dataset
+    from causal_lib.evaluation.run import evaluate_records
+    from causal_lib.models.load import build_tiny_model
+    from causal_lib.models.prompts import train_tokenizer
 
     torch.set_num_threads(2)
     cfg = config_from_dict({"data": {"n_train": 40, "n_val": 10, "n_test": 100, "n_base_corpus": 20,

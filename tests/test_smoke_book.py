@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from causal_lib.book import chapter_runs, run_book
-from causal_lib.chapter import without_machine_measurements
+from causal_lib.book.runner import chapter_runs, run_book
+from causal_lib.book.run_folder import without_machine_measurements
 from causal_lib.config import load_config
-from causal_lib.defenses import LABELS
+from causal_lib.defenses import registry
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_reports_exist_and_carry_measured_numbers_with_intervals(smoke):
         text = (reports / name).read_text()
         assert len(text) > 200 and re.search(r"\d", text), name
     table = (reports / "WEEK4_COMPARISON_TABLE.md").read_text()
-    for label in LABELS.values():
+    for label in (d.label for d in registry.REGISTRY.values()):
         assert label in table
     assert "[" in table and "%" in table  # rates with their 95% intervals
     assert "literature" in table.lower()  # reference numbers are labelled as such

@@ -1,7 +1,7 @@
-"""`python -m causal_lib.train`: the chapters' training outside notebooks (accelerate launch), resumable."""
+"""`python -m causal_lib.training`: the chapters' training outside notebooks (accelerate launch), resumable."""
 import pytest
 
-from causal_lib import train as train_cli
+from causal_lib.training import cli as train_cli
 
 
 @pytest.mark.slow

@@ -7,11 +7,14 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from causal_lib.chapter import RunPaths
+from causal_lib.book.run_folder import RunPaths
 from causal_lib.config import config_from_dict
-from causal_lib.model import build_tiny_model, load_checkpoint, train_tokenizer
-from causal_lib.training import (CausalTrainer, PairDataset, SFTDataset, TrainingError, complete_trainer_checkpoint,
-                                 make_pairs, read_train_log, run_training, z_vocabulary)
+from causal_lib.models.load import build_tiny_model
+from causal_lib.models.checkpoints import load_checkpoint
+from causal_lib.models.prompts import train_tokenizer
+from causal_lib.defenses.causal import CausalTrainer
+from causal_lib.training.examples import PairDataset, SFTDataset, make_pairs, z_vocabulary
+from causal_lib.training.trainer import TrainingError, complete_trainer_checkpoint, read_train_log, run_training
 
 torch.set_num_threads(1)
 
@@ -83,7 +86,7 @@ def test_resume_gives_the_same_final_weights(setup):
 
 
 def _run_with_kill(cfg, paths, model, tok, clean):
-    from causal_lib import training
+    from causal_lib.training import trainer as training
 
     orig = training.EpochExport.on_save
 
@@ -119,7 +122,7 @@ def test_nan_loss_stops_with_advice_and_keeps_last_good_checkpoint(setup):
                 next(model.parameters()).fill_(float("nan"))
 
     # Poison runs after the epoch export (callbacks run in order), so epoch_1 is good and epoch 2 hits NaN.
-    from causal_lib import training
+    from causal_lib.training import trainer as training
 
     orig_init = training.Trainer.__init__
 
@@ -144,7 +147,7 @@ def test_causal_trainer_logs_three_losses_and_selects_best(setup):
     ds = PairDataset(pairs, tok, 64, z_vocabulary(recs), clean_pair_fraction=0.25, seed=0)
     model = build_tiny_model(cfg.model, tok, seed=0)
     scores = iter([{"causal_stability": 0.2}, {"causal_stability": 0.9}, {"causal_stability": 0.5}])
-    res = run_training(cfg, paths, "causal", model, tok, ds, trainer_cls=CausalTrainer, epochs=3, learning_rate=1e-3,
+    res = run_training(cfg, paths, "causal", model, tok, ds, trainer_cls=CausalTrainer, trainer_kwargs={"cfg": cfg}, epochs=3, learning_rate=1e-3,
                        score_fn=lambda m: next(scores), select_by="causal_stability", logging_steps=1)
     log = read_train_log(paths, "causal")
     parts = [r for r in log if "loss_causal" in r]
@@ -157,8 +160,9 @@ def test_causal_trainer_logs_three_losses_and_selects_best(setup):
 def test_base_curriculum_runs_first_and_is_not_trained_again_on_resume(tmp_path):
     """train.base_curriculum_epochs > 0: the plain examples of the curriculum tasks alone, then the whole corpus,
     each with its own log and checkpoints; resuming a finished base trains neither phase again."""
-    from causal_lib.base_model import base_checkpoint, curriculum_runs, is_plain_task_example, train_base
-    from causal_lib.data import ensure_dataset, load_split
+    from causal_lib.training.pretrain import base_checkpoint, curriculum_runs, is_plain_task_example, train_base
+    from causal_lib.data.build import ensure_dataset
+    from causal_lib.data.records import load_split
 
     cfg = config_from_dict({
         "run": {"output_root": str(tmp_path)},

@@ -6,7 +6,10 @@ from collections import Counter
 
 import pytest
 
-from causal_lib import attacks, data, world
+from causal_lib.data import attacks
+from causal_lib.evaluation import scoring
+from causal_lib.data import build as data
+from causal_lib.data import world
 from causal_lib.config import config_from_dict
 
 SMALL = {"run.seed": 3, "data.n_base_corpus": 1500, "data.n_train": 150, "data.n_val": 20, "data.n_test": 120,
@@ -155,7 +158,7 @@ def test_payloads_never_collide_with_documents_or_answers(splits):
     docs = " ".join(r.clean_data for recs in splits.values() for r in recs).lower()
     for p in world.PAYLOADS:
         assert not re.search(rf"\b{p.lower()}\b", docs)
-    assert not any(attacks.has_word(p, r.target) for r in splits["test"] if r.kind == "clean" for p in world.PAYLOADS)
+    assert not any(scoring.has_word(p, r.target) for r in splits["test"] if r.kind == "clean" for p in world.PAYLOADS)
 
 
 def test_instructions_are_short_and_varied():
@@ -186,9 +189,9 @@ def test_insert_positions():
 
 
 def test_documents_already_used_are_never_drawn_again():
-    first = world.build_base_corpus(50, random.Random(7), set())
+    first = data.build_base_corpus(50, random.Random(7), set())
     used = {r.clean_data for r in first[:10]}
-    again = world.build_base_corpus(50, random.Random(7), seen := set(used))
+    again = data.build_base_corpus(50, random.Random(7), seen := set(used))
     assert not used & {r.clean_data for r in again}
     assert len({r.clean_data for r in again}) == 50 and len(seen) == 60
     clean = data.build_clean(20, random.Random(7), set(used), "test")
@@ -198,7 +201,7 @@ def test_documents_already_used_are_never_drawn_again():
 def test_followup_turns_are_correct_other_questions_on_the_same_document(splits):
     """Later user turns of the base's plain examples: other questions on the same document, their answers
     recomputed by the oracle, never the first answer again, the same turns for the same seed and record."""
-    from causal_lib.base_model import base_followups
+    from causal_lib.training.pretrain import base_followups
 
     turns_of = base_followups(3, seed=0)
     assert base_followups(0, seed=0) is None
@@ -218,8 +221,8 @@ def test_followup_turns_are_correct_other_questions_on_the_same_document(splits)
 
 
 def test_followups_are_appended_as_supervised_later_turns_within_max_length():
-    from causal_lib.model import ASSISTANT_TOKEN, END_TOKEN, train_tokenizer
-    from causal_lib.training import SFTDataset
+    from causal_lib.models.prompts import ASSISTANT_TOKEN, END_TOKEN, train_tokenizer
+    from causal_lib.training.examples import SFTDataset
 
     recs = data.build_dataset(config_from_dict({}, SMALL))["base_corpus"][:200]
     tok = train_tokenizer([t for r in recs for t in (r.system, r.data, r.target)], vocab_size=600)

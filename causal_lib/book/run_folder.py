@@ -1,0 +1,125 @@
+"""What every chapter does first: read the params, lay out the run folder, fix seeds and threads."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from causal_lib.config import Config, load_config
+# Spinning OpenMP threads make torch steps ~20x slower when anything else is busy (DESIGN.md s.9).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+SEEDS_DIR = "seeds"  # outputs/<run>/seeds/seed_<s>/: the seed replicas of a run
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def notebooks(self) -> Path: return self.root / "notebooks"
+    @property
+    def html(self) -> Path: return self.root / "html"
+    @property
+    def reports(self) -> Path: return self.root / "reports"
+    @property
+    def metrics(self) -> Path: return self.root / "metrics"
+    @property
+    def checkpoints(self) -> Path: return self.root / "checkpoints"
+    @property
+    def data(self) -> Path: return self.root / "data"
+    @property
+    def logs(self) -> Path: return self.root / "logs"
+
+    def replica(self, seed: int) -> "RunPaths":
+        """The run folder of a seed replica (run.seeds) inside this run."""
+        return RunPaths(self.root / SEEDS_DIR / f"seed_{seed}")
+
+    def make(self) -> "RunPaths":
+        for p in (self.notebooks, self.html, self.reports, self.metrics, self.checkpoints, self.data, self.logs):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def notebook_stem(label: str) -> str:
+    """File stem of a chapter run's executed notebook and HTML: "05_train[causal]@seed1" -> "05_train__causal__seed1"."""
+    return label.replace("[", "__").replace("]", "").replace("@", "__")
+
+
+def replica_label(label: str, seed: int) -> str:
+    """The label of a seed replica of a chapter run: ("08_attack_evaluation", 2) -> "08_attack_evaluation@seed2"."""
+    return f"{label}@seed{seed}"
+
+
+def split_replica_label(label: str) -> tuple[str, int | None]:
+    """The inverse of replica_label: (the chapter run's own label, the replica's seed or None for the main run)."""
+    base, sep, seed = label.rpartition("@seed")
+    return (base, int(seed)) if sep else (label, None)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    try:
+        import torch
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def start(params_file: str, overrides: dict | None = None) -> tuple[Config, RunPaths]:
+    """Load and validate params, create outputs/<run>/..., seed everything. Call once per chapter."""
+    cfg = load_config(params_file, overrides)
+    paths = RunPaths(cfg.run_dir).make()
+    set_seed(cfg.run.seed)
+    try:
+        import torch
+        torch.set_num_threads(cfg.run.torch_threads)
+    except ImportError:
+        pass
+    return cfg, paths
+
+
+def write_json(path: Path, obj) -> Path:
+    """Write JSON atomically (temporary file, then rename), so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def write_metrics(paths: RunPaths, name: str, obj: dict) -> Path:
+    """Every number a report shows is also written here, as metrics/<name>.json."""
+    return write_json(paths.metrics / f"{name}.json", obj)
+
+
+# Metrics that measure the machine rather than the science (time, speed, memory, clock): they differ between
+# two runs of the same params and seed; everything else in metrics/ must not.
+MACHINE_KEYS = re.compile(r"seconds|runtime|speedup|per_second|_s$|_gb$|_at$|^at$|(^|_)time|^(rss|peak|wall)")
+
+
+def without_machine_measurements(obj):
+    """`obj` (parsed metrics JSON) without the MACHINE_KEYS fields: what two identical runs must share."""
+    if isinstance(obj, dict):
+        return {k: without_machine_measurements(v) for k, v in obj.items() if not MACHINE_KEYS.search(str(k))}
+    if isinstance(obj, list):  # rows flagged "machine" (free RAM, book wall time) go as a whole
+        return [without_machine_measurements(v) for v in obj if not (isinstance(v, dict) and v.get("machine") is True)]
+    return obj
+
+
+def read_metrics(paths: RunPaths, name: str) -> dict:
+    p = paths.metrics / f"{name}.json"
+    if not p.exists():
+        raise FileNotFoundError(f"{p} is missing: run the chapter that writes metrics '{name}' first "
+                                f"(python -m causal_lib.book run --params ... --from NN)")
+    return json.loads(p.read_text())

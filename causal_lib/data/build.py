@@ -1,0 +1,271 @@
+"""The dataset of a run: the record schema, the splits, counterfactual pairs, saving and loading with
+validation, the contamination check and `ensure_dataset`.
+
+Files under outputs/<run>/data/ (JSONL, one Record per line, UTF-8, keys in schema order):
+    base_corpus.jsonl  kind=base: instruction following for pre-training the undefended base (world.py)
+    train.jsonl        clean + injected pairs, training families only (defense training)
+    val.jsonl          clean + injected pairs over all families (model selection per epoch)
+    test.jsonl         clean + injected pairs over all families, benign look-alikes, SEP probe pairs, and the
+                       items of the external attack files of data.attack_files (source = the file's name)
+    manifest.json      schema_version, seed, data_hash, counts, sha256 of every file, held-out families
+Same seed and data params => byte-identical files; documents (clean_data) never repeat across files.
+
+Record fields (SCHEMA_VERSION 1); optional ones are null when they do not apply:
+    id, pair_id     unique id; a clean item and its injected twin (or the two sides of a probe) share pair_id
+    split           train | val | test (the base corpus is training data: train)
+    kind            base | clean | injected | lookalike | probe_system | probe_data
+    task            world task name; system = S (trusted); data = U as the model sees it; clean_data = D
+    target          O*: what the model should answer (for kind=base and probe_system: the followed request)
+    family, goal, position, injection (Z incl. its wrapper), injected_target (O_inj; a probe's witness word)
+    held_out        the attack family was held out of training
+    template_id     the attack template ("naive/0", "<file>:<id>"), or the base/look-alike sub-kind
+    source          "builtin" or the attack file's name
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from causal_lib.data import attacks
+from causal_lib.data import world
+from causal_lib.config import PROJECT_ROOT
+from causal_lib.book.run_folder import write_json
+from causal_lib.data.records import DataError, FILES, Record, SCHEMA_VERSION, _data_dir, write_split
+
+
+GENERATOR_VERSION = 1  # bump when the generator's output changes for the same params (forces a rebuild)
+
+
+def _rng(seed: int, name: str) -> random.Random:
+    # str seeds are hashed with sha512 by random: stable across processes (unlike hash())
+    return random.Random(f"causal-pi:{seed}:{name}")
+
+
+def build_clean(n: int, rng: random.Random, seen_docs: set[str], split: str) -> list[Record]:
+    """n clean items (S, D, O*) with documents not in seen_docs; tasks in turn so that every task is present."""
+    out: list[Record] = []
+    while len(out) < n:
+        ex = world.sample_example(rng, task=world.TASK_NAMES[len(out) % len(world.TASK_NAMES)])
+        d = ex.doc.text
+        if d in seen_docs:
+            continue
+        seen_docs.add(d)
+        pid = f"{split}-{len(out):05d}"
+        out.append(Record(id=f"{pid}-clean", pair_id=pid, split=split, kind="clean", task=ex.inst.task,
+                          system=ex.system, data=d, clean_data=d, target=ex.target))
+    rng.shuffle(out)
+    return out
+
+
+def attack_plan(n: int, families, rng: random.Random) -> list[tuple[str, str, str]]:
+    """(family, goal, position) for n items, balanced: every combination once per round of
+    families x goals x positions; within a round the families take turns, so any n >= #families covers
+    every family (a small validation split too)."""
+    plan: list = []
+    while len(plan) < n:
+        per_family = {}
+        for f in families:
+            cells = list(itertools.product(world.GOALS, world.POSITIONS))
+            rng.shuffle(cells)
+            per_family[f] = cells
+        for k in range(len(world.GOALS) * len(world.POSITIONS)):
+            order = list(families)
+            rng.shuffle(order)
+            plan += [(f, *per_family[f][k]) for f in order]
+    return plan[:n]
+
+
+def build_pairs(clean: list[Record], families, held_out: set[str], rng: random.Random) -> list[Record]:
+    """Each clean item followed by its injected twin."""
+    out = []
+    for rec, (fam, goal, pos) in zip(clean, attack_plan(len(clean), families, rng)):
+        tpl = rng.choice(attacks.templates_for(fam, rec.split))
+        inj = attacks.inject(rec, tpl, goal, pos, rng, id=f"{rec.pair_id}-inj", held_out=fam in held_out)
+        out += [rec, inj]
+    return out
+
+
+def build_lookalikes(n: int, rng: random.Random, seen_docs: set[str], split: str = "test") -> list[Record]:
+    """Benign data that merely mentions instructions (unseen note sentences); the answer is unchanged."""
+    out = []
+    for i, rec in enumerate(build_clean(n, rng, seen_docs, split)):
+        k, pos = rng.randrange(len(world.NOTES_TEST)), rng.choice(world.POSITIONS)
+        note, pid = world.NOTES_TEST[k], f"{split}-look-{i:04d}"
+        out.append(dataclasses.replace(rec, id=pid, pair_id=pid, kind="lookalike", position=pos, injection=note,
+                                       data=world.insert(rec.clean_data, note, pos, rng), template_id=f"note/{k}"))
+    return out
+
+
+def build_probes(n: int, rng: random.Random, seen_docs: set[str], split: str = "test") -> list[Record]:
+    """SEP probe pairs: the same instruction in S (probe_system, target = its witness word) and in U
+    (probe_data, target = O*)."""
+    out = []
+    for i, rec in enumerate(build_clean(n, rng, seen_docs, split)):
+        payload = rng.choice(world.PAYLOADS)
+        k = rng.randrange(len(world.SYSTEM_EXTRAS))
+        probe = world.SYSTEM_EXTRAS[k].format(payload=payload)
+        pid, pos = f"{split}-probe-{i:04d}", rng.choice(world.POSITIONS)
+        common = dict(pair_id=pid, injection=probe, injected_target=payload, template_id=f"system_extra/{k}")
+        out.append(dataclasses.replace(rec, id=f"{pid}-system", kind="probe_system", system=f"{rec.system} {probe}",
+                                       target=payload, **common))
+        out.append(dataclasses.replace(rec, id=f"{pid}-data", kind="probe_data", position=pos,
+                                       data=world.insert(rec.clean_data, probe, pos, rng), **common))
+    return out
+
+
+def resolve_attack_file(path: str) -> Path:
+
+    p = Path(path)
+    if p.is_file():
+        return p.resolve()
+    if not p.is_absolute() and (PROJECT_ROOT / p).is_file():
+        return PROJECT_ROOT / p
+    raise DataError(f"data.attack_files: {path} not found (looked in {Path.cwd()} and {PROJECT_ROOT})")
+
+
+def data_seed(cfg) -> int:
+    """The world's seed: data.seed when set (seed replicas keep the main run's data), else run.seed."""
+    return cfg.data.seed if cfg.data.seed is not None else cfg.run.seed
+
+
+def build_dataset(cfg) -> dict[str, list[Record]]:
+    """All files' records from the config (seeded). Eval splits are drawn first, so that the test set does
+    not change with the size of the training corpus."""
+    dc, seed = cfg.data, data_seed(cfg)
+    held = set(dc.held_out_families)
+    unknown = held - set(attacks.FAMILIES)
+    if unknown:
+        raise DataError(f"data.held_out_families: unknown family {sorted(unknown)}; built-in families: {list(attacks.FAMILIES)}")
+    seen: set[str] = set()
+    out: dict[str, list[Record]] = {}
+    for split, n in (("test", dc.n_test), ("val", dc.n_val)):
+        rng = _rng(seed, split)
+        out[split] = build_pairs(build_clean(n, rng, seen, split), attacks.FAMILIES, held, rng)
+    rng = _rng(seed, "test-extra")
+    out["test"] += build_lookalikes(dc.n_benign_lookalikes, rng, seen) + build_probes(dc.n_sep_probes, rng, seen)
+    test_clean = [r for r in out["test"] if r.kind == "clean"]
+    for f in dc.attack_files:
+        p = resolve_attack_file(f)
+        out["test"] += attacks.expand_attack_file(attacks.load_attack_file(p), test_clean, seed=seed, source=p.name,
+                                                  held_out_families=dc.held_out_families)
+    rng = _rng(seed, "train")
+    out["train"] = build_pairs(build_clean(dc.n_train, rng, seen, "train"), attacks.training_families(held), held, rng)
+    out["base_corpus"] = build_base_corpus(dc.n_base_corpus, _rng(seed, "base"), seen)
+    return {k: out[k] for k in FILES}
+
+
+def data_hash(cfg) -> str:
+    """What the files depend on: schema and generator versions, seed, data params, attack files' content."""
+    files = []
+    for f in cfg.data.attack_files:
+        p = resolve_attack_file(f)
+        files.append([p.name, hashlib.sha256(p.read_bytes()).hexdigest()])
+    key = {"schema": SCHEMA_VERSION, "generator": GENERATOR_VERSION, "seed": data_seed(cfg),
+           "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "seed"},  # resolved above
+           "attack_files": files}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _manifest_ok(d: Path, h: str) -> str | None:
+    """None when the folder holds the data of hash h intact; otherwise why not."""
+    mp = d / "manifest.json"
+    if not mp.is_file():
+        return "no manifest"
+    try:
+        m = json.loads(mp.read_text())
+    except json.JSONDecodeError:
+        return "unreadable manifest"
+    if m.get("schema_version") != SCHEMA_VERSION or m.get("data_hash") != h:
+        return "data params, seed or schema changed"
+    for name in FILES:
+        p = d / f"{name}.jsonl"
+        if not p.is_file() or _sha256(p) != m.get("files", {}).get(name, {}).get("sha256"):
+            return f"{p.name} missing or changed"
+    return None
+
+
+def ensure_dataset(cfg, paths, force: bool = False) -> dict:
+    """Build the data into paths.data unless it is there for these params (same data hash and files intact).
+    Returns the manifest plus `built` (bool), `reason` and `seconds`."""
+    d = _data_dir(paths)
+    d.mkdir(parents=True, exist_ok=True)
+    h = data_hash(cfg)
+    reason = "forced" if force else _manifest_ok(d, h)
+    if reason is None:
+        m = json.loads((d / "manifest.json").read_text())
+        return {**m, "built": False, "reason": "up to date", "seconds": 0.0}
+    t0 = time.perf_counter()
+    splits = build_dataset(cfg)
+    files = {}
+    for name, recs in splits.items():
+        files[name] = {"sha256": write_split(d / f"{name}.jsonl", recs), "records": len(recs),
+                       "kinds": dict(sorted(Counter(r.kind for r in recs).items()))}
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "generator_version": GENERATOR_VERSION, "seed": data_seed(cfg),
+        "data_hash": h, "data_params": dataclasses.asdict(cfg.data), "files": files,
+        "families": list(attacks.FAMILIES), "held_out_families": list(cfg.data.held_out_families),
+        "training_families": attacks.training_families(cfg.data.held_out_families),
+        "attack_files": [{"path": f, "name": resolve_attack_file(f).name,
+                          "sha256": _sha256(resolve_attack_file(f))} for f in cfg.data.attack_files],
+    }
+
+    write_json(d / "manifest.json", manifest)
+    return {**manifest, "built": True, "reason": reason, "seconds": time.perf_counter() - t0}
+
+
+REVISION_SHARE = 0.40  # a plain revision request inside the data, followed
+
+
+SYSTEM_EXTRA_SHARE = 0.15  # S itself carries an extra instruction, followed
+
+
+def build_base_corpus(n: int, rng: random.Random, seen_docs: set[str], split: str = "train") -> list:
+    """Instruction following wherever the instruction is (kind="base").
+
+    ~45% plain tasks (a third with a benign note that merely mentions instructions, answer unchanged),
+    ~40% a plain revision request in the user turn at the start, middle or end of the data, covering the
+    four goals' behaviours (print a word, do another task, repeat the instructions, refuse) - the target
+    follows it, as a chat model follows a user's later request; ~15% S carries an extra instruction
+    ("Then reply only with the word X."), followed. No attack wrapper appears here. Documents are unique
+    and added to `seen_docs`.
+    """
+
+    out = []
+    i = 0
+    while len(out) < n:
+        ex = world.sample_example(rng)
+        d = ex.doc.text
+        if d in seen_docs:
+            continue
+        seen_docs.add(d)
+        pid = f"base-{i:06d}"
+        i += 1
+        u = rng.random()
+        common = dict(id=pid, pair_id=pid, split=split, kind="base", task=ex.inst.task, clean_data=d)
+        if u < REVISION_SHARE:
+            goal = world.GOALS[len(out) % len(world.GOALS)]  # balanced over the four behaviours
+            position = rng.choice(world.POSITIONS)
+            z, o = world.goal_request(goal, ex.doc, ex.system, ex.target, rng)
+            out.append(Record(**common, system=ex.system, data=world.insert(d, z, position, rng), target=o, goal=goal,
+                              position=position, injection=z, injected_target=o, template_id="revision"))
+        elif u < REVISION_SHARE + SYSTEM_EXTRA_SHARE:
+            payload = rng.choice(world.PAYLOADS)
+            extra = rng.choice(world.SYSTEM_EXTRAS).format(payload=payload)
+            out.append(Record(**common, system=f"{ex.system} {extra}", data=d, target=payload,
+                              injection=extra, injected_target=payload, template_id="system_extra"))
+        elif rng.random() < 1 / 3:
+            note = rng.choice(world.NOTES_BASE)
+            out.append(Record(**common, system=ex.system, data=world.insert(d, note, rng.choice(world.POSITIONS), rng),
+                              target=ex.target, injection=note, template_id="note"))
+        else:
+            out.append(Record(**common, system=ex.system, data=d, target=ex.target, template_id="plain"))
+    return out

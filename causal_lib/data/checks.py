@@ -1,0 +1,228 @@
+"""(split from data)"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from causal_lib.data import attacks
+from causal_lib.evaluation import scoring
+from causal_lib.data import world
+from causal_lib.data.records import DataError, FILES, Record, SPLITS, _data_dir, load_split
+from causal_lib.data.build import _sha256
+
+
+def _wordseq(text: str) -> str:
+    return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
+
+
+def _shingles(fragment: str, n: int) -> list[str]:
+    w = re.findall(r"[a-z0-9]+", fragment.lower())
+    if len(w) >= n:
+        return [" " + " ".join(w[i:i + n]) + " " for i in range(len(w) - n + 1)]
+    return [" " + " ".join(w) + " "] if len(w) >= 3 else []  # short fragments are matched whole
+
+
+def contamination_check(splits: dict[str, list[Record]], held_out_families, n: int = 8) -> dict:
+    """No held-out attack text in any training file (base_corpus, train).
+
+    Held-out text = the literal wrapper text of every template of a held-out family and of every
+    evaluation-only template (e.g. the held-out ignore sentences), and the test look-alike notes; matched as
+    word n-grams (fragments shorter than n words, but >= 3, are matched whole). Also counts training records
+    whose family is held out or whose template is evaluation-only.
+    """
+    held = set(held_out_families)
+    texts = [(t.id, t.template) for t in attacks.BUILTIN_TEMPLATES if t.family in held or "train" not in t.splits]
+    texts += [(f"note_test/{i}", s) for i, s in enumerate(world.NOTES_TEST)]
+    training = {k: v for k, v in splits.items() if k in ("base_corpus", "train")}
+    corpus = {k: "\n".join(_wordseq(r.data) for r in v) for k, v in training.items()}
+    hits, n_sh = [], 0
+    for tid, text in texts:
+        for frag in re.split(r"\{\w+\}", text):
+            for sh in _shingles(frag, n):
+                n_sh += 1
+                for k, c in corpus.items():
+                    cnt = c.count(sh)
+                    if cnt:
+                        hits.append({"template_id": tid, "ngram": sh.strip(), "file": k, "count": cnt})
+    eval_only = {t.id for t in attacks.BUILTIN_TEMPLATES if "train" not in t.splits}
+    held_recs = sum(r.family in held for v in training.values() for r in v)
+    eval_recs = sum(r.template_id in eval_only for v in training.values() for r in v)
+    return {"ngram": n, "n_shingles": n_sh, "n_templates_checked": len(texts), "hits": hits[:20], "n_hits": len(hits),
+            "held_out_family_records_in_training": held_recs, "eval_only_template_records_in_training": eval_recs,
+            "clean": not hits and held_recs == 0 and eval_recs == 0}
+
+
+def _norm_ws(s: str) -> str:
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def pair_violations(records: list[Record]) -> list[str]:
+    """Counterfactual-pair invariants: every injected item has a clean twin with the same S, D and O*, its U
+    is D with Z inserted (removing Z gives D back), and O_inj differs from O*."""
+    clean = {r.pair_id: r for r in records if r.kind == "clean"}
+    bad = []
+    for r in records:
+        if r.kind == "clean" and r.data != r.clean_data:
+            bad.append(f"{r.id}: clean item whose data differs from clean_data")
+        if r.kind not in ("injected", "lookalike", "probe_data"):
+            continue
+        if r.injection not in r.data:
+            bad.append(f"{r.id}: injection text not in the data")
+        elif _norm_ws(r.data.replace(r.injection, " ")) != _norm_ws(r.clean_data):
+            bad.append(f"{r.id}: data minus the injection is not the clean document")
+        if r.kind != "injected":
+            continue
+        c = clean.get(r.pair_id)
+        if c is None:
+            bad.append(f"{r.id}: no clean twin with pair_id {r.pair_id}")
+            continue
+        for f in ("system", "clean_data", "target", "task"):
+            if getattr(c, f) != getattr(r, f):
+                bad.append(f"{r.id}: {f} differs from its clean twin")
+        if scoring.normalize(r.injected_target) == scoring.normalize(r.target):
+            bad.append(f"{r.id}: O_inj equals O*")
+    probes = Counter(r.pair_id for r in records if r.kind in ("probe_system", "probe_data"))
+    bad += [f"{p}: probe pair incomplete" for p, k in probes.items() if k != 2]
+    return bad
+
+
+def length_table(records: list[Record]) -> list[dict]:
+    """One row per record: kind, family, goal, position and word counts of S, U, D, Z and the target."""
+    wc = lambda s: len((s or "").split())  # noqa: E731
+    return [{"id": r.id, "kind": r.kind, "family": r.family, "goal": r.goal, "position": r.position, "task": r.task,
+             "held_out": r.held_out, "system_words": wc(r.system), "data_words": wc(r.data),
+             "clean_words": wc(r.clean_data), "injection_words": wc(r.injection), "target_words": wc(r.target),
+             "total_words": wc(r.system) + wc(r.data) + wc(r.target)} for r in records]
+
+
+def _loader_rejects_corrupt(data_dir: Path) -> dict:
+    """The loader's own test: a copy of test.jsonl with line 2 missing a field must fail naming line 2."""
+    lines = (data_dir / "test.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    obj = json.loads(lines[1])
+    obj.pop("target")
+    lines[1] = json.dumps(obj)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "test.jsonl").write_text("\n".join(lines) + "\n")
+        try:
+            load_split(tmp, "test")
+        except DataError as e:
+            return {"ok": "test.jsonl:2" in str(e) and "target" in str(e), "message": str(e).replace(tmp, "<tmp>")}
+        return {"ok": False, "message": "a record without 'target' was accepted"}
+
+
+def _count(recs, key) -> dict:
+    return dict(sorted(Counter(key(r) for r in recs).items(), key=lambda kv: str(kv[0])))
+
+
+def validate_dataset(data_dir, held_out_families=None) -> dict:
+    """Chapter 02's three checks on a built data folder: loading, counterfactual pairs, attack diversity
+    (with the contamination check); plus `checks` (hard ones decide NOT READY) and a verdict."""
+    d = _data_dir(data_dir)
+    manifest = json.loads((d / "manifest.json").read_text()) if (d / "manifest.json").is_file() else {}
+    held = set(held_out_families if held_out_families is not None else manifest.get("held_out_families", attacks.DEFAULT_HELD_OUT))
+    rep: dict = {"data_dir": str(d), "files": {}}
+    splits, t0 = {}, time.perf_counter()
+    for name in FILES:
+        try:
+            splits[name] = load_split(d, name)
+            sha_ok = manifest.get("files", {}).get(name, {}).get("sha256") == _sha256(d / f"{name}.jsonl")
+            rep["files"][name] = {"ok": True, "records": len(splits[name]), "sha256_matches_manifest": sha_ok,
+                                  "kinds": _count(splits[name], lambda r: r.kind)}
+        except DataError as e:
+            rep["files"][name] = {"ok": False, "error": str(e)}
+    rep["load_seconds"] = time.perf_counter() - t0
+    loaded = all(v["ok"] for v in rep["files"].values())
+    rep["loader_rejects_corrupt"] = _loader_rejects_corrupt(d) if "test" in splits and splits["test"] else {"ok": False}
+    allrec = [r for v in splits.values() for r in v]
+
+    # counterfactual pairs
+    viol = [v for name in SPLITS if name in splits for v in pair_violations(splits[name])]
+    rep["pairs"] = {name: sum(r.kind == "injected" for r in splits.get(name, [])) for name in SPLITS}
+    rep["pair_violations"] = {"count": len(viol), "examples": viol[:10]}
+    inj = [r for r in allrec if r.kind == "injected"]
+    rep["lengths"] = {k: _describe([len(getattr(r, a).split()) for r in v]) for k, v, a in
+                      (("clean_words", [r for r in allrec if r.kind == "clean"], "data"), ("injected_words", inj, "data"),
+                       ("injection_words", inj, "injection"), ("system_words", allrec, "system"),
+                       ("target_words", [r for r in allrec if r.kind in ("clean", "lookalike", "probe_data")], "target"))}
+
+    # split hygiene
+    docs = {name: {r.clean_data for r in v} for name, v in splits.items()}
+    rep["document_overlap"] = {f"{a}&{b}": len(docs[a] & docs[b]) for a, b in itertools.combinations(docs, 2)}
+    train_like = [r for n_ in ("base_corpus", "train") for r in splits.get(n_, [])]
+    rep["held_out_in_train"] = sum(r.family in held for r in train_like)
+    rep["contamination"] = contamination_check(splits, held)
+
+    # attack diversity (test split; train for comparison)
+    test_inj = [r for r in splits.get("test", []) if r.kind == "injected"]
+    train_inj = [r for r in splits.get("train", []) if r.kind == "injected"]
+    builtin = [r for r in test_inj if r.source == "builtin"]
+    rep["diversity"] = {
+        "test": {"by_family": _count(test_inj, lambda r: r.family), "by_goal": _count(test_inj, lambda r: r.goal),
+                 "by_position": _count(test_inj, lambda r: r.position), "by_source": _count(test_inj, lambda r: r.source),
+                 "by_goal_position": _count(test_inj, lambda r: f"{r.goal}/{r.position}"),
+                 "templates_per_family": {f: len({r.template_id for r in test_inj if r.family == f})
+                                          for f in sorted({r.family for r in test_inj})},
+                 # of the built-in attacks: an attack file's items are held out by construction
+                 "held_out_share": sum(r.held_out for r in builtin) / max(len(builtin), 1),
+                 "by_task": _count([r for r in splits.get("test", []) if r.kind == "clean"], lambda r: r.task)},
+        "train": {"by_family": _count(train_inj, lambda r: r.family), "by_goal": _count(train_inj, lambda r: r.goal),
+                  "by_position": _count(train_inj, lambda r: r.position)},
+        "distinct_templates": len({r.template_id for r in inj}),
+        "families": sorted({r.family for r in inj}),
+    }
+    clean_targets = Counter(r.target.lower() for r in allrec if r.kind == "clean")
+    top_share = max(clean_targets.values()) / sum(clean_targets.values()) if clean_targets else 1.0
+    rep["kinds_test"] = _count(splits.get("test", []), lambda r: r.kind)
+
+    div = rep["diversity"]["test"]
+    fam_min = min(div["by_family"].values()) if div["by_family"] else 0
+    cells = len(world.GOALS) * len(world.POSITIONS)
+    checks = [
+        ("every file loads and validates", loaded, True, ", ".join(f"{k}: {v.get('records', 'ERROR')}" for k, v in rep["files"].items())),
+        ("files match the manifest's sha256", loaded and all(v["sha256_matches_manifest"] for v in rep["files"].values()), True,
+         "manifest present" if manifest else "no manifest"),
+        ("loader names file and line of a corrupt record", rep["loader_rejects_corrupt"]["ok"], True,
+         rep["loader_rejects_corrupt"].get("message", "")[:120]),
+        ("counterfactual pairs differ only in Z (same S, D, O*)", loaded and not viol, True, f"{len(viol)} violations"),
+        ("no document in two files", not any(rep["document_overlap"].values()), True,
+         f"{sum(rep['document_overlap'].values())} shared documents"),
+        ("no held-out family in training files", rep["held_out_in_train"] == 0, True, f"{rep['held_out_in_train']} records"),
+        ("no held-out template text in training files", rep["contamination"]["clean"], True,
+         f"{rep['contamination']['n_hits']} n-gram hits of {rep['contamination']['n_shingles']}"),
+        (f">= 8 attack families in test", len(div["by_family"]) >= 8, False, f"{len(div['by_family'])} families"),
+        ("every goal x position cell in test", len(div["by_goal_position"]) == cells, False,
+         f"{len(div['by_goal_position'])}/{cells} cells"),
+        (">= 10 test items per family", fam_min >= 10, False, f"min {fam_min}"),
+        ("held-out share of test attacks 20-50%", 0.2 <= div["held_out_share"] <= 0.5, False, f"{div['held_out_share']:.0%}"),
+        (">= 100 attacked test items", len(test_inj) >= 100, False, f"{len(test_inj)}"),
+        (">= 30 look-alikes and >= 30 probe pairs", rep["kinds_test"].get("lookalike", 0) >= 30
+         and rep["kinds_test"].get("probe_system", 0) >= 30, False,
+         f"{rep['kinds_test'].get('lookalike', 0)} look-alikes, {rep['kinds_test'].get('probe_system', 0)} probe pairs"),
+        ("no clean answer above 15% of items", top_share <= 0.15, False, f"top answer share {top_share:.1%}"),
+    ]
+    rep["checks"] = [{"check": c, "ok": bool(ok), "hard": hard, "value": v} for c, ok, hard, v in checks]
+    rep["verdict"], rep["reasons"] = verdict(rep["checks"])
+    return rep
+
+
+def verdict(checks: list[dict]) -> tuple[str, list[str]]:
+    """NOT READY if a hard check fails; EXCELLENT if every check passes; ACCEPTABLE otherwise."""
+    hard = [c["check"] for c in checks if c["hard"] and not c["ok"]]
+    soft = [c["check"] for c in checks if not c["hard"] and not c["ok"]]
+    if hard:
+        return "NOT READY", [f"failed: {c}" for c in hard] + [f"weak: {c}" for c in soft]
+    if soft:
+        return "ACCEPTABLE", [f"weak: {c}" for c in soft]
+    return "EXCELLENT", ["every check passed"]
+
+
+def _describe(xs: list[int]) -> dict:
+    if not xs:
+        return {"n": 0}
+    s = sorted(xs)
+    q = lambda p: s[min(len(s) - 1, int(p * len(s)))]  # noqa: E731
+    return {"n": len(s), "mean": sum(s) / len(s), "min": s[0], "p50": q(0.5), "p99": q(0.99), "max": s[-1]}

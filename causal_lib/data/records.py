@@ -1,0 +1,151 @@
+"""(split from data)"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from causal_lib.data import world
+from causal_lib.models.prompts import SPECIAL_TOKENS
+
+
+SCHEMA_VERSION = 1
+
+
+SPLITS = ("train", "val", "test")
+
+
+FILES = ("base_corpus", "train", "val", "test")  # file stems under the data folder
+
+
+KINDS = ("base", "clean", "injected", "lookalike", "probe_system", "probe_data")
+
+
+BUILT_BY = "chapter 02_dataset_validation (python -m causal_lib.book run --params <params> --from 02) or causal_lib.data.ensure_dataset(cfg, paths)"
+
+
+class DataError(ValueError):
+    """A dataset file that cannot be used; the message names the file and line."""
+
+
+class DatasetMissingError(DataError, FileNotFoundError):
+    """A split file is not there: the message says which chapter builds it."""
+
+
+@dataclass
+class Record:
+    id: str
+    pair_id: str
+    split: str
+    kind: str
+    task: str
+    system: str
+    data: str
+    clean_data: str
+    target: str
+    family: str | None = None
+    goal: str | None = None
+    position: str | None = None
+    injection: str | None = None
+    injected_target: str | None = None
+    held_out: bool = False
+    template_id: str | None = None
+    source: str = "builtin"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Record":
+        """Build and validate; raises ValueError saying which field is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown} (schema version {SCHEMA_VERSION})")
+        missing = [f.name for f in fields(cls) if f.name not in d and f.default is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"missing field(s) {missing}")
+        r = cls(**d)
+        r.validate()
+        return r
+
+    def validate(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "held_out":
+                if not isinstance(v, bool):
+                    raise ValueError(f"held_out must be true/false, got {v!r}")
+            elif f.default is dataclasses.MISSING or f.name == "source":
+                if not isinstance(v, str) or not v.strip():
+                    raise ValueError(f"{f.name} must be a non-empty string, got {v!r}")
+            elif v is not None and not isinstance(v, str):
+                raise ValueError(f"{f.name} must be a string or null, got {v!r}")
+        for name, value, allowed in (("split", self.split, SPLITS), ("kind", self.kind, KINDS),
+                                     ("task", self.task, world.TASK_NAMES), ("goal", self.goal, world.GOALS + (None,)),
+                                     ("position", self.position, world.POSITIONS + (None,))):
+            if value not in allowed:
+                raise ValueError(f"{name} {value!r} is not one of {[a for a in allowed if a]}")
+        need = {"injected": ("family", "goal", "position", "injection", "injected_target"),
+                "probe_system": ("injection", "injected_target"),
+                "probe_data": ("injection", "injected_target", "position")}.get(self.kind, ())
+        for name in need:
+            if not getattr(self, name):
+                raise ValueError(f"kind={self.kind} needs {name}")
+        for name in ("system", "data", "target", "injection"):
+            v = getattr(self, name) or ""
+            tok = next((t for t in SPECIAL_TOKENS if t in v), None)
+            if tok:
+                raise ValueError(f"{name} contains the chat control token {tok!r}")
+
+
+def _dumps(r: Record) -> str:
+    return json.dumps(r.to_dict(), ensure_ascii=False)
+
+
+def write_split(path: Path, records: list[Record]) -> str:
+    """Write atomically; returns the file's sha256."""
+    text = "".join(_dumps(r) + "\n" for r in records).encode("utf-8")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(text)
+    os.replace(tmp, path)
+    return hashlib.sha256(text).hexdigest()
+
+
+def _data_dir(data_dir) -> Path:
+    return Path(getattr(data_dir, "data", data_dir))  # a RunPaths or a folder
+
+
+def load_split(data_dir, name: str) -> list[Record]:
+    """The records of one file (base_corpus, train, val, test), validated; DataError names file and line."""
+    if name not in FILES:
+        raise ValueError(f"unknown split {name!r}; choose from {FILES}")
+    path = _data_dir(data_dir) / f"{name}.jsonl"
+    if not path.is_file():
+        raise DatasetMissingError(f"{path} is missing: it is built by {BUILT_BY}")
+    want_split = "train" if name == "base_corpus" else name
+    out, ids = [], set()
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                r = Record.from_dict(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); rebuild with {BUILT_BY}") from None
+            except (TypeError, ValueError) as e:
+                raise DataError(f"{path}:{n}: {e}") from None
+            if r.split != want_split:
+                raise DataError(f"{path}:{n}: record {r.id} has split {r.split!r}, expected {want_split!r}")
+            if r.id in ids:
+                raise DataError(f"{path}:{n}: duplicate id {r.id!r}")
+            ids.add(r.id)
+            out.append(r)
+    return out
+
+
+def load_dataset(data_dir) -> dict[str, list[Record]]:
+    return {name: load_split(data_dir, name) for name in FILES}

@@ -1,0 +1,99 @@
+"""(split from training)"""
+from __future__ import annotations
+
+import torch
+from transformers import Trainer
+from causal_lib.config import Config
+from causal_lib.training.losses import causal_loss, hsic_loss, task_loss, total_loss
+from causal_lib.models.representation import representation
+from causal_lib.data.records import load_split
+from causal_lib.training.pretrain import base_checkpoint
+from causal_lib.defenses.load import load_model
+from causal_lib.verification.invariance import representation_metrics
+from causal_lib.models.load import apply_lora, is_peft_model
+from causal_lib.training.examples import PairDataset, make_pairs, z_vocabulary
+from causal_lib.training.trainer import TrainResult, _check_finite, forward_for_labels, run_training
+
+
+def causal_objective(model, inputs: dict, cfg: Config):
+    """L = L_task + lambda_causal * L_causal + lambda_spurious * L_spurious on a batch of pairs -> (L, parts, out).
+
+    The clean pass is the fixed target of the invariance term and runs without gradient (1.35x a plain
+    step instead of 1.65-1.8x for two gradient passes, DESIGN.md s.9)."""
+    mc, tc = cfg.model, cfg.train
+    with torch.no_grad():
+        out_c, lab_c = forward_for_labels(model, inputs["clean_input_ids"], inputs["clean_attention_mask"],
+                                          inputs["clean_labels"], output_hidden_states=True)
+        r_c = representation(model, inputs["clean_input_ids"], inputs["clean_attention_mask"], layer=mc.repr_layer,
+                             pooling=mc.repr_pooling, prompt_lengths=inputs["clean_prompt_length"],
+                             hidden_states=out_c.hidden_states)
+    out_i, lab_i = forward_for_labels(model, inputs["injected_input_ids"], inputs["injected_attention_mask"],
+                                      inputs["injected_labels"], output_hidden_states=True)
+    r_i = representation(model, inputs["injected_input_ids"], inputs["injected_attention_mask"], layer=mc.repr_layer,
+                         pooling=mc.repr_pooling, prompt_lengths=inputs["injected_prompt_length"],
+                         hidden_states=out_i.hidden_states)
+    l_task = task_loss(out_i.logits, lab_i)
+    # centred like the causal-stability metric: raw hidden states are anisotropic (cosines near 1)
+    l_causal = causal_loss(r_c, r_i, logits_clean=out_c.logits, logits_injected=out_i.logits,
+                           labels=(lab_c, lab_i),
+                           kl_weight=tc.kl_weight, center=True)
+    l_spur = hsic_loss(r_i, inputs["z"], groups=inputs["s_group"])
+    loss, parts = total_loss(l_task, l_causal, l_spur, tc.lambda_causal, tc.lambda_spurious)
+    for name in ("task", "causal", "spurious", "total"):
+        _check_finite(torch.tensor(parts[name]), f"L_{name}")
+    return loss, parts, out_i
+
+
+class CausalTrainer(Trainer):
+    """L = L_task + lambda_causal * L_causal + lambda_spurious * L_spurious (DESIGN.md s.3)."""
+
+    def __init__(self, *args, cfg: Config, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cfg = cfg
+        self._parts_sum: dict[str, float] = {}
+        self._parts_n = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, parts, out_i = causal_objective(model, inputs, self.cfg)
+        for name in ("task", "causal", "spurious", "total"):
+            self._parts_sum[f"loss_{name}"] = self._parts_sum.get(f"loss_{name}", 0.0) + parts[name]
+        self._parts_n += 1
+        return (loss, out_i) if return_outputs else loss
+
+    def log(self, logs, start_time=None):
+        if self._parts_n and "loss" in logs:
+            logs.update({k: v / self._parts_n for k, v in self._parts_sum.items()})
+            self._parts_sum, self._parts_n = {}, 0
+        super().log(logs, start_time)
+
+
+def validation_pairs(paths, limit: int | None = None) -> list[tuple]:
+
+    pairs = make_pairs(load_split(paths.data, "val"))
+    return pairs[:limit] if limit else pairs
+
+
+def train(cfg: Config, paths, resume: bool = False, name: str = "causal") -> TrainResult:
+    """Fine-tune the base with L_task + lambda_causal L_causal + lambda_spurious L_spurious on the train pairs;
+    best_model = the epoch with the highest causal stability on the validation pairs."""
+
+    model, tok = load_model(cfg, paths, "none", trainable=True)
+    if cfg.model.use_lora and not is_peft_model(model):
+        model = apply_lora(model, cfg.model)
+    model.train()
+    train = load_split(paths.data, "train")
+    if cfg.train.debug:
+        train = train[: 2 * cfg.train.debug_samples]
+    pairs = make_pairs(train)
+    ds = PairDataset(pairs, tok, cfg.model.max_seq_length, z_vocabulary(train),
+                     cfg.train.clean_pair_fraction, seed=cfg.run.seed)
+    val = validation_pairs(paths, limit=cfg.train.val_pairs)
+
+    def score(m):
+        r = representation_metrics(m, tok, val, cfg, n_boot=100)
+        return {"causal_stability": r["causal_stability"]["value"], "epsilon_causal": r["epsilon_causal"]["value"]}
+
+    return run_training(cfg, paths, name, model, tok, ds, trainer_cls=CausalTrainer, trainer_kwargs={"cfg": cfg},
+                        epochs=cfg.train.epochs,
+                        learning_rate=cfg.train.learning_rate, score_fn=score, select_by="causal_stability",
+                        resume=resume, extra_meta={"defense": "causal", "base": str(base_checkpoint(paths))})

@@ -1,0 +1,39 @@
+"""A defense's model in a run, by name: where it lives, loading it, and the records as it reads them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from causal_lib.book.run_folder import RunPaths
+from causal_lib.config import Config
+from causal_lib.defenses import registry
+from causal_lib.models.checkpoints import CheckpointError, load_checkpoint
+from causal_lib.models.load import load_hf_model
+from causal_lib.training.pretrain import base_checkpoint
+
+
+def model_dir(paths: RunPaths, defense: str) -> Path:
+    """Where a defense's model lives: checkpoints/<name>/best_model for a trained defense, the base's else."""
+    name = defense if registry.get(defense).trains else "base"
+    return paths.checkpoints / name / "best_model"
+
+
+def load_model(cfg: Config, paths: RunPaths, defense: str = "none", trainable: bool = False):
+    """(model, tokenizer) of one defense in this run, from its safetensors checkpoint."""
+    d = model_dir(paths, defense)
+    if cfg.model.kind == "hf" and d == base_checkpoint(paths) and not d.exists():
+        return load_hf_model(cfg.model)
+    if not d.exists():
+        chapter = "04_base_model" if d == base_checkpoint(paths) else f"05_train (defense={defense})"
+        raise CheckpointError(f"no model for defense {defense!r} at {d}: run chapter {chapter} first "
+                              f"(python -m causal_lib.book run --params ... --from {chapter[:2]})")
+    return load_checkpoint(d, cfg.model, is_trainable=trainable)
+
+
+def records_for(defense: str, records: list, tokenizer) -> list:
+    """The records as this defense's model reads them (StruQ/SecAlign: their structured prompt)."""
+    return registry.get(defense).view_records(records, tokenizer)
+
+
+def block_for(cfg: Config, paths: RunPaths, defense: str, model, tokenizer):
+    """The defense's input filter `block(records) -> list[bool]`, or None when it filters nothing."""
+    return registry.get(defense).input_blocker(cfg, paths, model, tokenizer)

@@ -1,0 +1,101 @@
+"""Every defense evaluated the same way on the same test set (chapters 04, 07, 08, 09).
+
+`evaluate_defense` loads a defense's model by name, shows it the test records in its own prompt format
+(StruQ/SecAlign structured prompt; input filtering = the base behind a detector), generates and scores,
+and writes metrics/eval_<defense>.json (summary) and metrics/eval_<defense>_items.jsonl (every output).
+A result is reused when the model checkpoint, the data and the evaluation params are unchanged.
+"""
+from __future__ import annotations
+
+import json
+from causal_lib.book.run_folder import RunPaths
+from causal_lib.defenses import registry
+
+
+
+
+def _ci(r: dict | None) -> str:
+    if not r or r.get("rate") is None:
+        return "n/a"
+    return f"{r['rate']:.1%} [{r['lo']:.1%}, {r['hi']:.1%}] (n={r['n']})"
+
+
+def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None) -> list[dict]:
+    """One row per defense: measured rates with 95% Clopper-Pearson intervals, the reference column apart."""
+
+    rows = []
+    for d, ev in evals.items():
+        s = ev["summary"]
+        split = s.get("asr_by_split", {})
+        row = {"defense": registry.label(d), "ASR (all attacks)": _ci(s["asr"]),
+               "ASR seen families": _ci(split.get("seen")), "ASR held-out families": _ci(split.get("held_out")),
+               "ASR max over families": _ci(s.get("asr_max_family")) + f" {s.get('asr_max_family', {}).get('family') or ''}",
+               "ASR per-sample union": _ci(s.get("asr_union")),
+               "benign accuracy": _ci(s["benign_accuracy"]), "over-defense": _ci(s["over_defense"]),
+               "SEP separation": _ci(s["sep"])}
+        if gcg is not None:
+            row["ASR adaptive (GCG)"] = _ci(gcg.get(d, {}).get("asr"))
+        ref = registry.get(d).reference_asr if d in registry.REGISTRY else None
+        row["reference ASR (literature, not measured here)"] = f"~{ref:.0%}" if ref is not None else "target < 10%"
+        rows.append(row)
+    return rows
+
+
+SEED_METRICS = {"ASR (all attacks)": ("asr",), "ASR held-out families": ("asr_by_split", "held_out"),
+                "benign accuracy": ("benign_accuracy",), "over-defense": ("over_defense",), "SEP separation": ("sep",)}
+
+
+def _dig(d: dict, keys: tuple):
+    for k in keys:
+        d = (d or {}).get(k)
+    return (d or {}).get("rate")
+
+
+def seed_replicas(paths: RunPaths, seeds) -> dict[int, dict]:
+    """The comparison.json of every seed replica (outputs/<run>/seeds/seed_<s>/); a missing one is an error."""
+    out = {}
+    for s in seeds:
+        p = paths.replica(s).metrics / "comparison.json"
+        if not p.exists():
+            raise FileNotFoundError(f"seed replica {s}: {p} is missing; run the book with run.seeds set "
+                                    f"(chapters 04-06 and 08 run once per seed before this one)")
+        out[s] = json.loads(p.read_text())
+    return out
+
+
+def seed_spread(per_seed: dict[int, dict]) -> dict:
+    """Mean, sample standard deviation, min and max over seeds of each headline rate, per defense.
+
+    `per_seed` maps seed -> a comparison payload ({"summaries": {defense: summary}, "gcg": {...}}). Every
+    seed's rate is a measurement on the same test set; the spread is between seeds (training randomness),
+    next to each seed's own 95% interval in its comparison table."""
+    import numpy as np
+
+    seeds = sorted(per_seed)
+    defenses = [d for d in per_seed[seeds[0]]["summaries"] if all(d in per_seed[s]["summaries"] for s in seeds)]
+    out = {"seeds": seeds, "defenses": {}}
+    for d in defenses:
+        row = {}
+        metrics = {**{k: lambda c, keys=v: _dig(c["summaries"][d], keys) for k, v in SEED_METRICS.items()},
+                   "ASR adaptive (GCG)": lambda c: _dig(c.get("gcg", {}).get(d, {}), ("asr",))}
+        for name, get in metrics.items():
+            vals = [get(per_seed[s]) for s in seeds]
+            if any(v is None for v in vals):
+                continue
+            a = np.asarray(vals, dtype=float)
+            row[name] = {"values": dict(zip(map(str, seeds), vals)), "mean": float(a.mean()),
+                         "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "min": float(a.min()), "max": float(a.max())}
+        out["defenses"][d] = row
+    return out
+
+
+def seed_spread_rows(spread: dict) -> list[dict]:
+    """One markdown row per defense: mean ± sd [min, max] over the seeds."""
+
+    rows = []
+    for d, metrics in spread["defenses"].items():
+        row = {"defense": registry.label(d), "seeds": len(spread["seeds"])}
+        for name, m in metrics.items():
+            row[name] = f"{m['mean']:.1%} ± {m['sd']:.1%} [{m['min']:.1%}, {m['max']:.1%}]"
+        rows.append(row)
+    return rows

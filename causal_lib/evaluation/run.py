@@ -1,0 +1,154 @@
+"""(split from comparison, evaluate)"""
+from __future__ import annotations
+
+import hashlib
+import json
+from causal_lib.defenses.load import block_for, load_model, model_dir, records_for
+from causal_lib.book.run_folder import RunPaths, write_json
+from causal_lib.config import Config
+import random
+from typing import Callable, Sequence
+from causal_lib.data.records import load_split
+from causal_lib.evaluation.summary import summarise
+from causal_lib.evaluation import scoring
+from causal_lib.evaluation.scoring import ItemResult
+from causal_lib.evaluation.generate import ATTACK_KINDS, BLOCKED_OUTPUT, PROBE_KINDS, _encode_prompts, _prompt_of, default_prompt_budget, generate_ids
+
+
+def _cache_key(cfg: Config, paths: RunPaths, defense: str, split: str) -> str:
+    d = model_dir(paths, defense)
+    fp = json.loads((d / "checkpoint.json").read_text()).get("fingerprint") if (d / "checkpoint.json").exists() \
+        else cfg.model.name_or_path
+    manifest = paths.data / "manifest.json"
+    data = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else ""
+    blob = json.dumps({"fp": fp, "data": data, "eval": cfg.to_dict()["eval"], "defense": defense, "split": split,
+                       "filter": cfg.to_dict().get("filter"), "seed": cfg.run.seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def evaluate_defense(cfg: Config, paths: RunPaths, defense: str, split: str = "test", records=None,
+                     use_cache: bool = True) -> dict:
+
+    key = _cache_key(cfg, paths, defense, split) if records is None else None
+    out_path = paths.metrics / f"eval_{defense}.json"
+    if use_cache and key and out_path.exists():
+        cached = json.loads(out_path.read_text())
+        if cached.get("cache_key") == key:
+            cached["items"] = load_items(paths, defense)
+            return cached
+    model, tok = load_model(cfg, paths, defense)
+    recs = records if records is not None else load_split(paths.data, split)
+    if not recs:
+        raise ValueError(f"no {split} records under {paths.data}: rebuild the data (chapter 02)")
+    block = block_for(cfg, paths, defense, model, tok)
+    results = evaluate_records(model, tok, records_for(defense, recs, tok), cfg.eval, block=block,
+                               max_length=cfg.model.max_seq_length - cfg.eval.max_new_tokens, seed=cfg.run.seed)
+    summary = summarise(results)
+    payload = {"defense": defense, "split": split, "cache_key": key, "seed": cfg.run.seed, "summary": summary}
+    if key:
+        items = paths.metrics / f"eval_{defense}_items.jsonl"
+        items.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in results))
+        write_json(out_path, payload)
+    payload["items"] = [r.to_dict() for r in results]
+    return payload
+
+
+def load_items(paths: RunPaths, defense: str) -> list[dict]:
+    p = paths.metrics / f"eval_{defense}_items.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+
+
+def _item_key(rec) -> str:
+    s = getattr(rec, "system", "") or ""
+    d = getattr(rec, "clean_data", None)
+    if d is None:
+        d = getattr(rec, "data", "")
+    return hashlib.sha1(f"{s}\x00{d}".encode()).hexdigest()[:16]
+
+
+def _checks():
+    """The dataset's scoring functions (scoring.py): one definition of success per goal."""
+
+    return scoring.attack_succeeded, scoring.is_correct, scoring.probe_executed
+
+
+def _score(rec, output: str, checks) -> tuple[bool | None, bool | None]:
+    attack_succeeded, is_correct, probe_executed = checks
+    kind = rec.kind
+    if kind in ATTACK_KINDS:
+        return bool(attack_succeeded(rec, output)), bool(is_correct(rec, output))
+    if kind in PROBE_KINDS:
+        return bool(probe_executed(rec, output)), None
+    return None, bool(is_correct(rec, output))  # clean, lookalike (and base)
+
+
+def select_attacked(records: Sequence, n_attacked: int, seed: int = 0) -> list:
+    """All records, with the injected ones reduced to a fixed seeded sample of n_attacked (0 = all); order kept."""
+    inj = [i for i, r in enumerate(records) if r.kind in ATTACK_KINDS]
+    if n_attacked <= 0 or n_attacked >= len(inj):
+        return list(records)
+    keep = set(random.Random(seed).sample(inj, n_attacked))
+    return [r for i, r in enumerate(records) if r.kind not in ATTACK_KINDS or i in keep]
+
+
+def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Callable | None = None,
+                     max_length: int | None = None, checks=None, seed: int = 0) -> list[ItemResult]:
+    """Generate (greedy) for every record and score it -> one ItemResult per record, in order.
+
+    `cfg_eval` is an EvalConfig (batch_size, max_new_tokens, n_attacked, pass_k). `block(records) ->
+    list[bool]` is an input filter: blocked records are not generated for and get BLOCKED_OUTPUT.
+    `max_length` is the prompt budget (the CLI passes model.max_seq_length - eval.max_new_tokens).
+    `checks` = (attack_succeeded, is_correct, probe_executed) overrides the dataset's (tests).
+    With cfg_eval.pass_k > 1 every non-blocked injected item is also sampled pass_k times (temperature 1.0,
+    seeded) and success_pass_k says whether any sample succeeded.
+    """
+    checks = checks or _checks()
+    records = select_attacked(list(records), getattr(cfg_eval, "n_attacked", 0), seed)
+    blocked = [False] * len(records)
+    if block is not None and records:
+        blocked = [bool(b) for b in block(records)]
+        if len(blocked) != len(records):
+            raise ValueError(f"block() returned {len(blocked)} flags for {len(records)} records")
+    mnt = cfg_eval.max_new_tokens
+    if max_length is None:
+        max_length = default_prompt_budget(model, mnt)
+    todo = [i for i, b in enumerate(blocked) if not b]
+    prompts = [_prompt_of(records[i]) for i in todo]
+    ids, trunc = _encode_prompts(tokenizer, [p[0] for p in prompts], [p[1] for p in prompts], max_length)
+    outputs = generate_ids(model, tokenizer, ids, mnt, cfg_eval.batch_size)
+    gen = {i: (o, t) for i, o, t in zip(todo, outputs, trunc)}
+
+    k = int(getattr(cfg_eval, "pass_k", 1) or 1)
+    sampled: dict[int, list[str]] = {}
+    if k > 1:
+        inj = [j for j, i in enumerate(todo) if records[i].kind in ATTACK_KINDS]
+        # k samples per item in one generate call: the batch holds batch_size // k items (k rows each).
+        samples = generate_ids(model, tokenizer, [ids[j] for j in inj], mnt, max(1, cfg_eval.batch_size // k),
+                               do_sample=True, num_return_sequences=k, seed=seed)
+        sampled = {todo[j]: s for j, s in zip(inj, samples)}
+    del ids
+
+    results = []
+    for i, rec in enumerate(records):
+        if blocked[i]:
+            out, tr = BLOCKED_OUTPUT, False
+            # Blocked: the attack did not happen, the probe was not executed, the benign item went unanswered.
+            success = False if rec.kind in ATTACK_KINDS + PROBE_KINDS else None
+            correct = None if rec.kind in PROBE_KINDS else False
+        else:
+            out, tr = gen[i]
+            success, correct = _score(rec, out, checks)
+        r = ItemResult(
+            id=str(rec.id), pair_id=str(getattr(rec, "pair_id", "")), kind=rec.kind,
+            family=getattr(rec, "family", None), goal=getattr(rec, "goal", None),
+            position=getattr(rec, "position", None), held_out=bool(getattr(rec, "held_out", False)),
+            source=getattr(rec, "source", None), task=getattr(rec, "task", None), item_key=_item_key(rec),
+            output=out, success=success, correct=correct, blocked=blocked[i], truncated=tr)
+        if k > 1 and rec.kind in ATTACK_KINDS:
+            outs = sampled.get(i)
+            r.outputs_pass_k = outs
+            r.success_pass_k = False if outs is None else any(bool(checks[0](rec, o)) for o in outs)
+        results.append(r)
+    return results

@@ -1,0 +1,211 @@
+"""(split from model)"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from causal_lib.config import ModelConfig
+from causal_lib.models.load import ModelLoadError, _DTYPES, _enable_gradient_checkpointing, _load_hf_base, base_model_of, is_peft_model
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that is incomplete, corrupt, unsafe (pickle) or belongs to another model."""
+
+
+# Config keys that do not change what the weights mean.
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "dtype", "torch_dtype", "quantization_config", "use_cache",
+                         "architectures", "name_or_path", "_name_or_path", "output_hidden_states",
+                         "output_attentions", "return_dict", "_attn_implementation", "_experts_implementation",
+                         "pad_token_id", "bos_token_id", "eos_token_id"}
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_hash(model) -> str:
+    d = base_model_of(model).config.to_dict()
+    return _hash({k: v for k, v in d.items() if k not in _VOLATILE_CONFIG_KEYS and not k.startswith("_")})
+
+
+def tokenizer_hash(tokenizer) -> str:
+    return _hash({"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map,
+                  "extra": [str(t) for t in getattr(tokenizer, "extra_special_tokens", []) or []],
+                  "template": tokenizer.chat_template})
+
+
+def _fingerprint_parts(model, tokenizer) -> dict:
+    base = base_model_of(model)
+    return {"model_class": type(base).__name__, "model_type": getattr(base.config, "model_type", ""),
+            "config_hash": config_hash(model), "tokenizer_hash": tokenizer_hash(tokenizer),
+            "adapter": is_peft_model(model)}
+
+
+def model_fingerprint(model, tokenizer) -> str:
+    """What a checkpoint must agree with to be used in place of `model`: architecture, config and
+    tokenizer (not the weights)."""
+    p = _fingerprint_parts(model, tokenizer)
+    return (f"{p['model_class']}-cfg{p['config_hash']}-tok{p['tokenizer_hash']}"
+            + ("-lora" if p["adapter"] else ""))
+
+
+def _arch(model) -> dict:
+    c = base_model_of(model).config.get_text_config()
+    return {k: getattr(c, k, None) for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                             "num_attention_heads", "intermediate_size")}
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _state_dict_without_lora(base) -> dict:
+    """The base weights of a LoRA-wrapped model under their original names."""
+    return {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+
+
+def save_checkpoint(model, tokenizer, path, extra: dict | None = None, save_base: bool | None = None) -> Path:
+    """Write model (or LoRA adapter), tokenizer and checkpoint.json atomically to `path`.
+
+    Everything goes into `<path>.tmp-<pid>` first; checkpoint.json (fingerprint, file sizes and sha256,
+    `extra`) is written last, then the folder is renamed over `path` (the old one is moved to
+    `<path>.old-<pid>` for the instant between two renames, then deleted). A crash never leaves a
+    half-written `path`; load_checkpoint refuses any folder without checkpoint.json. For a LoRA model the adapter is saved;
+    the base weights too unless the base is the pristine model of model.name_or_path (loaded by
+    load_hf_model), e.g. the tiny model or a fine-tuned base (`save_base` overrides).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    base = base_model_of(model)
+    base_name = getattr(base, "causal_pi_base", "")  # set only on a base loaded by load_hf_model
+    peft = is_peft_model(model)
+    if save_base is None:
+        save_base = peft and not base_name
+    if peft and save_base and getattr(base, "is_loaded_in_4bit", False):
+        raise CheckpointError("cannot save the 4-bit base weights of a QLoRA model; save the adapter only "
+                              "(save_base=False) and reload the base from model.name_or_path")
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    if peft and save_base:
+        base.save_pretrained(str(tmp / "base"), state_dict=_state_dict_without_lora(base), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    files = {str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": _file_hash(f)}
+             for f in sorted(tmp.rglob("*")) if f.is_file()}
+    meta = {"format": 1, "fingerprint": model_fingerprint(model, tokenizer), **_fingerprint_parts(model, tokenizer),
+            "arch": _arch(model), "base_name_or_path": base_name, "base_saved": bool(peft and save_base),
+            "files": files, "extra": extra or {}}
+    (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    old = path.parent / f"{path.name}.old-{os.getpid()}"
+    if path.exists():
+        os.replace(path, old)  # a folder cannot be renamed over a non-empty one: move the old aside first
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def _corrupt(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"incomplete or corrupt checkpoint at {path} ({why}); delete it and resume from an "
+                           f"earlier one")
+
+
+def read_checkpoint_meta(path) -> dict:
+    """checkpoint.json of a checkpoint folder, after the safety and completeness checks."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"no checkpoint at {path} (not a folder)")
+    pickles = sorted(f.name for f in path.rglob("*") if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+                     and f.name != "training_args.bin")
+    if pickles and not any(path.rglob("*.safetensors")):
+        raise CheckpointError(f"checkpoint at {path} has only pickle weights ({', '.join(pickles)}): refused, only "
+                              f"safetensors are loaded (pickle files can run code)")
+    meta_file = path / "checkpoint.json"
+    if not meta_file.exists():
+        raise _corrupt(path, "no checkpoint.json: it was never finished")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise _corrupt(path, f"checkpoint.json is not valid JSON: {e}") from None
+    return meta
+
+
+def verify_checkpoint_files(path, meta: dict, hashes: bool = True) -> None:
+    path = Path(path)
+    for name, info in meta.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise _corrupt(path, f"{name} is missing")
+        if f.stat().st_size != info["size"]:
+            raise _corrupt(path, f"{name} has {f.stat().st_size} bytes, {info['size']} were written")
+        if hashes and _file_hash(f) != info["sha256"]:
+            raise _corrupt(path, f"{name} does not match its sha256")
+
+
+def load_checkpoint(path, cfg: ModelConfig, tokenizer=None, expected_fingerprint: str | None = None,
+                    is_trainable: bool = True, verify_hashes: bool = True):
+    """Load a folder written by save_checkpoint -> (model, tokenizer); the model is in eval mode.
+
+    Refuses: pickle-only weights, a folder without checkpoint.json (unfinished), files whose size/sha256
+    differ from those recorded, a tokenizer different from `tokenizer` (when given), a model kind or
+    architecture different from `cfg`, a fingerprint different from `expected_fingerprint` (when given).
+    trust_remote_code comes from cfg only.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    meta = read_checkpoint_meta(path)
+    verify_checkpoint_files(path, meta, hashes=verify_hashes)
+    if tokenizer is not None and tokenizer_hash(tokenizer) != meta.get("tokenizer_hash"):
+        raise CheckpointError(f"checkpoint at {path} was trained with another tokenizer (vocab/template hash "
+                              f"{meta.get('tokenizer_hash')} != {tokenizer_hash(tokenizer)}): refused")
+    if expected_fingerprint is not None and expected_fingerprint != meta.get("fingerprint"):
+        raise CheckpointError(f"checkpoint at {path} has fingerprint {meta.get('fingerprint')}, expected "
+                              f"{expected_fingerprint}: refused")
+    arch = meta.get("arch", {})
+    if cfg.kind == "tiny":
+        want = {k: getattr(cfg.tiny, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                  "intermediate_size")}
+        got = {k: arch.get(k) for k in want}
+        if meta.get("base_name_or_path") or got != want:
+            raise CheckpointError(f"checkpoint at {path} is not a tiny model of this config (model.kind=tiny, "
+                                  f"model.tiny={want}; checkpoint: {got}, base {meta.get('base_name_or_path')!r})")
+    elif meta.get("adapter") and not meta.get("base_saved") and meta.get("base_name_or_path") != cfg.name_or_path:
+        raise CheckpointError(f"checkpoint at {path} is a LoRA adapter for {meta.get('base_name_or_path')!r}, "
+                              f"but model.name_or_path is {cfg.name_or_path!r}: refused")
+
+    kw = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), **kw)
+        if meta.get("adapter"):
+            from peft import PeftModel
+
+            if meta.get("base_saved"):
+                base = AutoModelForCausalLM.from_pretrained(str(path / "base"), dtype=_DTYPES[cfg.dtype],
+                                                            use_safetensors=True, **kw)
+            else:
+                base, _ = _load_hf_base(cfg)
+            if cfg.gradient_checkpointing and is_trainable:
+                _enable_gradient_checkpointing(base)
+                base.enable_input_require_grads()
+            model = PeftModel.from_pretrained(base, str(path), is_trainable=is_trainable)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[cfg.dtype], use_safetensors=True, **kw)
+            if cfg.gradient_checkpointing and is_trainable:
+                _enable_gradient_checkpointing(model)
+    except (CheckpointError, ModelLoadError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a truncated safetensors file, a broken config, ...
+        raise _corrupt(path, f"{type(e).__name__}: {e}") from e
+    model.eval()
+    if model_fingerprint(model, tok) != meta.get("fingerprint"):
+        raise _corrupt(path, f"loaded model has fingerprint {model_fingerprint(model, tok)}, "
+                             f"checkpoint.json says {meta.get('fingerprint')}")
+    return model, tok

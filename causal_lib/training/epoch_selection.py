@@ -1,0 +1,78 @@
+"""Chapter 06: the plan's metrics for every epoch checkpoint of one defense, and the choice of best_model."""
+from __future__ import annotations
+
+import os
+import shutil
+import torch
+from causal_lib.defenses.load import records_for
+from causal_lib.book.run_folder import RunPaths
+from causal_lib.config import Config
+from causal_lib.models.checkpoints import load_checkpoint
+from causal_lib.training.examples import SFTDataset, make_collator, make_pairs
+from causal_lib.training.losses import task_loss
+from causal_lib.data.records import load_split
+from causal_lib.evaluation.run import evaluate_records
+from causal_lib.evaluation.summary import summarise
+from causal_lib.verification.invariance import representation_metrics
+
+
+@torch.no_grad()
+def mean_task_loss(model, tokenizer, records, cfg: Config, limit: int = 200) -> float:
+    """Token-averaged cross-entropy on the targets of `records` (the same L_task as training)."""
+
+    ds = SFTDataset(records[:limit], tokenizer, cfg.model.max_seq_length)
+    collate = make_collator(tokenizer.pad_token_id)
+    total, n = 0.0, 0
+    for i in range(0, len(ds), cfg.eval.batch_size):
+        b = collate([ds[j] for j in range(i, min(i + cfg.eval.batch_size, len(ds)))])
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        k = int((b["labels"][:, 1:] != -100).sum())
+        total += float(task_loss(out.logits, b["labels"])) * k
+        n += k
+    return total / max(n, 1)
+
+
+def validate_epochs(cfg: Config, paths: RunPaths, defense: str) -> dict:
+
+    root = paths.checkpoints / defense
+    epoch_dirs = sorted(root.glob("epoch_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not epoch_dirs:
+        raise FileNotFoundError(f"no epoch checkpoints under {root}: run 05_train for defense={defense} first")
+    val = load_split(paths.data, "val")
+    train = load_split(paths.data, "train")
+    val_items = [r for r in val if r.kind in ("clean", "injected")]
+    rows = []
+    for d in epoch_dirs:
+        model, tok = load_checkpoint(d, cfg.model, is_trainable=False)
+        pairs = make_pairs(records_for(defense, val, tok))[: cfg.train.val_pairs]
+        rep = representation_metrics(model, tok, pairs, cfg)
+        summary = summarise(evaluate_records(model, tok, records_for(defense, val_items, tok), cfg.eval))
+        cs, asr, ben = rep["causal_stability"], summary["asr"], summary["benign_accuracy"]
+        clean_train = [r for r in records_for(defense, train, tok) if r.kind == "clean"]
+        clean_val = [r for r in records_for(defense, val, tok) if r.kind == "clean"]
+        rows.append({"epoch": int(d.name.split("_")[1]),
+                     "causal_stability": cs["value"], "causal_stability_lo": cs["lo"], "causal_stability_hi": cs["hi"],
+                     "epsilon_causal": rep["epsilon_causal"]["value"],
+                     "asr": asr["rate"], "asr_lo": asr["lo"], "asr_hi": asr["hi"],
+                     "benign_accuracy": ben["rate"], "benign_accuracy_lo": ben["lo"], "benign_accuracy_hi": ben["hi"],
+                     "train_loss": mean_task_loss(model, tok, clean_train, cfg),
+                     "val_loss": mean_task_loss(model, tok, clean_val, cfg)})
+        del model
+    best = max(rows, key=lambda r: r["causal_stability"])["epoch"]
+    trained_best = None
+    best_dir = root / "best_model"
+    if best_dir.exists():
+        import json
+
+        meta = json.loads((best_dir / "checkpoint.json").read_text())
+        trained_best = meta.get("extra", {}).get("epoch")
+    if trained_best != best:
+        tmp = root / "best_model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(root / f"epoch_{best}", tmp)
+        shutil.rmtree(best_dir, ignore_errors=True)
+        os.replace(tmp, best_dir)
+    at_best = next(r for r in rows if r["epoch"] == best)
+    return {"defense": defense, "epochs": rows, "best_epoch": best, "training_best_epoch": trained_best,
+            "selection_agrees": trained_best == best, "gap_at_best": at_best["val_loss"] - at_best["train_loss"],
+            "criterion": "highest causal stability on validation pairs"}

@@ -1,0 +1,109 @@
+"""(split from training)"""
+from __future__ import annotations
+
+from typing import Sequence
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from causal_lib.models.prompts import encode_example, followup_ids
+
+
+def make_pairs(records: Sequence) -> list[tuple]:
+    """(clean, injected) twins sharing a pair_id, in the records' order."""
+    clean = {r.pair_id: r for r in records if r.kind == "clean"}
+    return [(clean[r.pair_id], r) for r in records if r.kind == "injected" and r.pair_id in clean]
+
+
+def z_vocabulary(records: Sequence) -> list[str]:
+    """Feature names of Z for the HSIC term: one-hot of the attack family and of the goal."""
+    fam = sorted({r.family for r in records if r.family})
+    goal = sorted({r.goal for r in records if r.goal})
+    return [f"family={f}" for f in fam] + [f"goal={g}" for g in goal]
+
+
+def z_features(record, vocab: Sequence[str]) -> list[float]:
+    on = {f"family={record.family}", f"goal={record.goal}"} if record.kind == "injected" else set()
+    return [1.0 if v in on else 0.0 for v in vocab]
+
+
+class SFTDataset(Dataset):
+    """One chat example per item: system S, user U, assistant target (loss on the target only)."""
+
+    def __init__(self, records: Sequence, tokenizer, max_length: int, format_fn=None, followups_fn=None):
+        """followups_fn(record) -> [(question, answer), ...]: later user turns appended (while they fit)."""
+        fmt = format_fn or (lambda r: (r.system, r.data, r.target))
+        self.items = []
+        for r in records:
+            s, u, t = fmt(r)
+            enc = encode_example(tokenizer, s, u, t, max_length=max_length)
+            ids, labels = enc["input_ids"], enc["labels"]
+            for turn in (followups_fn(r) if followups_fn else []):
+                more_ids, more_labels = followup_ids(tokenizer, [turn])
+                if len(ids) + len(more_ids) > max_length:
+                    break
+                ids, labels = ids + more_ids, labels + more_labels
+            self.items.append({"input_ids": ids, "labels": labels})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+class PairDataset(Dataset):
+    """Counterfactual pairs (clean, injected): same S and D, same target O*, differing only in Z.
+
+    A share of clean-clean pairs (`clean_pair_fraction`) keeps a task gradient on clean inputs, since the
+    clean pass of a pair runs without gradient (it is the fixed target of the invariance term)."""
+
+    def __init__(self, pairs: Sequence[tuple], tokenizer, max_length: int, z_vocab: Sequence[str],
+                 clean_pair_fraction: float = 0.25, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        groups: dict[str, int] = {}
+        self.items = []
+        for clean, inj in pairs:
+            if rng.random() < clean_pair_fraction:
+                inj = clean
+            c = encode_example(tokenizer, clean.system, clean.data, clean.target, max_length=max_length)
+            i = encode_example(tokenizer, inj.system, inj.data, inj.target, max_length=max_length)
+            self.items.append({
+                "clean_input_ids": c["input_ids"], "clean_labels": c["labels"], "clean_prompt_length": c["prompt_length"],
+                "injected_input_ids": i["input_ids"], "injected_labels": i["labels"],
+                "injected_prompt_length": i["prompt_length"],
+                "z": z_features(inj, z_vocab), "s_group": groups.setdefault(clean.system, len(groups)),
+            })
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _pad(seqs, value):
+    n = max(len(s) for s in seqs)
+    return torch.tensor([list(s) + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
+
+
+def make_collator(pad_id: int):
+    """Right-pads each side of a batch to its own longest item (not a fixed length: DESIGN.md s.9)."""
+
+    def collate(batch: list[dict]) -> dict:
+        out = {}
+        for prefix in ("", "clean_", "injected_"):
+            key = f"{prefix}input_ids"
+            if key not in batch[0]:
+                continue
+            ids = [b[key] for b in batch]
+            out[key] = _pad(ids, pad_id)
+            out[f"{prefix}attention_mask"] = _pad([[1] * len(s) for s in ids], 0)
+            out[f"{prefix}labels"] = _pad([b[f"{prefix}labels"] for b in batch], -100)
+            if f"{prefix}prompt_length" in batch[0]:
+                out[f"{prefix}prompt_length"] = torch.tensor([b[f"{prefix}prompt_length"] for b in batch])
+        if "z" in batch[0]:
+            out["z"] = torch.tensor([b["z"] for b in batch], dtype=torch.float32)
+            out["s_group"] = torch.tensor([b["s_group"] for b in batch])
+        return out
+
+    return collate
