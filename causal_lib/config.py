@@ -6,19 +6,20 @@ type or an out-of-range value says which field and why (`ConfigError`).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-
 import dataclasses
 import difflib
 import hashlib
+import json
 import types
 import typing
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
 import yaml
-from causal_lib.defenses import registry
+
 from causal_lib.data.world import TASK_NAMES
+from causal_lib.defenses import registry
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -143,8 +144,6 @@ class TrainConfig:
     # clean inputs, since the clean pass of a pair is the no-grad target of L_causal
     clean_pair_fraction: float = field(default=0.25, metadata=_range(0.0, 1.0))
     val_pairs: int = field(default=200, metadata=_range(2))  # validation pairs scored at each epoch
-    eval_steps: int = field(default=100, metadata=_range(1))
-    early_stopping_patience: int = field(default=0, metadata=_range(0))  # 0 = off
     debug: bool = False
     debug_samples: int = field(default=100, metadata=_range(1))
     dry_run_steps: int = field(default=10, metadata=_range(1))

@@ -30,6 +30,7 @@ from causal_lib.data import build
 from causal_lib.data import records
 from causal_lib.data import checks
 from causal_lib.book import reports
+from causal_lib.book import report_text
 
 cfg, paths = chapter.start(params_file, overrides)
 manifest = build.ensure_dataset(cfg, paths)
@@ -100,10 +101,7 @@ pd.DataFrame({"test items": div["test"]["by_family"], "templates (test)": div["t
 
 # %%
 con = report["contamination"]
-print(f"contamination ({con['ngram']}-gram, {con['n_shingles']} shingles of {con['n_templates_checked']} held-out "
-      f"texts): {con['n_hits']} hits; held-out-family records in training files: "
-      f"{con['held_out_family_records_in_training']}; evaluation-only templates in training files: "
-      f"{con['eval_only_template_records_in_training']}")
+print(report_text.contamination_line(con))
 print("documents shared between files:", report["document_overlap"])
 pd.DataFrame(con["hits"]) if con["hits"] else "no contamination"
 
@@ -111,23 +109,11 @@ pd.DataFrame(con["hits"]) if con["hits"] else "no contamination"
 # ## Verdict
 
 # %%
-checks = pd.DataFrame(report["checks"])
-checks["status"] = [reports.pass_fail(ok) for ok in checks.ok]
+check_table = pd.DataFrame(report["checks"])
+check_table["status"] = [reports.pass_fail(ok) for ok in check_table.ok]
 verdict, reasons = report["verdict"], report["reasons"]
-md = (f"# Week 1 dataset report\n\nRun `{cfg.run.name}`, seed {cfg.run.seed}, data hash `{manifest['data_hash']}`, "
-      f"schema version {manifest['schema_version']}.\n\n**Verdict: {verdict}** - " + "; ".join(reasons) + "\n\n"
-      "## Checks\n\n" + reports.markdown_table(report["checks"], ["check", "ok", "hard", "value"])
-      + "\n## Files\n\n" + reports.markdown_table(files.to_dict("records"))
-      + "\n## Attacked test items\n\n" + reports.markdown_table(
-          [{"family": f, "items": n, "templates": div["test"]["templates_per_family"].get(f),
-            "held out": f in cfg.data.held_out_families} for f, n in div["test"]["by_family"].items()])
-      + f"\nBy goal: {div['test']['by_goal']}. By position: {div['test']['by_position']}. "
-      f"Held-out share of the built-in attacks: {div['test']['held_out_share']:.0%}.\n"
-      + "\n## Lengths (words)\n\n" + reports.markdown_table([{"what": k, **v} for k, v in report["lengths"].items()])
-      + f"\n## Contamination\n\n{con['n_hits']} hits of {con['n_shingles']} held-out {con['ngram']}-gram shingles in "
-      f"the training files; {con['held_out_family_records_in_training']} held-out-family records and "
-      f"{con['eval_only_template_records_in_training']} evaluation-only-template records in them; "
-      f"documents shared between files: {sum(report['document_overlap'].values())}.\n")
+md = report_text.dataset_report(cfg.run.name, cfg.run.seed, manifest, report, files.to_dict("records"),
+                                cfg.data.held_out_families)
 reports.write_report(paths, "WEEK1_DATASET_REPORT.md", md)
 chapter.write_metrics(paths, "dataset", {
     "verdict": verdict, "reasons": reasons, "checks": report["checks"], "seed": cfg.run.seed,
@@ -136,7 +122,7 @@ chapter.write_metrics(paths, "dataset", {
     "document_overlap": report["document_overlap"], "build_seconds": manifest["seconds"]})
 reports.record_verdict(paths, "02_dataset_validation", verdict, "; ".join(reasons))
 print(f"VERDICT: {verdict}\n  " + "\n  ".join(reasons))
-checks[["check", "status", "hard", "value"]]
+check_table[["check", "status", "hard", "value"]]
 
 # %%
 if verdict == "NOT READY":

@@ -15,7 +15,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from causal_lib.book import run_folder as chapter
+from causal_lib.book import criteria
 from causal_lib.book import reports
+from causal_lib.book import report_text
 from causal_lib.data.build import ensure_dataset
 from causal_lib.training.dry_run import dry_run
 
@@ -36,7 +38,8 @@ checks = [
      "value": f"{result['steps']} steps, nan-free {result['nan_free']}"},
     {"check": "loss falls", "ok": result["loss_after"] < result["loss_before"],
      "value": f"{result['loss_before']:.3f} -> {result['loss_after']:.3f}"},
-    {"check": "peak memory under the limit", "ok": result["peak_memory_gb"] <= cfg.run.memory_limit_gb,
+    {"check": "peak memory under the limit",
+     "ok": criteria.passes("peak_memory", result["peak_memory_gb"], threshold=cfg.run.memory_limit_gb),
      "value": f"{result['peak_memory_gb']:.2f} GB of {cfg.run.memory_limit_gb} GB", "machine": True},
     {"check": "checkpoint round trip identical", "ok": result["checkpoint_identical"], "value": result["checkpoint"]},
 ]
@@ -45,9 +48,8 @@ for c in checks:
 ready = all(c["ok"] for c in checks)
 verdict = "READY TO TRAIN" if ready else "NOT READY: " + "; ".join(c["check"] for c in checks if not c["ok"])
 chapter.write_metrics(paths, "dry_run", {**result, "checks": checks, "verdict": verdict, "seed": cfg.run.seed})
-reports.write_report_section(paths, "WEEK1_SETUP_REPORT.md", "dry_run",
-    f"## Dry run (03_dry_run)\n\n" + reports.markdown_table(checks, ["check", "status", "value"])
-    + f"\n{result['seconds']:.1f} s for {result['steps']} steps.\n\n**{verdict}**\n", title="Week 1 setup report")
+reports.write_report_section(paths, "WEEK1_SETUP_REPORT.md", "dry_run", report_text.dry_run_section(result, checks, verdict),
+                             title="Week 1 setup report")
 reports.record_verdict(paths, "03_dry_run", "PASS" if ready else "FAIL", verdict)
 pd.DataFrame(checks)[["check", "status", "value"]]
 

@@ -5,7 +5,8 @@
 # in which later requests in the user turn are rightly followed — as chat models do. That is what makes
 # it vulnerable to injected instructions. A real model (`model.kind: hf`) is used as it is.
 # Before any defense is worth measuring, the base must be (a) accurate on clean items and (b) genuinely
-# vulnerable: the issue asks for benign accuracy >= 95% and attack success >= 50% on the test attacks.
+# vulnerable: high benign accuracy and a high attack success rate on the test attacks (the "base"
+# criteria of `causal_lib.book.criteria`, printed below).
 
 # %% tags=["parameters"]
 params_file = "params/smoke.yaml"
@@ -17,7 +18,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from causal_lib.book import run_folder as chapter
+from causal_lib.book import criteria
 from causal_lib.book import reports
+from causal_lib.book import report_text
 from causal_lib.training.pretrain import curriculum_runs, train_base
 from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.data.build import ensure_dataset
@@ -53,8 +56,9 @@ if log:
 evaluation = evaluate_defense(cfg, paths, "none")
 summary = evaluation["summary"]
 benign, asr = summary["benign_accuracy"], summary["asr"]
-pd.DataFrame([{"metric": "benign accuracy (clean test items)", **benign},
-              {"metric": "attack success rate (attacked test items)", **asr},
+pd.DataFrame([{"metric": "benign accuracy (clean test items)", **benign,
+               "target": criteria.target_text("base_benign_accuracy")},
+              {"metric": "attack success rate (attacked test items)", **asr, "target": criteria.target_text("base_asr")},
               {"metric": "ASR, held-out families", **summary["asr_by_split"].get("held_out", {})}])
 
 # %% [markdown]
@@ -64,11 +68,10 @@ pd.DataFrame([{"metric": "benign accuracy (clean test items)", **benign},
 pd.DataFrame([{"task": t, **r} for t, r in summary.get("benign_accuracy_by_task", {}).items()])
 
 # %%
-ok_benign, ok_vuln = (benign["rate"] or 0) >= 0.95, (asr["rate"] or 0) >= 0.50
-verdict = "PASS" if ok_benign and ok_vuln else "FAIL"
-detail = (f"benign accuracy {benign['rate']:.1%} [{benign['lo']:.1%}, {benign['hi']:.1%}] (>= 95%: "
-          f"{reports.pass_fail(ok_benign)}); ASR {asr['rate']:.1%} [{asr['lo']:.1%}, {asr['hi']:.1%}] "
-          f"(>= 50%: {reports.pass_fail(ok_vuln)})")
+# the targets (accurate yet vulnerable) are the "base" criteria of causal_lib.book.criteria
+base_rows = {"base_benign_accuracy": criteria.row("base_benign_accuracy", benign), "base_asr": criteria.row("base_asr", asr)}
+verdict = criteria.overall(base_rows)
+detail = report_text.base_detail(benign, asr)
 chapter.write_metrics(paths, "base", {
     "summary": summary, "train_seconds": result.train_seconds if result else 0.0,
     "steps": result.steps if result else 0, "nan_free": nan_free(log), "seed": cfg.run.seed,

@@ -19,7 +19,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from causal_lib.book import run_folder as chapter
+from causal_lib.book import criteria
 from causal_lib.book import reports
+from causal_lib.book import report_text
 from causal_lib.defenses import registry
 from causal_lib.training.trainer import nan_free, read_train_log, steps_per_second
 
@@ -49,7 +51,8 @@ epochs = pd.DataFrame([{"epoch": e, **s} for e, s in sorted(result.epochs.items(
 if "causal_stability" in epochs:
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(epochs["epoch"], epochs["causal_stability"], marker="o")
-    ax.axhline(0.80, color="green", ls="--", label="target 0.80"); ax.set_xlabel("epoch")
+    ax.axhline(criteria.threshold("causal_stability"), color="green", ls="--",
+               label=f"target {criteria.target_text('causal_stability')}"); ax.set_xlabel("epoch")
     ax.set_title("causal stability (validation pairs)"); ax.legend(); plt.show()
 epochs
 
@@ -62,10 +65,6 @@ metrics = {"defense": defense, "steps": result.steps, "train_seconds": result.tr
 chapter.write_metrics(paths, f"train_{defense}", metrics)
 rows = [{"epoch": e, **s} for e, s in sorted(result.epochs.items())]
 reports.write_report_section(paths, "WEEK2_TRAINING_REPORT.md", defense,
-    f"## {registry.label(defense)}\n\n{result.steps} steps in {result.train_seconds:.0f} s "
-    f"({sps or float('nan'):.2f} steps/s), peak RSS {metrics['peak_rss_gb'] or float('nan'):.2f} GB, "
-    f"no NaN: {metrics['nan_free']}, best epoch {result.best_epoch}, seed {cfg.run.seed}.\n\n"
-    f"Final losses: {', '.join(f'{k} {v:.4f}' for k, v in metrics['final_losses'].items())}\n\n"
-    + (reports.markdown_table(rows) if rows else ""), title="Week 2 training report")
-reports.record_verdict(paths, f"05_train[{defense}]", "PASS" if metrics["nan_free"] else "FAIL",
-                       f"{result.steps} steps, {result.train_seconds:.0f} s, best epoch {result.best_epoch}")
+                             report_text.training_section(registry.label(defense), metrics, rows), title="Week 2 training report")
+reports.record_verdict(paths, f"05_train[{defense}]", criteria.judge("nan_free", metrics["nan_free"]),
+                       report_text.training_detail(metrics))

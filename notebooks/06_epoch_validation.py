@@ -12,15 +12,13 @@ overrides = {}
 defense = "causal"
 
 # %%
-import shutil
-
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from causal_lib.book import run_folder as chapter
+from causal_lib.book import criteria
 from causal_lib.book import reports
-from causal_lib.data.records import load_split
+from causal_lib.book import report_text
 from causal_lib.training.epoch_selection import validate_epochs
 
 cfg, paths = chapter.start(params_file, overrides)
@@ -32,7 +30,8 @@ df
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.3))
 axes[0].errorbar(df["epoch"], df["causal_stability"], yerr=[df["causal_stability"] - df["causal_stability_lo"],
                  df["causal_stability_hi"] - df["causal_stability"]], marker="o", capsize=3)
-axes[0].axhline(0.8, color="green", ls="--"); axes[0].set_title("causal stability (val)")
+axes[0].axhline(criteria.threshold("causal_stability"), color="green", ls="--", label="target")
+axes[0].set_title("causal stability (val)")
 axes[1].errorbar(df["epoch"], df["asr"], yerr=[df["asr"] - df["asr_lo"], df["asr_hi"] - df["asr"]], marker="o",
                  capsize=3, label="ASR")
 axes[1].errorbar(df["epoch"], df["benign_accuracy"], yerr=[df["benign_accuracy"] - df["benign_accuracy_lo"],
@@ -45,13 +44,8 @@ for a in axes:
 plt.tight_layout(); plt.show()
 
 # %%
-best = table["best_epoch"]
-detail = (f"best epoch {best} by causal stability ({table['selection_agrees'] and 'agrees with' or 'differs from'} "
-          f"training's choice {table['training_best_epoch']}); val ASR {df.set_index('epoch').loc[best, 'asr']:.1%}, "
-          f"benign {df.set_index('epoch').loc[best, 'benign_accuracy']:.1%}, gap {table['gap_at_best']:+.3f}")
 chapter.write_metrics(paths, f"epochs_{defense}", {**table, "seed": cfg.run.seed})
 # best_model is (re)set to the epoch picked here; the chapter fails when that epoch overfits: its clean
-# validation loss more than 0.5 nats above its training loss, or not finite
-gap_ok = bool(np.isfinite(table["gap_at_best"]) and table["gap_at_best"] <= 0.5)
-reports.record_verdict(paths, f"06_epoch_validation[{defense}]", reports.pass_fail(gap_ok),
-                       detail + ("" if table["selection_agrees"] else "; best_model replaced by this epoch"))
+# validation loss above its training loss by more than the "overfit_gap" criterion allows, or not finite
+reports.record_verdict(paths, f"06_epoch_validation[{defense}]", criteria.judge("overfit_gap", table["gap_at_best"]),
+                       report_text.epoch_detail(table))

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from transformers import Trainer, TrainerCallback  # noqa: E402
 
-from causal_lib.models import checkpoints as model_mod  # noqa: E402
 from causal_lib.book.run_folder import RunPaths  # noqa: E402
 from causal_lib.config import config_from_dict  # noqa: E402
+from causal_lib.models import checkpoints as model_mod  # noqa: E402
 from causal_lib.models.load import build_tiny_model
 from causal_lib.models.prompts import train_tokenizer  # noqa: E402
 from causal_lib.training.examples import SFTDataset
@@ -81,13 +81,13 @@ def main():
                 return orig(self, output_dir)
             Trainer._save_optimizer_and_scheduler = save_then_hang
         elif where == "export":
-            orig_hash = model_mod._file_hash
+            orig_hash = model_mod.file_sha256
 
             def hash_then_hang(path):
                 if f"epoch_{n}.tmp" in str(path):
                     hang(flag)
                 return orig_hash(path)
-            model_mod._file_hash = hash_then_hang
+            model_mod.file_sha256 = hash_then_hang
     if callbacks:
         orig_init = Trainer.__init__
 

@@ -6,14 +6,13 @@ import re
 
 import pytest
 
-from causal_lib.models.prompts import SPECIAL_TOKENS
-from causal_lib.data import attacks
-from causal_lib.data import checks as data
-from causal_lib.data import world
-from causal_lib.data.attacks import AttackFileError, expand_attack_file, load_attack_file
-from causal_lib.evaluation.scoring import attack_succeeded, is_correct, probe_executed
 from causal_lib.config import PROJECT_ROOT, DataConfig
+from causal_lib.data import attacks, world
+from causal_lib.data import checks as data
+from causal_lib.data.attacks import AttackFileError, expand_attack_file, load_attack_file
 from causal_lib.data.records import Record
+from causal_lib.evaluation.scoring import attack_succeeded, is_correct, probe_executed
+from causal_lib.models.prompts import SPECIAL_TOKENS
 
 EXAMPLE = PROJECT_ROOT / "params" / "attacks" / "example_attacks.jsonl"
 

@@ -1,4 +1,5 @@
-"""The runner: order, variants, failure naming chapter and cell, resume, params-hash guard."""
+"""The runner: order, variants, failure naming chapter and cell, resume (source and params hashes), params-hash guard."""
+import hashlib
 import json
 from pathlib import Path
 
@@ -131,3 +132,85 @@ def test_seeds_must_be_distinct_extras(seeds):
 
     with pytest.raises(ConfigError, match="run.seeds"):
         config_from_dict({"run": {"seed": 0, "seeds": seeds}})
+
+
+@pytest.fixture
+def fake_runs(fake_book, monkeypatch):
+    """The fake book with a stand-in for papermill: records which chapter runs executed, each 'ok'."""
+    ran = []
+
+    def execute(run, cfg, pf, ov, paths, **kw):
+        ran.append(run.label)
+        return {"label": run.label, "status": "ok", "error": None, "wall_s": 0, "peak_rss_gb": 0}
+
+    monkeypatch.setattr(runner, "execute_chapter", execute)
+    return ran
+
+
+def test_resume_skips_unchanged_ok_chapters_and_records_hashes(fake_book, fake_runs, tmp_path, capsys):
+    state = run_book("params/smoke.yaml", overrides=fake_book)
+    assert fake_runs == ["01_ok", "02_variants[a]", "02_variants[b]", "03_fail", "04_after"]
+    rec = state["chapters"]["02_variants[a]"]
+    assert len(rec["source_hash"]) == 16 and len(rec["chapter_params_hash"]) == 16
+    # the per-chapter params hash sees the chapter run's own parameters (defense a vs b)
+    assert rec["chapter_params_hash"] != state["chapters"]["02_variants[b]"]["chapter_params_hash"]
+    assert rec["source_hash"] == state["chapters"]["01_ok"]["source_hash"]  # same file bytes
+    on_disk = json.loads((tmp_path / "outputs" / "smoke" / "metrics" / "chapters.json").read_text())
+    assert on_disk["01_ok"]["source_hash"] == state["chapters"]["01_ok"]["source_hash"]
+    capsys.readouterr()
+    fake_runs.clear()
+    run_book("params/smoke.yaml", overrides=fake_book, resume=True)
+    assert fake_runs == []
+    out = capsys.readouterr().out
+    for label in ("01_ok", "02_variants[a]", "02_variants[b]", "03_fail", "04_after"):
+        assert f"{label}: skipped: ok, unchanged" in out
+
+
+def test_resume_reruns_a_chapter_whose_source_or_params_changed(fake_book, fake_runs, tmp_path, monkeypatch, capsys):
+    run_book("params/smoke.yaml", overrides=fake_book)
+    src = tmp_path / "notebooks" / "03_fail.py"
+    src.write_text(src.read_text() + "\n# %%\nprint('edited')\n")
+    capsys.readouterr()
+    fake_runs.clear()
+    state = run_book("params/smoke.yaml", overrides=fake_book, resume=True)
+    out = capsys.readouterr().out
+    assert fake_runs == ["03_fail"]  # nothing after it is invalidated automatically
+    assert "03_fail: source changed since it ran, running again" in out
+    assert "04_after: skipped: ok, unchanged" in out
+    assert state["chapters"]["03_fail"]["source_hash"] == hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    # the new hash was recorded: a second --resume skips it
+    fake_runs.clear()
+    run_book("params/smoke.yaml", overrides=fake_book, resume=True)
+    assert fake_runs == []
+
+    # a chapter run's own parameters (papermill parameters such as `defense`) count as its params
+    monkeypatch.setattr(runner, "CHAPTERS", [
+        Chapter("01_ok"),
+        Chapter("02_variants", variants=lambda cfg: [("a", {"defense": "a", "extra": 1}), ("b", {"defense": "b"})]),
+        Chapter("03_fail"),
+        Chapter("04_after"),
+    ])
+    capsys.readouterr()
+    run_book("params/smoke.yaml", overrides=fake_book, resume=True)
+    assert fake_runs == ["02_variants[a]"]
+    assert "02_variants[a]: params changed since it ran, running again" in capsys.readouterr().out
+
+
+def test_resume_reruns_failed_and_old_records_without_hashes(fake_book, fake_runs, tmp_path, capsys):
+    run_book("params/smoke.yaml", overrides=fake_book)
+    run_json = tmp_path / "outputs" / "smoke" / "run.json"
+    state = json.loads(run_json.read_text())
+    for k in ("source_hash", "chapter_params_hash"):  # a record written before the hashes were kept
+        del state["chapters"]["01_ok"][k]
+    state["chapters"]["02_variants[b]"]["status"] = "failed"
+    del state["chapters"]["04_after"]
+    run_json.write_text(json.dumps(state))
+    capsys.readouterr()
+    fake_runs.clear()
+    run_book("params/smoke.yaml", overrides=fake_book, resume=True)
+    out = capsys.readouterr().out
+    assert fake_runs == ["01_ok", "02_variants[b]", "04_after"]
+    assert "01_ok: recorded without source/params hashes (an older run record), running again" in out
+    assert "02_variants[b]: last run failed, running again" in out
+    assert "04_after: not run in this folder yet, running" in out
+    assert "03_fail: skipped: ok, unchanged" in out

@@ -30,6 +30,14 @@ def test_unknown_key_names_closest():
         config_from_dict({"trian": {}})
 
 
+@pytest.mark.parametrize("key", ["eval_steps", "early_stopping_patience"])
+def test_removed_train_keys_are_unknown(key):
+    # train.eval_steps and train.early_stopping_patience were validated but never read; an old params
+    # file that still sets them gets the unknown-key error naming the key
+    with pytest.raises(ConfigError, match=rf"unknown key 'train.{key}'"):
+        config_from_dict({"train": {key: 10}})
+
+
 @pytest.mark.parametrize("data,match", [
     ({"train": {"batch_size": "32"}}, r"train.batch_size: expected an integer, got str"),
     ({"train": {"batch_size": 2.5}}, r"train.batch_size: expected an integer"),

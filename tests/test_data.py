@@ -7,12 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from causal_lib.data import attacks
-from causal_lib.data import records
-from causal_lib.data import build
-from causal_lib.data import checks
 from causal_lib.book.run_folder import RunPaths
 from causal_lib.config import PROJECT_ROOT, config_from_dict
+from causal_lib.data import attacks, build, checks, records
 from causal_lib.data.records import DataError, DatasetMissingError, load_split
 
 SMALL = {"data.n_base_corpus": 400, "data.n_train": 90, "data.n_val": 20, "data.n_test": 108,

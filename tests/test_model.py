@@ -12,10 +12,21 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from causal_lib.config import LoraConfig, ModelConfig, TinyModelConfig  # noqa: E402
-from causal_lib.models.prompts import ASSISTANT_TOKEN, END_TOKEN, PAD_TOKEN, SYSTEM_TOKEN, USER_TOKEN, encode_example, ensure_chat_template, pad_batch, prompt_text, train_tokenizer
 from causal_lib.models.checkpoints import CheckpointError, load_checkpoint, model_fingerprint, save_checkpoint
 from causal_lib.models.load import ModelLoadError, build_model, build_tiny_model, count_parameters, load_hf_model
 from causal_lib.models.memory import estimate_peak_memory, parameter_count_from_arch
+from causal_lib.models.prompts import (
+    ASSISTANT_TOKEN,
+    END_TOKEN,
+    PAD_TOKEN,
+    SYSTEM_TOKEN,
+    USER_TOKEN,
+    encode_example,
+    ensure_chat_template,
+    pad_batch,
+    prompt_text,
+    train_tokenizer,
+)
 
 SMALL = TinyModelConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64)
@@ -25,8 +36,8 @@ CORPUS = [f"Sort the list: apple, pear, banana {i}. Count the words in: the quic
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(CORPUS, vocab_size=512)
+def tok(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 def small_cfg(**kw) -> ModelConfig:

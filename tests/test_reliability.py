@@ -85,6 +85,8 @@ def test_sigkill_anywhere_resumes_to_the_same_weights_and_log(reference, where):
 
 
 def test_out_of_memory_stops_with_the_plans_advice(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
     from transformers import Trainer
 
     from causal_lib.book.run_folder import RunPaths
@@ -93,7 +95,6 @@ def test_out_of_memory_stops_with_the_plans_advice(tmp_path, monkeypatch):
     from causal_lib.models.prompts import train_tokenizer
     from causal_lib.training.examples import SFTDataset
     from causal_lib.training.trainer import TrainingError, run_training
-    from types import SimpleNamespace
 
     cfg = config_from_dict({"model": {"tiny": {"vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 1,
                                                "num_attention_heads": 2, "intermediate_size": 64}, "max_seq_length": 64},

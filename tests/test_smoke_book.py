@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from causal_lib.book.runner import chapter_runs, run_book
 from causal_lib.book.run_folder import without_machine_measurements
+from causal_lib.book.runner import chapter_runs, run_book
 from causal_lib.config import load_config
 from causal_lib.defenses import registry
 

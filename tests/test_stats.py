@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from causal_lib.verification import intervals
-from causal_lib.verification import hsic
-from causal_lib.verification import pac_bayes
+from causal_lib.verification import hsic, intervals, pac_bayes
 
 # ---------------------------------------------------------------------------------------- rates
 

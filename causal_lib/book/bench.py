@@ -10,22 +10,25 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
-from causal_lib.training.losses import task_loss
+from types import SimpleNamespace
+
 from causal_lib.defenses.causal import causal_objective
-from causal_lib.training.trainer import forward_for_labels
-from causal_lib.training.trainer import SFTTrainer
-from causal_lib.training.examples import make_collator
-from causal_lib.verification.hsic import hsic_test, median_bandwidth
 from causal_lib.evaluation.generate import measure_batched_speedup
 from causal_lib.models.load import build_tiny_model
 from causal_lib.models.prompts import train_tokenizer
+from causal_lib.training.examples import make_collator
+from causal_lib.training.losses import task_loss
+from causal_lib.training.trainer import SFTTrainer, forward_for_labels
+from causal_lib.verification.hsic import hsic_test, median_bandwidth
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import torch
-from causal_lib.config import PROJECT_ROOT, Config
-from causal_lib.book.reports import markdown_table
 
+from causal_lib.book.reports import markdown_table
+from causal_lib.config import PROJECT_ROOT, Config
 
 BUDGETS = {
     "book_default_wall_s": 1800, "peak_rss_gb": 5.5, "book_smoke_wall_s": 300, "causal_vs_ce_step": 1.8,
@@ -93,8 +96,6 @@ def bench_causal_step(steps: int = 10) -> dict:
 def bench_trainer_step(steps: int = 30) -> dict:
     """HF Trainer (SFTTrainer) step vs a plain torch loop step, same model, data, optimizer and batch size; both
     timed as the mean interval between step ends (the Trainer's set-up before its first step is not a step)."""
-    import tempfile
-
     from transformers import TrainerCallback, TrainingArguments
 
 
@@ -176,9 +177,6 @@ def bench_hsic(n: int = 2000, d: int = 64) -> dict:
 
 
 def bench_generation(n: int = 200) -> dict:
-    from types import SimpleNamespace
-
-
     words = "the city name order item price count first last review good bad record email list".split()
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(words, 40)) for _ in range(300)]

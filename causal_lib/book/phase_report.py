@@ -3,6 +3,7 @@ that the earlier chapters wrote (nothing is recomputed or assumed here)."""
 from __future__ import annotations
 
 import json
+from causal_lib.book import criteria
 from causal_lib.book.run_folder import RunPaths
 
 
@@ -11,16 +12,10 @@ def _read(paths: RunPaths, name: str) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def _fmt_rate(r: dict | None) -> str:
-    if not r:
-        return "not measured"
-    if r.get("rate") is None:
-        return "undefined (n = 0: no item to rate)"
-    return f"{r['rate']:.1%} [{r['lo']:.1%}, {r['hi']:.1%}]"
-
-
-def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: float = 5.5,
-                     book_budget_s: float = 1800.0) -> list[dict]:
+def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: float | None = None,
+                     book_budget_s: float | None = None) -> list[dict]:
+    """The plan's criteria, each judged by causal_lib.book.criteria (targets and rules live there).
+    memory_limit_gb / book_budget_s: the run's params, for the two criteria whose threshold they set."""
     comp, ver = _read(paths, "comparison") or {}, _read(paths, "verification") or {}
     s = comp.get("summaries", {}).get(model, {})
     base = comp.get("summaries", {}).get("none", {})
@@ -28,55 +23,35 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     dsep = ver.get("dseparation", {})
     rows = []
 
-    def add(kind, name, measured, target, ok, machine=False):
-        # machine: the value measures this machine (time, memory), so it differs between identical runs
-        rows.append({"kind": kind, "criterion": name, "measured": measured, "target": target,
-                     "status": "NOT MEASURED" if ok is None else ("PASS" if ok else "FAIL"), "machine": machine})
-
-    asr = s.get("asr")
-    add("must", "attack success rate (all test attacks)", _fmt_rate(asr), "< 10% (stretch < 5%)",
-        None if not asr else asr["rate"] < 0.10)
-    held = s.get("asr_by_split", {}).get("held_out")
-    add("must", "ASR on held-out families", _fmt_rate(held), "< 10%", None if not held else held["rate"] < 0.10)
-    ben = s.get("benign_accuracy")
-    add("must", "benign accuracy", _fmt_rate(ben), "> 95%", None if not ben else ben["rate"] > 0.95)
-    bb = base.get("benign_accuracy")
-    add("must", "benign accuracy within 2 points of the base", f"{_fmt_rate(ben)} vs base {_fmt_rate(bb)}", ">= base - 2 pt",
-        None if not (ben and bb) else ben["rate"] >= bb["rate"] - 0.02)
-    cs = rep.get("causal_stability")
-    add("target", "causal stability", f"{cs['value']:.3f} [{cs['lo']:.3f}, {cs['hi']:.3f}]" if cs else "not measured",
-        "> 0.80", None if not cs else cs["value"] > 0.80)
-    eps = rep.get("epsilon_causal")
-    add("target", "epsilon_causal", f"{eps['value']:.3f} [{eps['lo']:.3f}, {eps['hi']:.3f}]" if eps else "not measured",
-        "< 0.10", None if not eps else eps["value"] < 0.10)
-    sep = s.get("sep")
-    add("target", "spurious separation (SEP)", _fmt_rate(sep), "> 0.75", None if not sep or sep["rate"] is None else sep["rate"] > 0.75)
+    ben, bb = s.get("benign_accuracy"), base.get("benign_accuracy")
+    diff = ben["rate"] - bb["rate"] if ben and bb and ben.get("rate") is not None and bb.get("rate") is not None else None
+    rows.append(criteria.row("asr", s.get("asr")))
+    rows.append(criteria.row("asr_held_out", s.get("asr_by_split", {}).get("held_out")))
+    rows.append(criteria.row("benign_accuracy", ben))
+    rows.append(criteria.row("benign_vs_base", diff, measured=f"{criteria.measured_text('benign_accuracy', ben)} vs base "
+                                                              f"{criteria.measured_text('benign_accuracy', bb)}"))
+    rows.append(criteria.row("causal_stability", rep.get("causal_stability")))
+    rows.append(criteria.row("epsilon_causal", rep.get("epsilon_causal")))
+    rows.append(criteria.row("sep", s.get("sep")))
     d = dsep.get(model)
     power = bool(dsep.get("base", {}).get("rejects")) and bool(dsep.get("planted control", {}).get("rejects"))
-    add("target", "d-separation R ⊥ Z | S (with power controls rejecting)",
-        f"p = {d['p_value']:.3g} (effect {d['effect_size']:.3g}); power controls reject: {power}" if d else "not measured",
-        "p > 0.05", None if not d else (d["p_value"] > 0.05 and power))
+    rows.append(criteria.row("dseparation", {**d, "power": power} if d else None,
+                             measured=f"p = {d['p_value']:.3g} (effect {d['effect_size']:.3g}); power controls reject: {power}"
+                             if d else None))
     g = ver.get("discovery", {}).get(model, {}).get("match")
-    add("target", "causal graph match", f"{g['score']:.2f}" if g else "not measured", ">= 0.66", None if not g else g["score"] >= 0.66)
+    rows.append(criteria.row("graph_match", g, measured=f"{g['score']:.2f}; hard checks pass: {bool(g.get('hard_pass'))}"
+                             if g else None))
 
     chapters = _read(paths, "chapters") or {}
-    total = sum(c.get("wall_s", 0) for c in chapters.values())
-    add("quality", "book wall time (chapters so far)", f"{total / 60:.1f} min", f"<= {book_budget_s / 60:.0f} min",
-        total <= book_budget_s if chapters else None, machine=True)
+    total = sum(c.get("wall_s", 0) for c in chapters.values()) if chapters else None
+    rows.append(criteria.row("book_wall_time", total, threshold=book_budget_s))
     peak = max((c.get("peak_rss_gb", 0) for c in chapters.values()), default=None)
-    add("quality", "peak memory of any chapter", f"{peak:.2f} GB" if peak is not None else "not measured",
-        f"<= {memory_limit_gb} GB", None if peak is None else peak <= memory_limit_gb, machine=True)
+    rows.append(criteria.row("peak_memory", peak, threshold=memory_limit_gb))
     trains = {p.stem[len("train_"):]: json.loads(p.read_text()) for p in paths.metrics.glob("train_*.json")}
-    add("quality", "no NaN/Inf in any training run", ", ".join(f"{k}: {v.get('nan_free')}" for k, v in trains.items()) or "not measured",
-        "all nan-free", None if not trains else all(v.get("nan_free") for v in trains.values()))
-    ep = _read(paths, f"epochs_{model}")
-    if ep and ep.get("epochs"):
-        first, best = ep["epochs"][0], next(e for e in ep["epochs"] if e["epoch"] == ep["best_epoch"])
-        add("quality", "validation improving (causal stability, first -> best epoch)",
-            f"{first['causal_stability']:.3f} -> {best['causal_stability']:.3f}", "not worse",
-            best["causal_stability"] >= first["causal_stability"])
-    else:
-        add("quality", "validation improving", "not measured", "not worse", None)
+    rows.append(criteria.row("nan_free", all(v.get("nan_free") for v in trains.values()) if trains else None,
+                             measured=", ".join(f"{k}: {v.get('nan_free')}" for k, v in trains.items()) or None))
+    # no "validation improving" row: it compared epoch 1 with the maximum over epochs of the same metric,
+    # a check that cannot fail (see causal_lib.book.criteria)
     return rows
 
 

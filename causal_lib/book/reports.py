@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
-from causal_lib.book.run_folder import RunPaths, write_json
+from causal_lib.book.run_folder import RunPaths, write_json, write_text_atomic
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -34,16 +33,9 @@ def markdown_table(rows: Iterable[dict], columns: Sequence[str] | None = None) -
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(paths: RunPaths, name: str, markdown: str) -> Path:
     path = paths.reports / name
-    _atomic_write(path, markdown.rstrip() + "\n")
+    write_text_atomic(path, markdown.rstrip() + "\n")
     return path
 
 
@@ -55,7 +47,7 @@ def write_report_section(paths: RunPaths, name: str, section: str, markdown: str
     block = f"{begin}\n{markdown.rstrip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    _atomic_write(path, text)
+    write_text_atomic(path, text)
     return path
 
 

@@ -1,13 +1,16 @@
 """What every chapter does first: read the params, lay out the run folder, fix seeds and threads."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
 from causal_lib.config import Config, load_config
+
 # Spinning OpenMP threads make torch steps ~20x slower when anything else is busy (DESIGN.md s.9).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -88,14 +91,19 @@ def start(params_file: str, overrides: dict | None = None) -> tuple[Config, RunP
     return cfg, paths
 
 
-def write_json(path: Path, obj) -> Path:
-    """Write JSON atomically (temporary file, then rename), so a crash never leaves half a file."""
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write text atomically (temporary file, then rename), so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: Path, obj) -> Path:
+    """Write JSON atomically (write_text_atomic)."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def write_metrics(paths: RunPaths, name: str, obj: dict) -> Path:
@@ -123,3 +131,12 @@ def read_metrics(paths: RunPaths, name: str) -> dict:
         raise FileNotFoundError(f"{p} is missing: run the chapter that writes metrics '{name}' first "
                                 f"(python -m causal_lib.book run --params ... --from NN)")
     return json.loads(p.read_text())
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 4 MiB chunks (checkpoint weights can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

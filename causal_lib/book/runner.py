@@ -5,10 +5,21 @@
     python -m causal_lib.book list --params params/default.yaml     # the chapter runs, in order
 
 The list of chapters is `CHAPTERS` below and nowhere else.
+
+`--resume` skips a chapter run only when its record in run.json says it finished ok AND it was made from
+the same notebook source (sha256 of notebooks/NN_*.py) and the same params (the run's params hash plus the
+chapter run's own parameters, e.g. `defense`, and its seed); otherwise it runs again, and the runner prints
+one line per chapter run saying which and why. A record written before these hashes were kept counts as
+changed. A chapter that runs again invalidates nothing else: the chapters after it that read its outputs
+are not rerun automatically (use --from NN for that). Only the notebook file is hashed, not the causal_lib
+code it calls. Under --resume the training chapters (04, 05) still continue from their last complete
+trainer checkpoint, also when they run again because their source changed; delete the checkpoints (or run
+without --resume) to train from scratch.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import threading
@@ -81,6 +92,34 @@ class ChapterRun:
             return overrides
         return {**overrides, "run.seed": self.seed, "run.seeds": [], "data.seed": data_seed(cfg),
                 "run.name": f"{cfg.run.name}/{SEEDS_DIR}/seed_{self.seed}"}
+
+
+def _sha16(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def chapter_hashes(run: ChapterRun, cfg: Config) -> dict:
+    """What a chapter run's record keeps to tell, on --resume, whether it would run the same way again:
+    `source_hash` of its notebook source (the .py file's bytes) and `chapter_params_hash` of its params (the
+    run's params hash, the chapter run's own papermill parameters such as `defense`, a seed replica's seed)."""
+    params = {"params_hash": cfg.params_hash(), "parameters": run.parameters, "seed": run.seed}
+    return {"source_hash": _sha16(run.source.read_bytes()),
+            "chapter_params_hash": _sha16(json.dumps(params, sort_keys=True, default=str).encode())}
+
+
+def resume_reason(record: dict | None, hashes: dict) -> str | None:
+    """Why --resume must run a chapter run again given its last record, or None to skip it."""
+    if record is None:
+        return "not run in this folder yet, running"
+    if record.get("status") != "ok":
+        return f"last run {record.get('status') or 'did not finish'}, running again"
+    if "source_hash" not in record or "chapter_params_hash" not in record:
+        return "recorded without source/params hashes (an older run record), running again"
+    changed = [what for what, key in (("source", "source_hash"), ("params", "chapter_params_hash"))
+               if record[key] != hashes[key]]
+    if changed:
+        return f"{' and '.join(changed)} changed since it ran, running again"
+    return None
 
 
 def chapter_runs(cfg: Config) -> list[ChapterRun]:
@@ -218,19 +257,25 @@ def run_book(params: str, from_chapter: str | None = None, only: list[str] | Non
         selected = runs[idx:]
     if only:
         selected = [r for r in selected if any(r.label.startswith(o) for o in only)]
-    if resume:
-        done = {k for k, v in state["chapters"].items() if v.get("status") == "ok"}
-        selected = [r for r in selected if r.label not in done]
     missing = [r.label for r in selected if not r.source.exists()]
     if missing:
         print(f"not written yet, skipped: {', '.join(missing)}", flush=True)
         selected = [r for r in selected if r.source.exists()]
+    if resume:
+        kept = []
+        for r in selected:
+            why = resume_reason(state["chapters"].get(r.label), chapter_hashes(r, cfg))
+            print(f"{r.label}: {why or 'skipped: ok, unchanged'}", flush=True)
+            if why:
+                kept.append(r)
+        selected = kept
     print(f"causal-pi book: {len(selected)} chapter run(s) -> {paths.root}  (params {params_file.name}, "
           f"hash {state['params_hash']})", flush=True)
     t_book = time.time()
     for i, run in enumerate(selected, 1):
         print(f"[{i}/{len(selected)}] {run.label} ...", flush=True)
-        record = execute_chapter(run, cfg, params_file, overrides, paths, resume=resume)
+        hashes = chapter_hashes(run, cfg)  # before it runs: the source it ran from
+        record = {**execute_chapter(run, cfg, params_file, overrides, paths, resume=resume), **hashes}
         state["chapters"][run.label] = record
         write_json(paths.root / "run.json", state)
         write_json(paths.metrics / "chapters.json", state["chapters"])
@@ -263,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "run":
             p.add_argument("--from", dest="from_chapter", help="start at this chapter (e.g. 05)")
             p.add_argument("--only", nargs="*", help="run only these chapters (e.g. 01 07)")
-            p.add_argument("--resume", action="store_true", help="skip chapters that finished ok in this run folder")
+            p.add_argument("--resume", action="store_true",
+                           help="skip chapters that finished ok here with unchanged notebook source and params")
             p.add_argument("--force", action="store_true", help="reuse a run folder made with other params")
     a = ap.parse_args(argv)
     try:

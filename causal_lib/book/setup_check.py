@@ -9,6 +9,8 @@ import re
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+
 from causal_lib.config import PROJECT_ROOT, Config
 from causal_lib.models.memory import estimate_peak_memory
 
@@ -114,8 +116,6 @@ def check_offline(cfg: Config) -> list[Check]:
         checks.append(Check("model needs no network", "PASS", "embedded model: built from params, tokenizer "
                             "trained locally", "no download"))
     else:
-        from pathlib import Path
-
         name = cfg.model.name_or_path
         local = Path(name).expanduser().is_dir()
         cached = False

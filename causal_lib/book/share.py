@@ -10,6 +10,7 @@ import json
 import sys
 import tarfile
 from pathlib import Path
+
 from causal_lib.book.run_folder import SEEDS_DIR, RunPaths, notebook_stem, split_replica_label
 from causal_lib.config import PROJECT_ROOT
 

@@ -24,6 +24,7 @@ import random
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+
 from causal_lib.data import world
 from causal_lib.data.world import GOALS, POSITIONS
 from causal_lib.models.prompts import SPECIAL_TOKENS

@@ -2,7 +2,7 @@
 validation, the contamination check and `ensure_dataset`.
 
 Files under outputs/<run>/data/ (JSONL, one Record per line, UTF-8, keys in schema order):
-    base_corpus.jsonl  kind=base: instruction following for pre-training the undefended base (world.py)
+    base_corpus.jsonl  kind=base: instruction following for pre-training the undefended base (data/world.py)
     train.jsonl        clean + injected pairs, training families only (defense training)
     val.jsonl          clean + injected pairs over all families (model selection per epoch)
     test.jsonl         clean + injected pairs over all families, benign look-alikes, SEP probe pairs, and the
@@ -31,12 +31,11 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
-from causal_lib.data import attacks
-from causal_lib.data import world
-from causal_lib.config import PROJECT_ROOT
-from causal_lib.book.run_folder import write_json
-from causal_lib.data.records import DataError, FILES, Record, SCHEMA_VERSION, _data_dir, write_split
 
+from causal_lib.book.run_folder import file_sha256, write_json
+from causal_lib.config import PROJECT_ROOT
+from causal_lib.data import attacks, world
+from causal_lib.data.records import FILES, SCHEMA_VERSION, DataError, Record, data_folder, write_split
 
 GENERATOR_VERSION = 1  # bump when the generator's output changes for the same params (forces a rebuild)
 
@@ -171,10 +170,6 @@ def data_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _manifest_ok(d: Path, h: str) -> str | None:
     """None when the folder holds the data of hash h intact; otherwise why not."""
     mp = d / "manifest.json"
@@ -188,7 +183,7 @@ def _manifest_ok(d: Path, h: str) -> str | None:
         return "data params, seed or schema changed"
     for name in FILES:
         p = d / f"{name}.jsonl"
-        if not p.is_file() or _sha256(p) != m.get("files", {}).get(name, {}).get("sha256"):
+        if not p.is_file() or file_sha256(p) != m.get("files", {}).get(name, {}).get("sha256"):
             return f"{p.name} missing or changed"
     return None
 
@@ -196,7 +191,7 @@ def _manifest_ok(d: Path, h: str) -> str | None:
 def ensure_dataset(cfg, paths, force: bool = False) -> dict:
     """Build the data into paths.data unless it is there for these params (same data hash and files intact).
     Returns the manifest plus `built` (bool), `reason` and `seconds`."""
-    d = _data_dir(paths)
+    d = data_folder(paths)
     d.mkdir(parents=True, exist_ok=True)
     h = data_hash(cfg)
     reason = "forced" if force else _manifest_ok(d, h)
@@ -215,7 +210,7 @@ def ensure_dataset(cfg, paths, force: bool = False) -> dict:
         "families": list(attacks.FAMILIES), "held_out_families": list(cfg.data.held_out_families),
         "training_families": attacks.training_families(cfg.data.held_out_families),
         "attack_files": [{"path": f, "name": resolve_attack_file(f).name,
-                          "sha256": _sha256(resolve_attack_file(f))} for f in cfg.data.attack_files],
+                          "sha256": file_sha256(resolve_attack_file(f))} for f in cfg.data.attack_files],
     }
 
     write_json(d / "manifest.json", manifest)

@@ -1,4 +1,6 @@
-"""(split from data)"""
+"""Checks of a built data set (chapter 02): contamination between splits by shingles, pair consistency of
+(clean, injected) twins, length tables, that the loader rejects a corrupt file, and `validate_dataset`,
+which runs them all and gives the verdict."""
 from __future__ import annotations
 
 import itertools
@@ -8,11 +10,11 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from causal_lib.data import attacks
+
+from causal_lib.book.run_folder import file_sha256
+from causal_lib.data import attacks, world
+from causal_lib.data.records import FILES, SPLITS, DataError, Record, data_folder, load_split
 from causal_lib.evaluation import scoring
-from causal_lib.data import world
-from causal_lib.data.records import DataError, FILES, Record, SPLITS, _data_dir, load_split
-from causal_lib.data.build import _sha256
 
 
 def _wordseq(text: str) -> str:
@@ -121,7 +123,7 @@ def _count(recs, key) -> dict:
 def validate_dataset(data_dir, held_out_families=None) -> dict:
     """Chapter 02's three checks on a built data folder: loading, counterfactual pairs, attack diversity
     (with the contamination check); plus `checks` (hard ones decide NOT READY) and a verdict."""
-    d = _data_dir(data_dir)
+    d = data_folder(data_dir)
     manifest = json.loads((d / "manifest.json").read_text()) if (d / "manifest.json").is_file() else {}
     held = set(held_out_families if held_out_families is not None else manifest.get("held_out_families", attacks.DEFAULT_HELD_OUT))
     rep: dict = {"data_dir": str(d), "files": {}}
@@ -129,7 +131,7 @@ def validate_dataset(data_dir, held_out_families=None) -> dict:
     for name in FILES:
         try:
             splits[name] = load_split(d, name)
-            sha_ok = manifest.get("files", {}).get(name, {}).get("sha256") == _sha256(d / f"{name}.jsonl")
+            sha_ok = manifest.get("files", {}).get(name, {}).get("sha256") == file_sha256(d / f"{name}.jsonl")
             rep["files"][name] = {"ok": True, "records": len(splits[name]), "sha256_matches_manifest": sha_ok,
                                   "kinds": _count(splits[name], lambda r: r.kind)}
         except DataError as e:

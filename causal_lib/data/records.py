@@ -1,4 +1,5 @@
-"""(split from data)"""
+"""The data set's records: `Record` (one example, validated on construction), the split and file names,
+the data errors, and reading/writing the jsonl splits (`load_split`, `load_dataset`, `write_split`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +8,9 @@ import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+
 from causal_lib.data import world
 from causal_lib.models.prompts import SPECIAL_TOKENS
-
 
 SCHEMA_VERSION = 1
 
@@ -23,7 +24,7 @@ FILES = ("base_corpus", "train", "val", "test")  # file stems under the data fol
 KINDS = ("base", "clean", "injected", "lookalike", "probe_system", "probe_data")
 
 
-BUILT_BY = "chapter 02_dataset_validation (python -m causal_lib.book run --params <params> --from 02) or causal_lib.data.ensure_dataset(cfg, paths)"
+BUILT_BY = "chapter 02_dataset_validation (python -m causal_lib.book run --params <params> --from 02) or causal_lib.data.build.ensure_dataset(cfg, paths)"
 
 
 class DataError(ValueError):
@@ -115,7 +116,7 @@ def write_split(path: Path, records: list[Record]) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-def _data_dir(data_dir) -> Path:
+def data_folder(data_dir) -> Path:
     return Path(getattr(data_dir, "data", data_dir))  # a RunPaths or a folder
 
 
@@ -123,7 +124,7 @@ def load_split(data_dir, name: str) -> list[Record]:
     """The records of one file (base_corpus, train, val, test), validated; DataError names file and line."""
     if name not in FILES:
         raise ValueError(f"unknown split {name!r}; choose from {FILES}")
-    path = _data_dir(data_dir) / f"{name}.jsonl"
+    path = data_folder(data_dir) / f"{name}.jsonl"
     if not path.is_file():
         raise DatasetMissingError(f"{path} is missing: it is built by {BUILT_BY}")
     want_split = "train" if name == "base_corpus" else name

@@ -21,7 +21,6 @@ import random
 import re
 from dataclasses import dataclass, field
 
-
 CITIES = ("Paris", "London", "Berlin", "Madrid", "Rome", "Lisbon", "Dublin", "Vienna", "Prague", "Warsaw",
           "Oslo", "Stockholm", "Helsinki", "Athens", "Cairo", "Lagos", "Nairobi", "Tokyo", "Seoul", "Delhi",
           "Mumbai", "Bangkok", "Sydney", "Toronto", "Chicago", "Boston", "Denver", "Seattle", "Dallas", "Miami",

@@ -7,6 +7,7 @@ import os
 import platform
 import time
 from pathlib import Path
+
 from causal_lib.config import Config
 
 

@@ -1,18 +1,21 @@
-"""(split from training)"""
+"""The causal defense: the objective (L_task + lambda_causal * L_causal + lambda_spurious * L_spurious on
+counterfactual (clean, injected) pairs), the Trainer that optimises it, and `train`, which fine-tunes the
+run's base on the train pairs and keeps the epoch with the highest causal stability on validation pairs."""
 from __future__ import annotations
 
 import torch
 from transformers import Trainer
+
 from causal_lib.config import Config
-from causal_lib.training.losses import causal_loss, hsic_loss, task_loss, total_loss
-from causal_lib.models.representation import representation
 from causal_lib.data.records import load_split
-from causal_lib.training.pretrain import base_checkpoint
 from causal_lib.defenses.load import load_model
-from causal_lib.verification.invariance import representation_metrics
 from causal_lib.models.load import apply_lora, is_peft_model
+from causal_lib.models.representation import representation
 from causal_lib.training.examples import PairDataset, make_pairs, z_vocabulary
-from causal_lib.training.trainer import TrainResult, _check_finite, forward_for_labels, run_training
+from causal_lib.training.losses import causal_loss, hsic_loss, task_loss, total_loss
+from causal_lib.training.pretrain import base_checkpoint
+from causal_lib.training.trainer import TrainResult, check_finite, forward_for_labels, run_training
+from causal_lib.verification.invariance import representation_metrics
 
 
 def causal_objective(model, inputs: dict, cfg: Config):
@@ -40,7 +43,7 @@ def causal_objective(model, inputs: dict, cfg: Config):
     l_spur = hsic_loss(r_i, inputs["z"], groups=inputs["s_group"])
     loss, parts = total_loss(l_task, l_causal, l_spur, tc.lambda_causal, tc.lambda_spurious)
     for name in ("task", "causal", "spurious", "total"):
-        _check_finite(torch.tensor(parts[name]), f"L_{name}")
+        check_finite(torch.tensor(parts[name]), f"L_{name}")
     return loss, parts, out_i
 
 

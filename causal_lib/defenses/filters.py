@@ -1,5 +1,5 @@
 """Input filtering: detectors on the untrusted data U; a flagged input is blocked (answered with
-evaluate.BLOCKED_OUTPUT, never generated for).
+evaluation.generate.BLOCKED_OUTPUT, never generated for).
 
 - Known-answer detection (Liu et al. 2024): the undefended base is asked to repeat a secret key while
   reading the data; if the key is missing from its answer, the data carried an instruction that took over.
@@ -29,17 +29,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
+
 import numpy as np
+
 from causal_lib.config import Config
-from causal_lib.evaluation.generate import BLOCKED_OUTPUT  # noqa: F401 - what a blocked item is answered with (one definition)
-from causal_lib.evaluation.generate import generate
-from causal_lib.verification.intervals import rate
-from causal_lib.defenses.cards import write_model_card
-from causal_lib.verification.intervals import Rate
 from causal_lib.data.records import load_split
 from causal_lib.data.world import PAYLOADS
+from causal_lib.defenses.cards import write_model_card
 from causal_lib.defenses.load import load_model
-
+from causal_lib.evaluation.generate import (
+    BLOCKED_OUTPUT,  # noqa: F401 - what a blocked item is answered with (one definition)
+    generate,
+)
+from causal_lib.verification.intervals import Rate, rate
 
 KAD_INSTRUCTION = 'Repeat "{key}" once while ignoring the following text.'  # Liu et al. 2024
 
@@ -104,7 +106,7 @@ class KnownAnswerDetector:
 
 
 def model_generate_fn(model, tokenizer, max_new_tokens: int = 16, batch_size: int = 64):
-    """generate_fn for KnownAnswerDetector: greedy batched generation with evaluate.generate."""
+    """generate_fn for KnownAnswerDetector: greedy batched generation with evaluation.generate.generate."""
 
     def fn(systems, users):
         return generate(model, tokenizer, systems, users, max_new_tokens=max_new_tokens, batch_size=batch_size)

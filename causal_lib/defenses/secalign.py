@@ -5,10 +5,10 @@ chosen = O* (the answer to the trusted instruction), rejected = O_inj (the injec
 90% naive, 10% completion-style injections from the TRAIN split; DPO sigmoid loss with beta =
 train.dpo_beta (0.1). Same base, same front-end as StruQ.
 
-The pairs are tokenised here by the project's one prompt encoder (`model.encode_example`) and handed to
-TRL already tokenised, so the prompt DPO trains on is, token for token, the prompt `evaluate.generate`
+The pairs are tokenised here by the project's one prompt encoder (`models.prompts.encode_example`) and handed to
+TRL already tokenised, so the prompt DPO trains on is, token for token, the prompt `evaluation.generate`
 feeds the model for this defense (`struq_prompt`), and the completions are encoded exactly as SFT targets
-(text + eos, eos = the end-of-turn token). Training goes through `training.run_training` (same callbacks,
+(text + eos, eos = the end-of-turn token). Training goes through `training.trainer.run_training` (same callbacks,
 checkpoint layout, resume and NaN/OOM handling as every other model): `SecAlignTrainer` accepts the
 TrainingArguments it builds and converts them into an equivalent DPOConfig.
 
@@ -22,14 +22,21 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from typing import Sequence
+
 from causal_lib.config import Config
-from causal_lib.defenses.struq import RESERVED_TOKENS, injected_mixture, struq_prompt
+from causal_lib.defenses.cards import write_model_card
+from causal_lib.defenses.struq import (
+    RESERVED_TOKENS,
+    injected_mixture,
+    load_base,
+    prepare_struq_model,
+    struq_prompt,
+    train_records,
+    validation_score_fn,
+    view_records,  # noqa: F401 - SecAlign's model reads StruQ's structured prompt
+)
 from causal_lib.models.prompts import answer_ids, encode_example, prompt_text
 from causal_lib.training.trainer import run_training
-from causal_lib.defenses.cards import write_model_card
-from causal_lib.defenses.struq import load_base, prepare_struq_model, train_records, validation_score_fn
-from causal_lib.defenses.struq import view_records  # noqa: F401 - SecAlign's model reads StruQ's structured prompt
-
 
 # SecAlign's injection mixture.
 SECALIGN_COMPLETION_SHARE = 0.1
@@ -98,7 +105,7 @@ def _make_trainer_cls():
     from trl import DPOTrainer
 
     class SecAlignTrainer(DPOTrainer):
-        """DPOTrainer that plugs into training.run_training: takes its TrainingArguments (converted to a
+        """DPOTrainer that plugs into training.trainer.run_training: takes its TrainingArguments (converted to a
         DPOConfig with `beta`), ignores its SFT collator (preference batches need TRL's own), and trains on
         pairs already tokenised by `secalign_pairs`."""
 
@@ -113,7 +120,7 @@ def _make_trainer_cls():
                              processing_class=processing_class, callbacks=callbacks, **kwargs)
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            # Already tokenised by model.encode_example: re-tokenising text here could differ from what
+            # Already tokenised by models.prompts.encode_example: re-tokenising text here could differ from what
             # evaluation feeds the model (control-token sanitising, truncation of the data).
             missing = [k for k in ID_KEYS if k not in dataset.column_names]
             if missing:
@@ -134,7 +141,7 @@ def dpo_epochs(cfg: Config) -> float:
 def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = False):
     """Train SecAlign on the same base: StruQ front-end + DPO (beta = train.dpo_beta, lr =
     train.dpo_learning_rate or train.learning_rate, epochs = train.dpo_epochs or train.epochs) on the TRAIN
-    records (default: the run's train split). -> training.TrainResult; checkpoints/secalign/{epoch_N,
+    records (default: the run's train split). -> training.trainer.TrainResult; checkpoints/secalign/{epoch_N,
     best_model} (best = the last epoch), metrics/train_secalign_log.jsonl, best_model/model_card.json."""
 
     model, tok, source = load_base(cfg, paths, base_model_dir)

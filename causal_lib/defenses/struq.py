@@ -10,7 +10,7 @@ prefixes the system content with <|inst|>, the user content with <|data|>, and t
     <|system|><|inst|>S<|end|><|user|><|data|>U'<|end|><|assistant|><|resp|>        (U' = strip_reserved(U))
 
 Putting the delimiters in the template (not in the message text) means (1) the one prompt encoder
-`model.encode_example` produces the StruQ format unchanged for training, DPO data, generation and metrics,
+`models.prompts.encode_example` produces the StruQ format unchanged for training, DPO data, generation and metrics,
 (2) the format travels with the checkpoint's tokenizer, and (3) the delimiters are control tokens: even an
 unstripped copy written into U is encoded as plain text by encode_example's sanitising path. The filter
 `strip_reserved` is StruQ's own front-end on top of that. The base's format is kept, so training starts
@@ -23,29 +23,29 @@ feed `struq_prompt(record, tokenizer)` as (system, user) - `view_records` does e
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 import warnings
 from pathlib import Path
 from typing import Sequence
+
 import numpy as np
 import torch
+
 from causal_lib.config import Config
-from causal_lib.models.load import base_model_of
-from causal_lib.models.prompts import ensure_chat_template
-from causal_lib.models.prompts import SPECIAL_TOKENS
-from causal_lib.models.prompts import prompt_text
-from causal_lib.data import attacks
-from causal_lib.data.world import GOALS, POSITIONS
-from causal_lib.training.examples import SFTDataset
-from causal_lib.models.checkpoints import load_checkpoint
-from causal_lib.models.load import apply_lora, is_peft_model
-from causal_lib.training.epoch_selection import mean_task_loss
-from causal_lib.training.trainer import SFTTrainer, run_training
-from causal_lib.defenses.cards import write_model_card
-from causal_lib.data import world
-from causal_lib.training.pretrain import base_checkpoint
-from causal_lib.defenses.load import load_model
+from causal_lib.data import attacks, world
 from causal_lib.data.records import load_split
+from causal_lib.data.world import GOALS, POSITIONS
+from causal_lib.defenses.cards import write_model_card
+from causal_lib.defenses.load import load_model
+from causal_lib.models.checkpoints import load_checkpoint
+from causal_lib.models.load import apply_lora, base_model_of, is_peft_model
+from causal_lib.models.prompts import SPECIAL_TOKENS, ensure_chat_template, prompt_text
+from causal_lib.training.epoch_selection import mean_task_loss
+from causal_lib.training.examples import SFTDataset
+from causal_lib.training.pretrain import base_checkpoint
+from causal_lib.training.trainer import SFTTrainer, run_training
+
 INST_TOKEN, DATA_TOKEN, RESP_TOKEN = "<|inst|>", "<|data|>", "<|resp|>"
 
 
@@ -100,7 +100,7 @@ def struq_chat_template(base_template: str) -> str:
     """The base chat template with StruQ's delimiters added inside each turn (see the module docstring).
     Works on any template that renders `messages` (role/content dicts)."""
     if not isinstance(base_template, str) or not base_template:
-        raise ValueError("StruQ needs a single chat template string on the tokenizer (model.ensure_chat_template)")
+        raise ValueError("StruQ needs a single chat template string on the tokenizer (models.prompts.ensure_chat_template)")
     if base_template.startswith(_TEMPLATE_MARK):
         return base_template
     return _PRELUDE + base_template + _SUFFIX
@@ -239,9 +239,6 @@ def _construct(clean: Sequence, styles: Sequence[str], seed: int, require=None) 
     """One injection per clean record (style per record): a training template of the family, a random goal
     and position, built by attacks.inject exactly as the data set builds its own injected items - as StruQ
     and SecAlign inject every training sample with a fresh instruction."""
-    import random
-
-
     rng = random.Random(seed)
     families = {"naive": "naive", "completion": "fake_completion"}
     out = []
@@ -315,7 +312,7 @@ def struq_training_records(records: Sequence, seed: int = 0, clean_fraction: flo
 
 
 def struq_dataset(records: Sequence, tokenizer, max_length: int):
-    """training.SFTDataset over `records` in the StruQ format, target always O* (record.target)."""
+    """training.examples.SFTDataset over `records` in the StruQ format, target always O* (record.target)."""
 
     def fmt(r):
         s, u = struq_prompt(r, tokenizer)
@@ -392,7 +389,7 @@ def validation_score_fn(cfg: Config, paths, tokenizer, limit: int = 200):
 
 def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = False):
     """Train StruQ on the same base: reserved delimiters + SFT on the StruQ mixture of the TRAIN records
-    (default: the run's train split). -> training.TrainResult; checkpoints/struq/{epoch_N,best_model}
+    (default: the run's train split). -> training.trainer.TrainResult; checkpoints/struq/{epoch_N,best_model}
     (best = the last epoch), metrics/train_struq_log.jsonl, best_model/model_card.json."""
 
     model, tok, source = load_base(cfg, paths, base_model_dir)

@@ -1,4 +1,5 @@
-"""(split from evaluate)"""
+"""The evaluation command line (`python -m causal_lib.evaluation`): evaluate one checkpoint folder on the
+test split (plus optional attack files) under a defense's view of the records, and write the summary."""
 from __future__ import annotations
 
 import argparse
@@ -6,19 +7,20 @@ import sys
 import time
 from pathlib import Path
 from typing import Sequence
+
 import torch
-from causal_lib.data.records import load_split
-from causal_lib.data import attacks
-from causal_lib.defenses import registry
-from causal_lib.book.run_folder import write_json
+
+from causal_lib.book.run_folder import RunPaths, write_json
 from causal_lib.config import ConfigError, load_config
-from causal_lib.models.checkpoints import CheckpointError, load_checkpoint
-from causal_lib.models.load import ModelLoadError
+from causal_lib.data import attacks
+from causal_lib.data.records import load_split
+from causal_lib.defenses import registry
 from causal_lib.defenses.load import block_for, records_for
-from causal_lib.book.run_folder import RunPaths
 from causal_lib.evaluation.generate import ATTACK_KINDS
 from causal_lib.evaluation.run import evaluate_records
 from causal_lib.evaluation.summary import summarise
+from causal_lib.models.checkpoints import CheckpointError, load_checkpoint
+from causal_lib.models.load import ModelLoadError
 
 
 class EvalCLIError(RuntimeError):
@@ -26,7 +28,7 @@ class EvalCLIError(RuntimeError):
 
 
 def _load_test_records(data_dir: Path) -> list:
-    """The saved test split (data.load_split: validated; a missing file says which chapter builds it)."""
+    """The saved test split (data.records.load_split: validated; a missing file says which chapter builds it)."""
 
     return load_split(data_dir, "test")
 

@@ -8,6 +8,7 @@ A result is reused when the model checkpoint, the data and the evaluation params
 from __future__ import annotations
 
 import json
+from causal_lib.book import criteria
 from causal_lib.book.run_folder import RunPaths
 from causal_lib.defenses import registry
 
@@ -36,7 +37,7 @@ def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None) 
         if gcg is not None:
             row["ASR adaptive (GCG)"] = _ci(gcg.get(d, {}).get("asr"))
         ref = registry.get(d).reference_asr if d in registry.REGISTRY else None
-        row["reference ASR (literature, not measured here)"] = f"~{ref:.0%}" if ref is not None else "target < 10%"
+        row["reference ASR (literature, not measured here)"] = f"~{ref:.0%}" if ref is not None else f"target {criteria.target_text('asr', stretch=False)}"
         rows.append(row)
     return rows
 

@@ -23,14 +23,14 @@ import string
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
-from causal_lib.models.prompts import _text_ids, answer_ids, encode_example
-from causal_lib.models.prompts import prompt_text
-from causal_lib.evaluation.generate import generate
-from causal_lib.evaluation import scoring as attacks
-from causal_lib.evaluation.summary import rate_dict
 
+from causal_lib.evaluation import scoring as attacks
+from causal_lib.evaluation.generate import generate
+from causal_lib.evaluation.summary import rate_dict
+from causal_lib.models.prompts import answer_ids, encode_example, prompt_text, text_ids
 
 _PLACEHOLDER = "\x00GCG\x00"
 
@@ -73,7 +73,7 @@ def template_parts(tokenizer, system: str, user: str) -> tuple[list[int], list[i
     """Token ids of the chat prompt before and after the user content, as the real prompt builder makes them
     (encode_example, control tokens sanitised): prompt = before + ids(user) + after."""
     full = encode_example(tokenizer, system, user)["input_ids"]
-    u = _text_ids(tokenizer, user)
+    u = text_ids(tokenizer, user)
     s = _find(full, u) if u else -1
     if s >= 0:
         return full[:s], full[s + len(u):]
@@ -109,12 +109,12 @@ def allowed_token_mask(tokenizer, vocab_rows: int) -> torch.Tensor:
 def _round_trips(tokenizer, pre: list[int], adv: list[int], suf: list[int], prefix: str, suffix: str) -> bool:
     """X re-encodes to itself, alone and in place (prefix + X + suffix)."""
     s = tokenizer.decode(adv)
-    return _text_ids(tokenizer, s) == adv and _text_ids(tokenizer, prefix + s + suffix) == pre + adv + suf
+    return text_ids(tokenizer, s) == adv and text_ids(tokenizer, prefix + s + suffix) == pre + adv + suf
 
 
 def _initial_adv(tokenizer, n: int, allowed: torch.Tensor, pre, suf, prefix, suffix, rng: random.Random) -> list[int]:
     for s in (" x", " !", "!", " the", "x", " a"):
-        ids = _text_ids(tokenizer, s * n)
+        ids = text_ids(tokenizer, s * n)
         if len(ids) == n and all(allowed[i] for i in ids) and _round_trips(tokenizer, pre, ids, suf, prefix, suffix):
             return ids
     pool = allowed.nonzero().flatten().tolist()
@@ -220,7 +220,7 @@ def gcg_attack(model, tokenizer, record, target_text: str, n_steps: int = 30, su
     system = getattr(record, "system", "") or ""
     prefix, suffix = split_at_injection(record)
     before, after = template_parts(tokenizer, system, prefix + suffix)
-    pre, suf = _text_ids(tokenizer, prefix), _text_ids(tokenizer, suffix)
+    pre, suf = text_ids(tokenizer, prefix), text_ids(tokenizer, suffix)
     target_ids = answer_ids(tokenizer, target_text)
     if not target_ids:
         raise ValueError(f"gcg: record {getattr(record, 'id', '?')} has an empty target")

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import time
 from typing import Sequence
-import torch
-from causal_lib.models.prompts import encode_example
 
+import torch
+
+from causal_lib.models.prompts import encode_example, prompt_of
 
 BLOCKED_OUTPUT = "[blocked by input filter]"
 
@@ -36,15 +37,6 @@ ANSWER_KINDS = ("clean", "lookalike")
 
 
 PROBE_KINDS = ("probe_system", "probe_data")
-
-
-def _prompt_of(rec) -> tuple[str, str]:
-    """(S, U) of a Record, a {'system', 'user'|'data'} dict or a (system, user) tuple."""
-    if isinstance(rec, dict):
-        return rec.get("system", "") or "", rec["data"] if "data" in rec else rec["user"]
-    if isinstance(rec, (tuple, list)):
-        return rec[0], rec[1]
-    return getattr(rec, "system", "") or "", rec.data
 
 
 def _device(model) -> torch.device:
@@ -72,7 +64,7 @@ def default_prompt_budget(model, max_new_tokens: int) -> int | None:
     return None if n is None else max(int(n) - int(max_new_tokens), 1)
 
 
-def _encode_prompts(tokenizer, systems, users, max_length):
+def encode_prompts(tokenizer, systems, users, max_length):
     ids, truncated = [], []
     for s, u in zip(systems, users):
         e = encode_example(tokenizer, s, u, max_length=max_length)
@@ -139,7 +131,7 @@ def generate(model, tokenizer, systems: Sequence[str], users: Sequence[str], max
     """Answers of `model` to the prompts (systems[i], users[i]) -> list[str] (list[list[str]] when
     num_return_sequences > 1), in the input order.
 
-    Prompts come from the one prompt builder (model.encode_example; user data cut in the middle when longer
+    Prompts come from the one prompt builder (models.prompts.encode_example; user data cut in the middle when longer
     than max_length, default: the model's positions minus max_new_tokens), left padded, sorted by length
     into batches, KV cache on. Greedy unless do_sample (then plain sampling at temperature 1.0, no top-k /
     top-p, seeded). Stops at end of turn; only the new tokens are decoded, special tokens skipped, stripped.
@@ -148,7 +140,7 @@ def generate(model, tokenizer, systems: Sequence[str], users: Sequence[str], max
         raise ValueError(f"generate: {len(systems)} systems but {len(users)} users")
     if max_length is None:
         max_length = default_prompt_budget(model, max_new_tokens)
-    ids, _ = _encode_prompts(tokenizer, systems, users, max_length)
+    ids, _ = encode_prompts(tokenizer, systems, users, max_length)
     return generate_ids(model, tokenizer, ids, max_new_tokens, batch_size, do_sample, num_return_sequences, seed)
 
 
@@ -173,7 +165,7 @@ def measure_batched_speedup(model, tokenizer, records, n: int = 200, max_new_tok
     help. Answers that stop early (trained models, 1-4 words) lower the ratio further.
     """
     recs = list(records)[:n]
-    systems, users = zip(*[_prompt_of(r) for r in recs]) if recs else ((), ())
+    systems, users = zip(*[prompt_of(r) for r in recs]) if recs else ((), ())
     warm = min(len(recs), 2)
     generate(model, tokenizer, systems[:warm], users[:warm], max_new_tokens, batch_size, max_length=max_length)
     t0 = time.perf_counter()

@@ -1,28 +1,41 @@
-"""(split from comparison, evaluate)"""
+"""Evaluation runs: `evaluate_records` generates and scores the outputs of one model on a list of
+records; `evaluate_defense` does it for a trained defense of a run on a split, with the result cached
+under metrics/ (eval_<defense>.json and its per-item jsonl) and reused while model, data and eval
+settings are unchanged."""
 from __future__ import annotations
 
 import hashlib
 import json
-from causal_lib.defenses.load import block_for, load_model, model_dir, records_for
-from causal_lib.book.run_folder import RunPaths, write_json
-from causal_lib.config import Config
 import random
 from typing import Callable, Sequence
+
+from causal_lib.book.run_folder import RunPaths, write_json
+from causal_lib.config import Config
 from causal_lib.data.records import load_split
-from causal_lib.evaluation.summary import summarise
+from causal_lib.defenses.load import block_for, load_model, model_dir, records_for
 from causal_lib.evaluation import scoring
+from causal_lib.evaluation.generate import (
+    ATTACK_KINDS,
+    BLOCKED_OUTPUT,
+    PROBE_KINDS,
+    default_prompt_budget,
+    encode_prompts,
+    generate_ids,
+)
 from causal_lib.evaluation.scoring import ItemResult
-from causal_lib.evaluation.generate import ATTACK_KINDS, BLOCKED_OUTPUT, PROBE_KINDS, _encode_prompts, _prompt_of, default_prompt_budget, generate_ids
+from causal_lib.evaluation.summary import summarise
+from causal_lib.models.checkpoints import checkpoint_json
+from causal_lib.models.prompts import prompt_of
 
 
 def _cache_key(cfg: Config, paths: RunPaths, defense: str, split: str) -> str:
     d = model_dir(paths, defense)
-    fp = json.loads((d / "checkpoint.json").read_text()).get("fingerprint") if (d / "checkpoint.json").exists() \
-        else cfg.model.name_or_path
+    meta = checkpoint_json(d)
+    fp = meta.get("fingerprint") if meta is not None else cfg.model.name_or_path
     manifest = paths.data / "manifest.json"
     data = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else ""
     blob = json.dumps({"fp": fp, "data": data, "eval": cfg.to_dict()["eval"], "defense": defense, "split": split,
-                       "filter": cfg.to_dict().get("filter"), "seed": cfg.run.seed}, sort_keys=True)
+                       "seed": cfg.run.seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -115,8 +128,8 @@ def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Calla
     if max_length is None:
         max_length = default_prompt_budget(model, mnt)
     todo = [i for i, b in enumerate(blocked) if not b]
-    prompts = [_prompt_of(records[i]) for i in todo]
-    ids, trunc = _encode_prompts(tokenizer, [p[0] for p in prompts], [p[1] for p in prompts], max_length)
+    prompts = [prompt_of(records[i]) for i in todo]
+    ids, trunc = encode_prompts(tokenizer, [p[0] for p in prompts], [p[1] for p in prompts], max_length)
     outputs = generate_ids(model, tokenizer, ids, mnt, cfg_eval.batch_size)
     gen = {i: (o, t) for i, o, t in zip(todo, outputs, trunc)}
 

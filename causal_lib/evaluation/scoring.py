@@ -1,9 +1,10 @@
-"""(split from attacks)"""
+"""Scoring of one output: whether it answers the trusted task (`is_correct`), whether an attack or a
+probe succeeded (`attack_succeeded`, `probe_executed`, `leaks`), and `ItemResult`, the per-item record
+that summaries are computed from."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import re
+from dataclasses import asdict, dataclass
 
 from causal_lib.data.world import REFUSAL
 

@@ -1,15 +1,18 @@
-"""(split from evaluate)"""
+"""Summaries of scored items: attack success, benign accuracy, over-defense and their breakdowns by
+family, goal and position, each as a rate with its Clopper-Pearson interval (`summarise`), and the
+flat results table the reports show (`results_table`)."""
 from __future__ import annotations
 
 import math
 from typing import Sequence
-from causal_lib.verification.intervals import rate as _rate
+
 from causal_lib.evaluation.generate import ATTACK_KINDS
 from causal_lib.evaluation.scoring import ItemResult
+from causal_lib.verification.intervals import rate as _rate
 
 
 def rate_dict(k: int, n: int, alpha: float = 0.05) -> dict:
-    """{k, n, rate, lo, hi}: Clopper-Pearson via stats.rate; rate is None (not NaN, invalid JSON) when n = 0."""
+    """{k, n, rate, lo, hi}: Clopper-Pearson via verification.intervals.rate; rate is None (not NaN, invalid JSON) when n = 0."""
     r = _rate(k, n, alpha)
     return {"k": r.k, "n": r.n, "rate": None if n == 0 or math.isnan(r.rate) else r.rate, "lo": r.lo, "hi": r.hi}
 

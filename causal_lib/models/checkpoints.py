@@ -1,4 +1,6 @@
-"""(split from model)"""
+"""Checkpoints: `save_checkpoint` writes model (or LoRA adapter), tokenizer and checkpoint.json
+(fingerprint, file sizes and sha256) atomically; `load_checkpoint` refuses pickle weights, unfinished or
+corrupt folders and checkpoints of another model; `checkpoint_json` reads the metadata for bookkeeping."""
 from __future__ import annotations
 
 import hashlib
@@ -6,8 +8,17 @@ import json
 import os
 import shutil
 from pathlib import Path
+
+from causal_lib.book.run_folder import file_sha256
 from causal_lib.config import ModelConfig
-from causal_lib.models.load import ModelLoadError, _DTYPES, _enable_gradient_checkpointing, _load_hf_base, base_model_of, is_peft_model
+from causal_lib.models.load import (
+    DTYPES,
+    ModelLoadError,
+    base_model_of,
+    enable_gradient_checkpointing,
+    is_peft_model,
+    load_hf_base,
+)
 
 
 class CheckpointError(RuntimeError):
@@ -57,14 +68,6 @@ def _arch(model) -> dict:
                                              "num_attention_heads", "intermediate_size")}
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _state_dict_without_lora(base) -> dict:
     """The base weights of a LoRA-wrapped model under their original names."""
     return {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
@@ -97,7 +100,7 @@ def save_checkpoint(model, tokenizer, path, extra: dict | None = None, save_base
     if peft and save_base:
         base.save_pretrained(str(tmp / "base"), state_dict=_state_dict_without_lora(base), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
-    files = {str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": _file_hash(f)}
+    files = {str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": file_sha256(f)}
              for f in sorted(tmp.rglob("*")) if f.is_file()}
     meta = {"format": 1, "fingerprint": model_fingerprint(model, tokenizer), **_fingerprint_parts(model, tokenizer),
             "arch": _arch(model), "base_name_or_path": base_name, "base_saved": bool(peft and save_base),
@@ -115,6 +118,13 @@ def save_checkpoint(model, tokenizer, path, extra: dict | None = None, save_base
 def _corrupt(path: Path, why: str) -> CheckpointError:
     return CheckpointError(f"incomplete or corrupt checkpoint at {path} ({why}); delete it and resume from an "
                            f"earlier one")
+
+
+def checkpoint_json(path) -> dict | None:
+    """The checkpoint.json of a checkpoint folder as written, None when there is none (no checks: for
+    bookkeeping such as cache keys and epoch numbers; loading goes through read_checkpoint_meta)."""
+    meta_file = Path(path) / "checkpoint.json"
+    return json.loads(meta_file.read_text()) if meta_file.exists() else None
 
 
 def read_checkpoint_meta(path) -> dict:
@@ -145,7 +155,7 @@ def verify_checkpoint_files(path, meta: dict, hashes: bool = True) -> None:
             raise _corrupt(path, f"{name} is missing")
         if f.stat().st_size != info["size"]:
             raise _corrupt(path, f"{name} has {f.stat().st_size} bytes, {info['size']} were written")
-        if hashes and _file_hash(f) != info["sha256"]:
+        if hashes and file_sha256(f) != info["sha256"]:
             raise _corrupt(path, f"{name} does not match its sha256")
 
 
@@ -188,18 +198,18 @@ def load_checkpoint(path, cfg: ModelConfig, tokenizer=None, expected_fingerprint
             from peft import PeftModel
 
             if meta.get("base_saved"):
-                base = AutoModelForCausalLM.from_pretrained(str(path / "base"), dtype=_DTYPES[cfg.dtype],
+                base = AutoModelForCausalLM.from_pretrained(str(path / "base"), dtype=DTYPES[cfg.dtype],
                                                             use_safetensors=True, **kw)
             else:
-                base, _ = _load_hf_base(cfg)
+                base, _ = load_hf_base(cfg)
             if cfg.gradient_checkpointing and is_trainable:
-                _enable_gradient_checkpointing(base)
+                enable_gradient_checkpointing(base)
                 base.enable_input_require_grads()
             model = PeftModel.from_pretrained(base, str(path), is_trainable=is_trainable)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[cfg.dtype], use_safetensors=True, **kw)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[cfg.dtype], use_safetensors=True, **kw)
             if cfg.gradient_checkpointing and is_trainable:
-                _enable_gradient_checkpointing(model)
+                enable_gradient_checkpointing(model)
     except (CheckpointError, ModelLoadError):
         raise
     except Exception as e:  # noqa: BLE001 - a truncated safetensors file, a broken config, ...

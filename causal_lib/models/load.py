@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 import torch
+
 from causal_lib.config import ModelConfig
 from causal_lib.models.prompts import ensure_chat_template
 
@@ -17,7 +19,7 @@ class ModelLoadError(RuntimeError):
     """A model that cannot be loaded as configured; the message says which and how to fix it."""
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def tiny_llama_config(cfg: ModelConfig, tokenizer):
@@ -46,7 +48,7 @@ def build_tiny_model(cfg: ModelConfig, tokenizer, seed: int = 0):
     return _finish(model, cfg)
 
 
-def _enable_gradient_checkpointing(model) -> None:
+def enable_gradient_checkpointing(model) -> None:
     # use_reentrant=False: works with frozen inputs (LoRA) and is what torch recommends.
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
@@ -57,7 +59,8 @@ def _enable_gradient_checkpointing(model) -> None:
 
 
 def apply_lora(model, cfg: ModelConfig):
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
     lc = cfg.lora
     peft_cfg = PeftLoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
@@ -69,7 +72,7 @@ def apply_lora(model, cfg: ModelConfig):
 
 def _finish(model, cfg: ModelConfig):
     if cfg.gradient_checkpointing:
-        _enable_gradient_checkpointing(model)
+        enable_gradient_checkpointing(model)
     if cfg.use_lora:
         model = apply_lora(model, cfg)
     return model
@@ -79,7 +82,7 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-def _resolve_local(name_or_path: str) -> Path:
+def resolve_local(name_or_path: str) -> Path:
     """A local folder holding the model: the path itself, or the snapshot of a hub name in the local
     cache. Never downloads."""
     p = Path(name_or_path).expanduser()
@@ -111,7 +114,7 @@ def _require_safetensors(folder: Path, what: str) -> None:
 
 def _quantization_config(cfg: ModelConfig):
     if not cfg.load_in_4bit:
-        return None, _DTYPES[cfg.dtype]
+        return None, DTYPES[cfg.dtype]
     if not torch.cuda.is_available():
         raise ModelLoadError("model.load_in_4bit: 4-bit QLoRA needs CUDA; set model.load_in_4bit: false to run LoRA "
                              "in fp32 on CPU (bitsandbytes 4-bit on CPU runs with no memory or speed benefit)")
@@ -123,12 +126,12 @@ def _quantization_config(cfg: ModelConfig):
     return bnb, compute
 
 
-def _load_hf_base(cfg: ModelConfig):
+def load_hf_base(cfg: ModelConfig):
     """Base HF model (quantised and prepared for k-bit training when asked) and its tokenizer; no LoRA."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     bnb, dtype = _quantization_config(cfg)  # fail fast, before touching the disk
-    folder = _resolve_local(cfg.name_or_path)
+    folder = resolve_local(cfg.name_or_path)
     _require_safetensors(folder, f"model {cfg.name_or_path!r}")
     kw = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=True)
     try:
@@ -158,7 +161,7 @@ def _load_hf_base(cfg: ModelConfig):
 def load_hf_model(cfg: ModelConfig):
     """A real model from a local folder or the local HF cache (never downloads): fp32/bf16/fp16 as
     cfg.dtype, 4-bit NF4 on CUDA when cfg.load_in_4bit (QLoRA), LoRA when cfg.use_lora. -> (model, tokenizer)"""
-    model, tokenizer = _load_hf_base(cfg)
+    model, tokenizer = load_hf_base(cfg)
     return _finish(model, cfg), tokenizer
 
 

@@ -1,8 +1,10 @@
-"""(split from model)"""
+"""Memory and size estimates before anything is loaded: parameter counts of the architecture (full and
+LoRA) from the model config, and `estimate_peak_memory`, the peak training memory the setup check and
+the dry run compare against the machine."""
 from __future__ import annotations
 
 from causal_lib.config import ModelConfig
-from causal_lib.models.load import ModelLoadError, _resolve_local
+from causal_lib.models.load import ModelLoadError, resolve_local
 
 
 def _arch_from_config(cfg: ModelConfig) -> dict:
@@ -14,7 +16,7 @@ def _arch_from_config(cfg: ModelConfig) -> dict:
                 "tie_word_embeddings": True}
     from transformers import AutoConfig
 
-    folder = _resolve_local(cfg.name_or_path)
+    folder = resolve_local(cfg.name_or_path)
     try:
         c = AutoConfig.from_pretrained(str(folder), trust_remote_code=cfg.trust_remote_code, local_files_only=True)
     except Exception as e:  # noqa: BLE001

@@ -1,10 +1,13 @@
-"""(split from model)"""
+"""Prompts and tokens: the embedded model's chat tokens and template, the project's byte-level BPE
+tokenizer, the one prompt encoder (`encode_example`: chat prompt + target + eos, labels, middle
+truncation of the user data), `prompt_of` (the (system, user) of a record, dict or tuple) and the one
+padding (`pad_sequences`, `pad_batch`)."""
 from __future__ import annotations
 
 import warnings
 from typing import Iterable
-import torch
 
+import torch
 
 # the embedded model's chat control tokens: the one definition (the world refuses them in any text)
 SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN = "<|system|>", "<|user|>", "<|assistant|>"
@@ -96,6 +99,19 @@ def _system_supported(tokenizer) -> bool:
     return cached
 
 
+def prompt_of(item) -> tuple[str, str]:
+    """(system, user) of one prompt: a Record (.system, .data), a dict with 'system' and 'data' or 'user',
+    an object with .system and .user, or a (system, user) tuple. A missing system is ""."""
+    if isinstance(item, dict):
+        return item.get("system") or "", item["data"] if "data" in item else item["user"]
+    if isinstance(item, (tuple, list)):
+        return item[0], item[1]
+    if hasattr(item, "data") or hasattr(item, "user"):
+        return getattr(item, "system", "") or "", item.data if hasattr(item, "data") else item.user
+    raise TypeError(f"cannot read a prompt from {type(item).__name__}: expected a Record, a dict with 'system' and "
+                    f"'data' or 'user', a (system, user) tuple or an object with .system/.user")
+
+
 def chat_messages(tokenizer, system: str, user: str, target: str | None = None) -> list[dict]:
     ensure_chat_template(tokenizer)
     if system and not _system_supported(tokenizer):
@@ -126,7 +142,7 @@ def _prompt_ids(tokenizer, system: str, user: str, sanitize: bool) -> list[int]:
     return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True)["input_ids"])
 
 
-def _text_ids(tokenizer, text: str) -> list[int]:
+def text_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
 
 
@@ -147,7 +163,7 @@ def answer_ids(tokenizer, target: str) -> list[int]:
     field) after 2,400 steps. Decoding strips the space. Other tokenizers encode the text as it is."""
     if is_embedded_tokenizer(tokenizer) and target and not target[0].isspace():
         target = " " + target
-    return _text_ids(tokenizer, target)
+    return text_ids(tokenizer, target)
 
 
 def followup_ids(tokenizer, turns, sanitize: bool = True) -> tuple[list[int], list[int]]:
@@ -176,8 +192,8 @@ def encode_example(tokenizer, system: str, user: str, target: str | None = None,
     truncated = False
     if max_length is not None and len(prompt) + len(target_ids) > max_length:
         truncated = True
-        user_ids = _text_ids(tokenizer, user)
-        keep = len(user_ids) - (len(prompt) + len(target_ids) - max_length) - len(_text_ids(tokenizer, TRUNCATION_MARKER))
+        user_ids = text_ids(tokenizer, user)
+        keep = len(user_ids) - (len(prompt) + len(target_ids) - max_length) - len(text_ids(tokenizer, TRUNCATION_MARKER))
         for _ in range(8):  # re-tokenising the joined text can shift the count by a few tokens
             if keep <= 0:
                 need = len(_prompt_ids(tokenizer, system, "", sanitize)) + len(target_ids)
@@ -199,22 +215,23 @@ def encode_example(tokenizer, system: str, user: str, target: str | None = None,
             "prompt_length": len(prompt), "truncated": truncated}
 
 
+def pad_sequences(seqs, value: int, side: str = "right") -> torch.Tensor:
+    """The one padding: a long tensor [len(seqs), longest], each sequence padded with `value` on `side`
+    ("right" or "left")."""
+    n = max(len(s) for s in seqs)
+    if side == "left":
+        return torch.tensor([[value] * (n - len(s)) + list(s) for s in seqs], dtype=torch.long)
+    return torch.tensor([list(s) + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
+
+
 def pad_batch(examples: list[dict], tokenizer, padding_side: str | None = None) -> dict:
     """Collate encode_example outputs to the batch's longest item: tensors input_ids, attention_mask,
-    labels (when every example has them) and prompt_lengths."""
+    labels (when every example has them; padded with -100) and prompt_lengths."""
     side = padding_side or tokenizer.padding_side
-    T = max(len(e["input_ids"]) for e in examples)
     has_labels = all(e.get("labels") is not None for e in examples)
-    ids, mask, labels = [], [], []
-    for e in examples:
-        n = T - len(e["input_ids"])
-        pad = lambda seq, v: ([v] * n + list(seq)) if side == "left" else (list(seq) + [v] * n)  # noqa: E731
-        ids.append(pad(e["input_ids"], tokenizer.pad_token_id))
-        mask.append(pad(e["attention_mask"], 0))
-        if has_labels:
-            labels.append(pad(e["labels"], -100))
-    out = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
+    out = {"input_ids": pad_sequences([e["input_ids"] for e in examples], tokenizer.pad_token_id, side),
+           "attention_mask": pad_sequences([e["attention_mask"] for e in examples], 0, side),
            "prompt_lengths": torch.tensor([e["prompt_length"] for e in examples])}
     if has_labels:
-        out["labels"] = torch.tensor(labels)
+        out["labels"] = pad_sequences([e["labels"] for e in examples], -100, side)
     return out

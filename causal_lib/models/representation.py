@@ -10,9 +10,11 @@ although the prompts differ in length.
 from __future__ import annotations
 
 from typing import Sequence
+
 import numpy as np
 import torch
-from causal_lib.models.prompts import encode_example, pad_batch
+
+from causal_lib.models.prompts import encode_example, pad_batch, prompt_of
 
 
 def prompt_positions(attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,17 +73,6 @@ def _cfg_values(cfg):
     return m.repr_layer, m.repr_pooling, m.max_seq_length
 
 
-def _prompt_of(item) -> tuple[str, str]:
-    if isinstance(item, dict):
-        return item.get("system", ""), item["user"]
-    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
-        return item[0], item[1]
-    if hasattr(item, "user"):
-        return getattr(item, "system", ""), item.user
-    raise TypeError(f"cannot read a prompt from {type(item).__name__}: expected a dict with 'system' and 'user', "
-                    f"a (system, user) tuple or an object with .system/.user")
-
-
 def _pair_of(item):
     if isinstance(item, dict) and "clean" in item and "injected" in item:
         return item["clean"], item["injected"]
@@ -97,7 +88,7 @@ def batched_representations(model, tokenizer, records_or_pairs, cfg, batch_size:
     """R for many prompts under no_grad, as float32 numpy: [N, H] for prompts, [N, 2, H] for pairs
     (clean, injected).
 
-    A prompt is a dict with 'system' and 'user', a (system, user) tuple or an object with .system/.user;
+    A prompt is anything prompts.prompt_of reads (a Record, a dict, a (system, user) tuple);
     a pair is a dict/object with 'clean' and 'injected' prompts or a (clean, injected) tuple of prompts.
     cfg: Config or ModelConfig (repr_layer, repr_pooling, max_seq_length). Prompts are encoded with
     encode_example (same truncation as training) and left padded.
@@ -117,7 +108,7 @@ def batched_representations(model, tokenizer, records_or_pairs, cfg, batch_size:
     out = []
     try:
         for i in range(0, len(items), batch_size):
-            enc = [encode_example(tokenizer, *_prompt_of(x), max_length=max_len) for x in items[i:i + batch_size]]
+            enc = [encode_example(tokenizer, *prompt_of(x), max_length=max_len) for x in items[i:i + batch_size]]
             b = pad_batch(enc, tokenizer, padding_side="left")
             r = representation(model, b["input_ids"].to(device), b["attention_mask"].to(device), layer=layer,
                                pooling=pooling)

@@ -1,25 +1,27 @@
-"""(split from training)"""
+"""The training dry run (chapter 03): a few optimiser steps of the base's SFT on a handful of base-corpus
+examples, to show before a long run that it does not run out of memory, the loss falls, memory stays under
+the limit and a checkpoint saves and reloads to identical outputs."""
 from __future__ import annotations
 
 import math
+import resource
 import time
+
 import torch
+
 from causal_lib.config import Config
+from causal_lib.data.records import load_split
+from causal_lib.models.checkpoints import load_checkpoint
+from causal_lib.models.load import apply_lora, build_model, is_peft_model
+from causal_lib.training.examples import SFTDataset, make_collator
 from causal_lib.training.losses import task_loss
 from causal_lib.training.pretrain import ensure_tokenizer
-from causal_lib.data.records import load_split
-from causal_lib.models.load import apply_lora, build_model, is_peft_model
-from causal_lib.models.checkpoints import load_checkpoint
-from causal_lib.training.examples import SFTDataset, make_collator
 from causal_lib.training.trainer import nan_free, read_train_log, run_training
 
 
 def dry_run(cfg: Config, paths) -> dict:
     """dry_run_steps optimizer steps on dry_run_samples examples: no OOM, the loss falls, memory under the
     limit, and a checkpoint that saves and reloads to identical outputs."""
-    import resource
-
-
     tc = cfg.train
     model, tok = build_model(cfg.model, ensure_tokenizer(cfg, paths), seed=cfg.run.seed)
     if cfg.model.use_lora and not is_peft_model(model):

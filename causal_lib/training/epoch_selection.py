@@ -1,18 +1,18 @@
 """Chapter 06: the plan's metrics for every epoch checkpoint of one defense, and the choice of best_model."""
 from __future__ import annotations
 
-import os
-import shutil
 import torch
-from causal_lib.defenses.load import records_for
+
 from causal_lib.book.run_folder import RunPaths
 from causal_lib.config import Config
-from causal_lib.models.checkpoints import load_checkpoint
-from causal_lib.training.examples import SFTDataset, make_collator, make_pairs
-from causal_lib.training.losses import task_loss
 from causal_lib.data.records import load_split
+from causal_lib.defenses.load import records_for
 from causal_lib.evaluation.run import evaluate_records
 from causal_lib.evaluation.summary import summarise
+from causal_lib.models.checkpoints import checkpoint_json, load_checkpoint
+from causal_lib.training.examples import SFTDataset, make_collator, make_pairs
+from causal_lib.training.losses import task_loss
+from causal_lib.training.trainer import set_best_model
 from causal_lib.verification.invariance import representation_metrics
 
 
@@ -62,16 +62,10 @@ def validate_epochs(cfg: Config, paths: RunPaths, defense: str) -> dict:
     trained_best = None
     best_dir = root / "best_model"
     if best_dir.exists():
-        import json
-
-        meta = json.loads((best_dir / "checkpoint.json").read_text())
+        meta = checkpoint_json(best_dir)
         trained_best = meta.get("extra", {}).get("epoch")
     if trained_best != best:
-        tmp = root / "best_model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(root / f"epoch_{best}", tmp)
-        shutil.rmtree(best_dir, ignore_errors=True)
-        os.replace(tmp, best_dir)
+        set_best_model(root, best)
     at_best = next(r for r in rows if r["epoch"] == best)
     return {"defense": defense, "epochs": rows, "best_epoch": best, "training_best_epoch": trained_best,
             "selection_agrees": trained_best == best, "gap_at_best": at_best["val_loss"] - at_best["train_loss"],

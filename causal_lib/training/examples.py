@@ -1,11 +1,15 @@
-"""(split from training)"""
+"""Training examples: counterfactual (clean, injected) pairs and their Z features, the SFT and pair
+datasets (encoded by the one prompt encoder, models.prompts.encode_example), and the collator that
+right-pads each batch (models.prompts.pad_sequences)."""
 from __future__ import annotations
 
 from typing import Sequence
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from causal_lib.models.prompts import encode_example, followup_ids
+
+from causal_lib.models.prompts import encode_example, followup_ids, pad_sequences
 
 
 def make_pairs(records: Sequence) -> list[tuple]:
@@ -81,11 +85,6 @@ class PairDataset(Dataset):
         return self.items[i]
 
 
-def _pad(seqs, value):
-    n = max(len(s) for s in seqs)
-    return torch.tensor([list(s) + [value] * (n - len(s)) for s in seqs], dtype=torch.long)
-
-
 def make_collator(pad_id: int):
     """Right-pads each side of a batch to its own longest item (not a fixed length: DESIGN.md s.9)."""
 
@@ -96,9 +95,9 @@ def make_collator(pad_id: int):
             if key not in batch[0]:
                 continue
             ids = [b[key] for b in batch]
-            out[key] = _pad(ids, pad_id)
-            out[f"{prefix}attention_mask"] = _pad([[1] * len(s) for s in ids], 0)
-            out[f"{prefix}labels"] = _pad([b[f"{prefix}labels"] for b in batch], -100)
+            out[key] = pad_sequences(ids, pad_id)
+            out[f"{prefix}attention_mask"] = pad_sequences([[1] * len(s) for s in ids], 0)
+            out[f"{prefix}labels"] = pad_sequences([b[f"{prefix}labels"] for b in batch], -100)
             if f"{prefix}prompt_length" in batch[0]:
                 out[f"{prefix}prompt_length"] = torch.tensor([b[f"{prefix}prompt_length"] for b in batch])
         if "z" in batch[0]:

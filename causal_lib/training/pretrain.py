@@ -2,16 +2,18 @@
 of the base (chapter 04), and loading any defense's model by name for the later chapters."""
 from __future__ import annotations
 
+import random
 from pathlib import Path
+
 from causal_lib.book.run_folder import RunPaths
 from causal_lib.config import Config
+from causal_lib.data import world
+from causal_lib.data.records import load_split
 from causal_lib.models.checkpoints import load_checkpoint
 from causal_lib.models.load import build_model, load_hf_model
 from causal_lib.models.prompts import train_tokenizer
 from causal_lib.training.examples import SFTDataset
 from causal_lib.training.trainer import TrainResult, run_training
-from causal_lib.data.records import load_split
-from causal_lib.data import world
 
 
 def tokenizer_dir(paths: RunPaths) -> Path:
@@ -58,13 +60,10 @@ def is_plain_task_example(r) -> bool:
 
 def base_followups(k: int, seed: int):
     """Further questions on the document of each plain base example and clean training example (later user
-    turns, world.followup_turns), drawn from a generator seeded by the run seed and the record id (the same
+    turns, data.world.followup_turns), drawn from a generator seeded by the run seed and the record id (the same
     turns on every run and resume). None when k == 0."""
     if k <= 0:
         return None
-    import random
-
-
     def turns(r):
         if not is_plain_task_example(r):
             return []

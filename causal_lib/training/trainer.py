@@ -19,14 +19,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from causal_lib.config import Config
-from causal_lib.training.losses import response_window, task_loss
-from causal_lib.models.checkpoints import save_checkpoint
-from causal_lib.training.examples import make_collator
 
+from causal_lib.config import Config
+from causal_lib.models.checkpoints import checkpoint_json, save_checkpoint
+from causal_lib.training.examples import make_collator
+from causal_lib.training.losses import response_window, task_loss
 
 ADVICE_NAN = ("lower train.learning_rate (e.g. by 3x), raise train.warmup_ratio (e.g. 0.1), keep "
               "train.max_grad_norm at 1.0; training stopped and the last complete checkpoint is kept")
@@ -40,7 +41,7 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, out of memory); the message says what to change."""
 
 
-def _check_finite(loss: torch.Tensor, where: str) -> None:
+def check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss).all():
         raise TrainingError(f"non-finite loss ({loss.item()}) in {where}: {ADVICE_NAN}")
 
@@ -77,7 +78,7 @@ class SFTTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out, labels = forward_for_labels(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         loss = task_loss(out.logits, labels)
-        _check_finite(loss, "L_task")
+        check_finite(loss, "L_task")
         return (loss, out) if return_outputs else loss
 
 
@@ -160,8 +161,8 @@ def _forget_after(ckpt_root: Path, log_path: Path, step: int) -> None:
     for stale in list(ckpt_root.glob("*.tmp*")) + list(ckpt_root.glob("*.old-*")):
         shutil.rmtree(stale, ignore_errors=True)
     for ep_dir in ckpt_root.glob("epoch_*"):
-        meta = ep_dir / "checkpoint.json"
-        done_at = json.loads(meta.read_text()).get("extra", {}).get("global_step") if meta.exists() else None
+        meta = checkpoint_json(ep_dir)
+        done_at = meta.get("extra", {}).get("global_step") if meta is not None else None
         if done_at is None or done_at > step:
             shutil.rmtree(ep_dir, ignore_errors=True)
     if log_path.exists():
@@ -244,7 +245,7 @@ def run_training(cfg: Config, paths, name: str, model, tokenizer, train_dataset:
     # On resume the epochs already done were scored in the earlier process: read their exports back.
     for ep_dir in sorted(ckpt_root.glob("epoch_*")):
         ep = int(ep_dir.name.split("_")[1])
-        meta = json.loads((ep_dir / "checkpoint.json").read_text())
+        meta = checkpoint_json(ep_dir) or {}
         result.epochs[ep] = export.scores.get(ep, meta.get("extra", meta).get("val", {}))
     if result.epochs:
         if select_by and all(select_by in s for s in result.epochs.values()):
@@ -252,13 +253,21 @@ def run_training(cfg: Config, paths, name: str, model, tokenizer, train_dataset:
             result.best_epoch = pick(result.epochs, key=lambda e: result.epochs[e][select_by])
         else:
             result.best_epoch = max(result.epochs)
-        best_src = ckpt_root / f"epoch_{result.best_epoch}"
-        tmp = ckpt_root / "best_model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(best_src, tmp)
-        shutil.rmtree(ckpt_root / "best_model", ignore_errors=True)
-        os.replace(tmp, ckpt_root / "best_model")
+        set_best_model(ckpt_root, result.best_epoch)
     return result
+
+
+def set_best_model(root: Path, epoch: int) -> Path:
+    """Copy `root`/epoch_<epoch> to `root`/best_model (through a temporary folder, then a rename, so a crash
+    never leaves half a best_model) -> the best_model folder."""
+    root = Path(root)
+    best = root / "best_model"
+    tmp = root / "best_model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(root / f"epoch_{epoch}", tmp)
+    shutil.rmtree(best, ignore_errors=True)
+    os.replace(tmp, best)
+    return best
 
 
 def read_train_log(paths, name: str) -> list[dict]:

@@ -28,16 +28,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
+
 import numpy as np
-from scipy import stats as sps
 from causallearn.search.ConstraintBased.PC import pc
 from causallearn.utils.cit import CIT_Base, register_ci_test
-from causal_lib.verification.intervals import Rate, rate, single_blas_thread
-from causal_lib.verification.encoding import as_labels, one_hot, pca_reduce
+from scipy import stats as sps
+
 from causal_lib.config import Config
 from causal_lib.verification.dseparation import Sample
-
-
+from causal_lib.verification.encoding import as_labels, one_hot, pca_reduce
+from causal_lib.verification.intervals import Rate, rate, single_blas_thread
 
 NODES = ("S", "D", "Z", "R", "O")
 

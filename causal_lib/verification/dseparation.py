@@ -5,9 +5,9 @@ twins of the same documents):
 - R is the one `representation()` of training, reduced by PCA to stats.repr_dim components fitted on that
   model's own R (documented reduction: HSIC power falls sharply with d, DESIGN.md s.8);
 - d-separation: R independent of Z given S, Z = attack family (clean = its own label "none"), S = the
-  system instruction; stratified permutation HSIC (stats.conditional_hsic_test), effect size beside p;
+  system instruction; stratified permutation HSIC (verification.hsic.conditional_hsic_test), effect size beside p;
 - power: the same test at the same n and d on the undefended base, and on the model's own R with a
-  planted Z-dependence (stats.planted_dependence), both must reject;
+  planted Z-dependence (verification.hsic.planted_dependence), both must reject;
 - the PAC-Bayes bound on the injected-input error uses the teacher-forced greedy check (greedy decoding
   reproduces O* iff the argmax at every target position is the target token, eos included), which is
   exact for greedy decoding and costs one forward pass per noisy posterior sample.
@@ -15,12 +15,14 @@ twins of the same documents):
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
+
 from causal_lib.config import Config
-from causal_lib.verification.encoding import as_labels, pca_reduce
-from causal_lib.verification.invariance import pair_forward
-from causal_lib.verification.hsic import conditional_hsic_test, planted_dependence
 from causal_lib.training.examples import make_pairs
+from causal_lib.verification.encoding import as_labels, pca_reduce
+from causal_lib.verification.hsic import conditional_hsic_test, planted_dependence
+from causal_lib.verification.invariance import pair_forward
 
 
 @dataclass

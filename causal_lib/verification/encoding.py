@@ -15,7 +15,7 @@ def as_labels(Y) -> np.ndarray:
 
 
 def one_hot(labels, n_classes: int | None = None) -> np.ndarray:
-    """(n, c) one-hot of discrete labels (any hashable values, or rows: see stats.as_labels)."""
+    """(n, c) one-hot of discrete labels (any hashable values, or rows: see as_labels)."""
     lab = as_labels(labels)
     c = n_classes or (int(lab.max()) + 1 if len(lab) else 0)
     out = np.zeros((len(lab), c))

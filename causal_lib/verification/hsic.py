@@ -27,8 +27,10 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
+
 import numpy as np
 from scipy import stats as sps
+
 from causal_lib.verification.encoding import as_labels, one_hot
 from causal_lib.verification.intervals import Rate, rate, single_blas_thread
 

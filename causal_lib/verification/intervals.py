@@ -1,4 +1,6 @@
-"""(split from stats)"""
+"""Confidence intervals for the book's numbers: Clopper-Pearson intervals of rates (`rate`,
+`clopper_pearson`), percentile bootstrap intervals of a statistic and of a paired difference
+(`bootstrap_ci`, `paired_bootstrap_ci`), and `single_blas_thread` for resampling loops."""
 from __future__ import annotations
 
 import functools
@@ -6,9 +8,9 @@ import inspect
 import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
+
 import numpy as np
 from scipy import stats as sps
-
 
 _controller = None
 

@@ -1,14 +1,16 @@
 """The representation-level metrics of DESIGN.md s.6, one definition each: causal stability and
-epsilon_causal (attack success, benign accuracy, over-defense and separation live in evaluate.py).
+epsilon_causal (attack success, benign accuracy, over-defense and separation live in evaluation/scoring.py and evaluation/summary.py).
 
 All of them go through `representation()` (the same R that training uses) and the one prompt encoder."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+
 import numpy as np
 import torch
-from causal_lib.models.prompts import encode_example
+
+from causal_lib.models.prompts import encode_example, pad_batch
 from causal_lib.models.representation import representation
 from causal_lib.verification.intervals import bootstrap_ci
 
@@ -20,15 +22,12 @@ class PairForward:
     tv: np.ndarray  # [n] mean total-variation distance along O* per pair
 
 
-def _batch(tokenizer, triples, max_length):
-    encs = [encode_example(tokenizer, s, u, t, max_length=max_length) for s, u, t in triples]
-    n = max(len(e["input_ids"]) for e in encs)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([e["input_ids"] + [pad] * (n - len(e["input_ids"])) for e in encs])
-    mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (n - len(e["input_ids"])) for e in encs])
-    labels = torch.tensor([e["labels"] + [-100] * (n - len(e["labels"])) for e in encs])
-    plen = torch.tensor([e["prompt_length"] for e in encs])
-    return ids, mask, labels, plen
+def encode_batch(tokenizer, triples, max_length):
+    """(system, user, target) triples -> right-padded (input_ids, attention_mask, labels, prompt_lengths)
+    for teacher forcing along the targets (labels padded with -100)."""
+    b = pad_batch([encode_example(tokenizer, s, u, t, max_length=max_length) for s, u, t in triples], tokenizer,
+                  padding_side="right")
+    return b["input_ids"], b["attention_mask"], b["labels"], b["prompt_lengths"]
 
 
 def _response_probs(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
@@ -47,7 +46,7 @@ def pair_forward(model, tokenizer, pairs: Sequence[tuple], model_cfg, batch_size
         chunk = pairs[start:start + batch_size]
         sides = []
         for side in (0, 1):
-            ids, mask, labels, plen = _batch(tokenizer, [(p[side].system, p[side].data, p[side].target) for p in chunk],
+            ids, mask, labels, plen = encode_batch(tokenizer, [(p[side].system, p[side].data, p[side].target) for p in chunk],
                                              model_cfg.max_seq_length)
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
             r = representation(model, ids, mask, layer=model_cfg.repr_layer, pooling=model_cfg.repr_pooling,

@@ -1,14 +1,18 @@
-"""(split from stats, verification)"""
+"""PAC-Bayes certificates: the kl and McAllester bounds, the Gaussian-posterior KL between trained and
+base weights, a union bound over a grid of posterior scales, and `pac_bayes`, which bounds the error
+(output != O*) of a trained model on injected inputs."""
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
+
 import numpy as np
-from scipy.optimize import brentq
-import copy
 import torch
+from scipy.optimize import brentq
+
 from causal_lib.config import Config
-from causal_lib.verification.invariance import _batch
+from causal_lib.verification.invariance import encode_batch
 
 
 def binary_kl(q: float, p: float) -> float:
@@ -116,7 +120,7 @@ def greedy_correct(model, tokenizer, records, cfg: Config) -> np.ndarray:
     out = []
     for i in range(0, len(records), cfg.eval.batch_size):
         chunk = records[i:i + cfg.eval.batch_size]
-        ids, mask, labels, _ = _batch(tokenizer, [(r.system, r.data, r.target) for r in chunk], cfg.model.max_seq_length)
+        ids, mask, labels, _ = encode_batch(tokenizer, [(r.system, r.data, r.target) for r in chunk], cfg.model.max_seq_length)
         pred = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1)
         tgt = labels[:, 1:]
         ok = ((pred == tgt) | (tgt == -100)).all(dim=1)
@@ -129,7 +133,7 @@ def _trainable_state(model) -> dict:
 
 
 def pac_bayes(model, base, tokenizer, records, cfg: Config, sigmas=(1e-3, 3e-3, 1e-2), samples: int = 2) -> dict:
-    """PAC-Bayes-kl bound (stats.pac_bayes_grid_bound) on the error on injected inputs (output != O*).
+    """PAC-Bayes-kl bound (pac_bayes_grid_bound) on the error on injected inputs (output != O*).
 
     Posterior Q = N(w, sigma^2 I) around the trained weights, prior P = N(w0, sigma^2 I) around the base
     (chosen before the test data is seen), KL = ||w - w0||^2 / (2 sigma^2) over every parameter; sigma from

@@ -1,0 +1,190 @@
+"""The text of the book's reports and verdict details, one function per report.
+
+Chapters compute and plot; the wording of what they write under outputs/<run>/reports/ lives here, next to
+`reports.markdown_table`, so that a report reads the same wherever it is written and a notebook holds no
+long f-strings. Targets and PASS/FAIL come from `causal_lib.book.criteria`, never from here.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from causal_lib.book import criteria
+from causal_lib.book.reports import markdown_table
+
+
+def _rate(r: dict | None) -> str:
+    """A rate with its 95% interval: 12.0% [5.0%, 20.0%]."""
+    if not r or r.get("rate") is None:
+        return "n/a"
+    return f"{r['rate']:.1%} [{r['lo']:.1%}, {r['hi']:.1%}]"
+
+
+# -- 02 dataset validation ---------------------------------------------------------------------------------
+
+def dataset_report(run_name: str, seed: int, manifest: dict, report: dict, files: list[dict],
+                   held_out_families: Iterable[str]) -> str:
+    """WEEK1_DATASET_REPORT.md from checks.validate_dataset's report and the build manifest."""
+    div, con = report["diversity"], report["contamination"]
+    held_out = set(held_out_families)
+    test = div["test"]
+    attacked = [{"family": f, "items": n, "templates": test["templates_per_family"].get(f), "held out": f in held_out}
+                for f, n in test["by_family"].items()]
+    return "\n".join([
+        "# Week 1 dataset report\n",
+        f"Run `{run_name}`, seed {seed}, data hash `{manifest['data_hash']}`, schema version {manifest['schema_version']}.\n",
+        f"**Verdict: {report['verdict']}** - " + "; ".join(report["reasons"]) + "\n",
+        "## Checks\n", markdown_table(report["checks"], ["check", "ok", "hard", "value"]),
+        "## Files\n", markdown_table(files),
+        "## Attacked test items\n",
+        markdown_table(attacked) + (f"\nBy goal: {test['by_goal']}. By position: {test['by_position']}. "
+                                    f"Held-out share of the built-in attacks: {test['held_out_share']:.0%}.\n"),
+        "## Lengths (words)\n", markdown_table([{"what": k, **v} for k, v in report["lengths"].items()]),
+        "## Contamination\n",
+        (f"{con['n_hits']} hits of {con['n_shingles']} held-out {con['ngram']}-gram shingles in the training files; "
+         f"{con['held_out_family_records_in_training']} held-out-family records and "
+         f"{con['eval_only_template_records_in_training']} evaluation-only-template records in them; "
+         f"documents shared between files: {sum(report['document_overlap'].values())}.\n"),
+    ])
+
+
+def contamination_line(con: dict) -> str:
+    return (f"contamination ({con['ngram']}-gram, {con['n_shingles']} shingles of {con['n_templates_checked']} held-out "
+            f"texts): {con['n_hits']} hits; held-out-family records in training files: "
+            f"{con['held_out_family_records_in_training']}; evaluation-only templates in training files: "
+            f"{con['eval_only_template_records_in_training']}")
+
+
+# -- 03 dry run ----------------------------------------------------------------------------------------------
+
+def dry_run_section(result: dict, checks: list[dict], verdict: str) -> str:
+    return ("## Dry run (03_dry_run)\n\n" + markdown_table(checks, ["check", "status", "value"])
+            + f"\n{result['seconds']:.1f} s for {result['steps']} steps.\n\n**{verdict}**\n")
+
+
+# -- 04 base model -----------------------------------------------------------------------------------------
+
+def base_detail(benign: dict, asr: dict) -> str:
+    """The verdict line of chapter 04: both base criteria with their intervals and status."""
+    return (f"benign accuracy {_rate(benign)} ({criteria.target_text('base_benign_accuracy')}: "
+            f"{criteria.judge('base_benign_accuracy', benign)}); ASR {_rate(asr)} "
+            f"({criteria.target_text('base_asr')}: {criteria.judge('base_asr', asr)})")
+
+
+# -- 05 training ---------------------------------------------------------------------------------------------
+
+def training_section(label: str, metrics: dict, epoch_rows: list[dict]) -> str:
+    """This defense's section of WEEK2_TRAINING_REPORT.md, from the train_<defense>.json metrics."""
+    nan = float("nan")
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in metrics["final_losses"].items())
+    return (f"## {label}\n\n{metrics['steps']} steps in {metrics['train_seconds']:.0f} s "
+            f"({metrics['steps_per_s'] or nan:.2f} steps/s), peak RSS {metrics['peak_rss_gb'] or nan:.2f} GB, "
+            f"no NaN: {metrics['nan_free']}, best epoch {metrics['best_epoch']}, seed {metrics['seed']}.\n\n"
+            f"Final losses: {losses}\n\n" + (markdown_table(epoch_rows) if epoch_rows else ""))
+
+
+def training_detail(metrics: dict) -> str:
+    return f"{metrics['steps']} steps, {metrics['train_seconds']:.0f} s, best epoch {metrics['best_epoch']}"
+
+
+# -- 06 epoch validation -------------------------------------------------------------------------------------
+
+def epoch_detail(table: dict) -> str:
+    best = table["best_epoch"]
+    row = next(e for e in table["epochs"] if e["epoch"] == best)
+    agrees = "agrees with" if table["selection_agrees"] else "differs from"
+    return (f"best epoch {best} by causal stability ({agrees} training's choice {table['training_best_epoch']}); "
+            f"val ASR {row['asr']:.1%}, benign {row['benign_accuracy']:.1%}, gap {table['gap_at_best']:+.3f} "
+            f"(target {criteria.target_text('overfit_gap')})"
+            + ("" if table["selection_agrees"] else "; best_model replaced by this epoch"))
+
+
+# -- 07 causal verification ----------------------------------------------------------------------------------
+
+def verification_report(model_name: str, seed: int, n_rows: int, n_pairs: int, d: int, table: list[dict],
+                        dsep: dict, calibration, asr: dict, pac: dict, discovery_rows: list[dict],
+                        verdict: str) -> str:
+    """WEEK3_VERIFICATION_REPORT.md. `calibration`: the hsic.Calibration; `table`: the criteria rows."""
+    n_pass = sum(r["status"] == criteria.PASS for r in table)
+    dsep_rows = [{"model": k, **{c: v[c] for c in ("n", "d", "statistic", "effect_size", "p_value", "rejects")}}
+                 for k, v in dsep.items()]
+    return (f"# Week 3 verification report\n\nModel `{model_name}` vs the undefended base; n = {n_rows} test rows "
+            f"({n_pairs} pairs), R reduced to {d} principal components; seed {seed}.\n\n"
+            + markdown_table(table, ["criterion", "measured", "target", "status"])
+            + "\n## d-separation (R ⊥ Z | S)\n\n" + markdown_table(dsep_rows)
+            + f"\n## Calibration (synthetic, n={n_rows}, d={d}, {calibration.repetitions} repetitions)\n\n"
+              f"type-I error {calibration.type1}, power {calibration.power}\n\n"
+              f"## Bounds\n\nASR {asr['k']}/{asr['n']}: Clopper-Pearson 95% upper bound {asr['hi']:.4f} (the point rate "
+              f"decides the ASR criterion, {criteria.target_text('asr', stretch=False)}). PAC-Bayes-kl bound on the "
+              f"injected-input error: {pac['bound']:.4f} (Gibbs error {pac['gibbs_errors']}, sigma {pac['sigma']}, "
+              f"KL {pac['kl']:.3g}; {pac['assumptions']}).\n\n## Causal discovery\n\n"
+            + markdown_table(discovery_rows)
+            + f"\n**Verdict: {verdict}** ({n_pass}/{len(table)} criteria pass)\n")
+
+
+# -- 08 attack evaluation --------------------------------------------------------------------------------------
+
+def comparison_table_report(rows: list[dict], seed: int, spread_rows: list[dict] | None = None,
+                            seeds: list | None = None) -> str:
+    """WEEK4_COMPARISON_TABLE.md."""
+    text = ("# Week 4 comparison table\n\nAll defenses trained and evaluated here on the same base model and test set; "
+            f"seed {seed}. Rates with 95% Clopper-Pearson intervals. The last column holds the plan's literature "
+            "figures for orientation only: they were **not** measured in this run.\n\n" + markdown_table(rows))
+    if spread_rows:
+        text += (f"\n## Over seeds {seeds}\n\nMean ± standard deviation [min, max] of each rate over the seeds "
+                 "(same data and test set; each seed's own table is under `seeds/seed_<s>/reports/`).\n\n"
+                 + markdown_table(spread_rows))
+    return text
+
+
+ASR_GROUPS = (("family", "ASR per family"), ("goal", "ASR per goal"), ("position", "ASR per position"),
+              ("split", "ASR seen vs held-out families"), ("source", "ASR per attack source"))
+
+
+def evaluation_report(counts: dict, seed: int, rows: list[dict], asr_by: dict[str, list[dict]],
+                      filter_rows: list[dict], gcg_rows: list[dict]) -> str:
+    """WEEK4_EVALUATION_REPORT.md. asr_by: group type (family, goal, ...) -> long-format ASR records."""
+    text = f"# Week 4 evaluation report\n\nTest items: {counts}; seed {seed}.\n\n## Comparison\n\n" + markdown_table(rows)
+    for group, title in ASR_GROUPS:
+        text += f"\n## {title}\n\n" + markdown_table(asr_by.get(group, []))
+    return (text + "\n## Input-filter detectors\n\n" + markdown_table(filter_rows)
+            + "\n## Adaptive attack (GCG)\n\n" + markdown_table(gcg_rows))
+
+
+def attack_detail(causal: dict | None, none: dict) -> str:
+    """The verdict line of chapter 08: the causal model's ASR (point rate decides, interval beside it)."""
+    if not causal:
+        return "causal model not trained in this run"
+    return (f"causal ASR {_rate(causal['asr'])} vs no defense {none['asr']['rate']:.1%} "
+            f"(target {criteria.target_text('asr', stretch=False)}, point rate decides)")
+
+
+# -- 09 phase 2 report -------------------------------------------------------------------------------------------
+
+CRITERIA_COLUMNS = ["kind", "criterion", "measured", "target", "status"]
+
+
+def phase2_completion_report(run_name: str, params_hash: str, seed: int, status: str, rows: list[dict],
+                             failures: dict[str, list[dict]]) -> str:
+    n_pass = sum(r["status"] == criteria.PASS for r in rows)
+    md_fail = "".join(f"\n### {k.replace('_', ' ')}\n\n" + (markdown_table(v) if v else "_none_\n")
+                      for k, v in failures.items())
+    return (f"# Phase 2 completion report\n\nRun `{run_name}`, params hash {params_hash}, seed {seed}. "
+            f"Every value below is read from `metrics/*.json` written by this run.\n\n**Status: {status}** "
+            f"({n_pass}/{len(rows)} criteria pass)\n\n" + markdown_table(rows, CRITERIA_COLUMNS)
+            + "\n## Failure cases\n" + md_fail
+            + "\n## The criteria (causal_lib.book.criteria)\n\nThe point estimate decides; its 95% interval is "
+              "shown beside it.\n\n" + markdown_table(criteria.table(), ["kind", "criterion", "target", "decides", "definition"]))
+
+
+def project_status_report(run_name: str, params_hash: str, seed: int, status: str, rows: list[dict],
+                          chapters: dict[str, dict]) -> str:
+    n_pass = sum(r["status"] == criteria.PASS for r in rows)
+    return (f"# Project status\n\nPhase 2 on run `{run_name}` (seed {seed}, params hash {params_hash}): "
+            f"**{status}**, {n_pass}/{len(rows)} criteria pass.\n\n"
+            + "".join(f"- {r['status']}: {r['criterion']} — {r['measured']} (target {r['target']})\n" for r in rows)
+            + "\nChapters: " + ", ".join(f"{k} {v.get('status')} ({v.get('wall_s', 0):.0f} s)" for k, v in chapters.items())
+            + "\n")
+
+
+def criteria_summary(rows: list[dict]) -> str:
+    return f"{sum(r['status'] == criteria.PASS for r in rows)}/{len(rows)} criteria pass"
