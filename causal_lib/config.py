@@ -2,7 +2,9 @@
 
 A params file (YAML) is a nested mapping whose sections mirror the dataclasses below. Loading checks
 everything before any work starts: an unknown key names itself and the closest valid key, a wrong
-type or an out-of-range value says which field and why (`ConfigError`).
+type or an out-of-range value says which field and why (`ConfigError`). Every number has a range stated
+next to its default (`_range(lo, hi)`), NaN and infinity are refused, and an empty, binary or folder params
+path is one clear error too.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,7 +33,11 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=1")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                              f"quote it or write a plain number/word, e.g. --set train.epochs=1") from None
     return out
 
 
@@ -45,46 +52,57 @@ def _range(lo=None, hi=None, **kw):
     return {"min": lo, "max": hi, **kw}
 
 
+# Upper bounds shared by several keys below: generous for real GPU runs, but they catch a typo (an extra
+# three zeros) before hours of work. NaN and infinity are refused for every float key (_check_range).
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_ITEMS = 10_000_000  # data sizes and other item counts
+MAX_EPOCHS = 1000.0
+MAX_BATCH = 65536  # batch sizes, gradient accumulation, GCG candidates per step
+MAX_WEIGHT = 1000.0  # loss weights (lambda_*, kl_weight, dpo_sft_weight)
+MAX_RESAMPLES = 1_000_000  # permutations, bootstrap and calibration repetitions
+
+
 @dataclass
 class RunConfig:
     name: str = "default"
-    seed: int = 0
+    seed: int = field(default=0, metadata=_range(0, MAX_SEED))
     # Seed replicas: chapters 04-06 and 08 run again for each of these seeds (same data, same test set:
     # data.seed stays at run.seed) under outputs/<run>/seeds/seed_<s>/, and 08 reports mean and spread
     # over `seed` and these. Empty = one seed.
-    seeds: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list, metadata=_range(0, MAX_SEED))  # each seed
     output_root: str = "outputs"
-    memory_limit_gb: float = field(default=5.5, metadata=_range(0.1))
-    chapter_timeout_s: int = field(default=3600, metadata=_range(10))
-    torch_threads: int = field(default=2, metadata=_range(1))
+    memory_limit_gb: float = field(default=5.5, metadata=_range(0.1, 4096.0))
+    chapter_timeout_s: int = field(default=3600, metadata=_range(10, 7 * 24 * 3600))  # at most a week
+    torch_threads: int = field(default=2, metadata=_range(1, 1024))
 
 
 @dataclass
 class DataConfig:
-    seed: int | None = None  # seed of the generated world; None = run.seed
-    n_train: int = field(default=6000, metadata=_range(10))  # counterfactual pairs for defense training
-    n_val: int = field(default=400, metadata=_range(4))
-    n_test: int = field(default=600, metadata=_range(4))
-    n_base_corpus: int = field(default=20000, metadata=_range(10))  # instruction-following examples for the base
-    n_benign_lookalikes: int = field(default=300, metadata=_range(0))
-    n_sep_probes: int = field(default=300, metadata=_range(0))
+    seed: int | None = field(default=None, metadata=_range(0, MAX_SEED))  # seed of the generated world; None = run.seed
+    n_train: int = field(default=6000, metadata=_range(10, MAX_ITEMS))  # counterfactual pairs for defense training
+    n_val: int = field(default=400, metadata=_range(4, MAX_ITEMS))
+    n_test: int = field(default=600, metadata=_range(4, MAX_ITEMS))
+    n_base_corpus: int = field(default=20000, metadata=_range(10, MAX_ITEMS))  # instruction-following examples for the base
+    n_benign_lookalikes: int = field(default=300, metadata=_range(0, MAX_ITEMS))
+    n_sep_probes: int = field(default=300, metadata=_range(0, MAX_ITEMS))
     held_out_families: list[str] = field(default_factory=lambda: ["role_authority", "multi_injection", "obfuscation"])
     attack_files: list[str] = field(default_factory=list)  # external JSONL attack templates (README)
+    documents_file: str | None = None  # JSONL of one's own documents: attack_files then run on these (README)
 
 
 @dataclass
 class TinyModelConfig:
-    vocab_size: int = field(default=2048, metadata=_range(64))
-    hidden_size: int = field(default=192, metadata=_range(8))
-    num_hidden_layers: int = field(default=4, metadata=_range(1))
-    num_attention_heads: int = field(default=4, metadata=_range(1))
-    intermediate_size: int = field(default=512, metadata=_range(8))
+    vocab_size: int = field(default=2048, metadata=_range(64, 262144))
+    hidden_size: int = field(default=192, metadata=_range(8, 65536))
+    num_hidden_layers: int = field(default=4, metadata=_range(1, 1024))
+    num_attention_heads: int = field(default=4, metadata=_range(1, 1024))
+    intermediate_size: int = field(default=512, metadata=_range(8, 262144))
 
 
 @dataclass
 class LoraConfig:
-    r: int = field(default=16, metadata=_range(1))
-    alpha: int = field(default=32, metadata=_range(1))
+    r: int = field(default=16, metadata=_range(1, 4096))
+    alpha: int = field(default=32, metadata=_range(1, 65536))
     dropout: float = field(default=0.05, metadata=_range(0.0, 1.0))
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
@@ -93,13 +111,13 @@ class LoraConfig:
 class ModelConfig:
     kind: Literal["tiny", "hf"] = "tiny"
     name_or_path: str = ""  # for kind=hf: a hub name (must be cached when offline) or a local folder
-    max_seq_length: int = field(default=192, metadata=_range(16))
+    max_seq_length: int = field(default=192, metadata=_range(16, 131072))
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     load_in_4bit: bool = False
     use_lora: bool = False
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
-    repr_layer: int = -1  # hidden_states index used for R (negative counts from the end)
+    repr_layer: int = field(default=-1, metadata=_range(-1025, 1024))  # hidden_states index used for R (negative counts from the end)
     repr_pooling: Literal["last", "mean"] = "last"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -108,71 +126,71 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     # pre-training of the undefended base (tiny model only)
-    base_epochs: float = field(default=3.0, metadata=_range(0.0))
+    base_epochs: float = field(default=3.0, metadata=_range(0.0, MAX_EPOCHS))
     base_learning_rate: float = field(default=1e-3, metadata=_range(0.0, 1.0))
     # further questions on the same document, asked as later user turns of the base's plain examples
     # (world.followup_turns): more supervised answers per sequence; 0 = one question per example
-    base_followups: int = field(default=0, metadata=_range(0))
+    base_followups: int = field(default=0, metadata=_range(0, 1000))
     # a curriculum: stages run in order before the whole base corpus, each base_curriculum_epochs epochs over
     # the plain examples of its tasks alone. The copy mechanism (answer = a token of the data) forms within
     # ~400 steps on first/last item alone but stalls for thousands of steps in the 7-task mixture
     # (README, "The base model"); [] or 0 epochs = no curriculum
     base_curriculum: list[list[str]] = field(default_factory=list)
-    base_curriculum_epochs: float = field(default=0.0, metadata=_range(0.0))
+    base_curriculum_epochs: float = field(default=0.0, metadata=_range(0.0, MAX_EPOCHS))
     # defense training (05_train)
     defenses: list[str] = field(default_factory=lambda: ["causal", "struq", "secalign"])
-    epochs: float = field(default=2.0, metadata=_range(0.0))
+    epochs: float = field(default=2.0, metadata=_range(0.0, MAX_EPOCHS))
     learning_rate: float = field(default=3e-4, metadata=_range(0.0, 1.0))
-    batch_size: int = field(default=32, metadata=_range(1))
-    gradient_accumulation_steps: int = field(default=1, metadata=_range(1))
+    batch_size: int = field(default=32, metadata=_range(1, MAX_BATCH))
+    gradient_accumulation_steps: int = field(default=1, metadata=_range(1, MAX_BATCH))
     warmup_ratio: float = field(default=0.05, metadata=_range(0.0, 1.0))
-    max_grad_norm: float = field(default=1.0, metadata=_range(0.0))
-    weight_decay: float = field(default=0.0, metadata=_range(0.0))
-    lambda_causal: float = field(default=0.5, metadata=_range(0.0))
-    lambda_spurious: float = field(default=0.5, metadata=_range(0.0))
-    kl_weight: float = field(default=0.0, metadata=_range(0.0))  # optional KL term inside L_causal
-    dpo_beta: float = field(default=0.1, metadata=_range(0.0))
+    max_grad_norm: float = field(default=1.0, metadata=_range(0.0, 1e6))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0, 10.0))
+    lambda_causal: float = field(default=0.5, metadata=_range(0.0, MAX_WEIGHT))
+    lambda_spurious: float = field(default=0.5, metadata=_range(0.0, MAX_WEIGHT))
+    kl_weight: float = field(default=0.0, metadata=_range(0.0, MAX_WEIGHT))  # optional KL term inside L_causal
+    dpo_beta: float = field(default=0.1, metadata=_range(0.0, 100.0))
     # SecAlign's DPO learning rate; 0 = train.learning_rate (LoRA-DPO needs a higher lr than full FT)
     dpo_learning_rate: float = field(default=0.0, metadata=_range(0.0, 1.0))
     # SecAlign's DPO epochs; 0 = train.epochs. One by default: a DPO step costs ~2-3 SFT steps on CPU
     # (chosen + rejected) and reward accuracy passes 0.95 within the first epoch on the embedded world
-    dpo_epochs: float = field(default=1.0, metadata=_range(0.0))
+    dpo_epochs: float = field(default=1.0, metadata=_range(0.0, MAX_EPOCHS))
     # weight of an NLL term on the chosen answer next to the DPO loss (RPO, Pang et al. 2024); 0 = plain
     # DPO as in SecAlign. Plain DPO on injected prompts alone can erode the answers on clean inputs
-    dpo_sft_weight: float = field(default=0.0, metadata=_range(0.0))
+    dpo_sft_weight: float = field(default=0.0, metadata=_range(0.0, MAX_WEIGHT))
     # share of training pairs whose injected side is the clean item itself: keeps a task gradient on
     # clean inputs, since the clean pass of a pair is the no-grad target of L_causal
     clean_pair_fraction: float = field(default=0.25, metadata=_range(0.0, 1.0))
-    val_pairs: int = field(default=200, metadata=_range(2))  # validation pairs scored at each epoch
+    val_pairs: int = field(default=200, metadata=_range(2, MAX_ITEMS))  # validation pairs scored at each epoch
     debug: bool = False
-    debug_samples: int = field(default=100, metadata=_range(1))
-    dry_run_steps: int = field(default=10, metadata=_range(1))
-    dry_run_samples: int = field(default=100, metadata=_range(1))
+    debug_samples: int = field(default=100, metadata=_range(1, MAX_ITEMS))
+    dry_run_steps: int = field(default=10, metadata=_range(1, 1_000_000))
+    dry_run_samples: int = field(default=100, metadata=_range(1, MAX_ITEMS))
     report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = field(default=64, metadata=_range(1))
-    max_new_tokens: int = field(default=16, metadata=_range(1))
-    n_attacked: int = field(default=0, metadata=_range(0))  # 0 = every attacked test item
-    pass_k: int = field(default=1, metadata=_range(1))
-    gcg_items: int = field(default=20, metadata=_range(0))
-    gcg_steps: int = field(default=30, metadata=_range(0))
-    gcg_suffix_tokens: int = field(default=10, metadata=_range(1))
-    gcg_topk: int = field(default=64, metadata=_range(1))
-    gcg_candidates: int = field(default=64, metadata=_range(1))
+    batch_size: int = field(default=64, metadata=_range(1, MAX_BATCH))
+    max_new_tokens: int = field(default=16, metadata=_range(1, 131072))
+    n_attacked: int = field(default=0, metadata=_range(0, MAX_ITEMS))  # 0 = every attacked test item
+    pass_k: int = field(default=1, metadata=_range(1, 1000))
+    gcg_items: int = field(default=20, metadata=_range(0, 100_000))
+    gcg_steps: int = field(default=30, metadata=_range(0, 100_000))
+    gcg_suffix_tokens: int = field(default=10, metadata=_range(1, 4096))
+    gcg_topk: int = field(default=64, metadata=_range(1, 262144))
+    gcg_candidates: int = field(default=64, metadata=_range(1, MAX_BATCH))
 
 
 @dataclass
 class StatsConfig:
     alpha: float = field(default=0.05, metadata=_range(0.0, 1.0))
-    n_independence: int = field(default=1000, metadata=_range(20))  # fixed n of the d-separation test
-    repr_dim: int = field(default=32, metadata=_range(1))  # documented PCA reduction of R before HSIC
-    n_permutations: int = field(default=500, metadata=_range(10))
-    n_bootstrap: int = field(default=1000, metadata=_range(10))
-    calibration_repetitions: int = field(default=200, metadata=_range(10))
-    discovery_bootstrap: int = field(default=20, metadata=_range(1))
+    n_independence: int = field(default=1000, metadata=_range(20, MAX_ITEMS))  # fixed n of the d-separation test
+    repr_dim: int = field(default=32, metadata=_range(1, 65536))  # documented PCA reduction of R before HSIC
+    n_permutations: int = field(default=500, metadata=_range(10, MAX_RESAMPLES))
+    n_bootstrap: int = field(default=1000, metadata=_range(10, MAX_RESAMPLES))
+    calibration_repetitions: int = field(default=200, metadata=_range(10, MAX_RESAMPLES))
+    discovery_bootstrap: int = field(default=20, metadata=_range(1, MAX_RESAMPLES))
 
 
 @dataclass
@@ -247,6 +265,18 @@ def _coerce(value: Any, tp, where: str):
     return value
 
 
+def _check_range(path: str, value, lo, hi) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        bounds = f" between {lo} and {hi}" if lo is not None and hi is not None else ""
+        raise ConfigError(f"{path}: {value!r} is not allowed, must be a finite number{bounds} (NaN and infinity are refused)")
+    if value is None:
+        return
+    if lo is not None and value < lo:
+        raise ConfigError(f"{path}: {value!r} is out of range, must be >= {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{path}: {value!r} is out of range, must be <= {hi}")
+
+
 def _build(cls, data: dict, where: str = ""):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -263,15 +293,32 @@ def _build(cls, data: dict, where: str = ""):
         path = f"{where}.{f.name}" if where else f.name
         value = _coerce(data[f.name], hints[f.name], path)
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if lo is not None and value < lo:
-            raise ConfigError(f"{path}: {value!r} is out of range, must be >= {lo}")
-        if hi is not None and value > hi:
-            raise ConfigError(f"{path}: {value!r} is out of range, must be <= {hi}")
+        for i, v in (enumerate(value) if isinstance(value, list) else [(None, value)]):
+            _check_range(path if i is None else f"{path}[{i}]", v, lo, hi)
         kwargs[f.name] = value
     return cls(**kwargs)
 
 
+RUN_NAME_RULE = ("a run name is a plain folder name under outputs/: letters, digits, '-', '_' and '.', "
+                 "not '.' or '..', no absolute path")
+
+
+def check_run_location(run: RunConfig) -> None:
+    """run.name is plain path segments under run.output_root (the book runner itself adds "<name>/seeds/seed_<s>"
+    for seed replicas); a relative run.output_root must stay inside the project (no '..')."""
+    import re
+
+    segments = str(run.name).split("/")
+    if not run.name or any(s in (".", "..") or not re.fullmatch(r"[A-Za-z0-9_.-]+", s) for s in segments):
+        raise ConfigError(f"run.name: {run.name!r} refused: {RUN_NAME_RULE}")
+    root = Path(run.output_root)
+    if not str(run.output_root).strip() or ".." in root.parts:
+        raise ConfigError(f"run.output_root: {run.output_root!r} refused: a folder inside the project (e.g. outputs) "
+                          f"or an absolute folder, without '..'")
+
+
 def _check_consistency(cfg: Config) -> None:
+    check_run_location(cfg.run)
 
     for d in cfg.train.defenses:
         if d not in registry.trained_names():
@@ -320,24 +367,48 @@ def config_from_dict(data: dict | None, overrides: dict | None = None) -> Config
     return cfg
 
 
+def _available_params() -> str:
+    return ", ".join(sorted(x.name for x in (PROJECT_ROOT / "params").glob("*.yaml")))
+
+
 def resolve_params_path(path: str | Path) -> Path:
     """A params path as given, or relative to the project root (notebooks run from notebooks/)."""
     p = Path(path)
     if p.exists():
-        return p.resolve()
-    if not p.is_absolute() and (PROJECT_ROOT / p).exists():
-        return PROJECT_ROOT / p
-    raise ConfigError(f"params file not found: {path} (looked in {Path.cwd()} and {PROJECT_ROOT}); "
-                      f"available: {', '.join(sorted(x.name for x in (PROJECT_ROOT / 'params').glob('*.yaml')))}")
+        p = p.resolve()
+    elif not p.is_absolute() and (PROJECT_ROOT / p).exists():
+        p = PROJECT_ROOT / p
+    else:
+        raise ConfigError(f"params file not found: {path} (looked in {Path.cwd()} and {PROJECT_ROOT}); "
+                          f"available: {_available_params()}")
+    if not p.is_file():
+        raise ConfigError(f"params file {p} is {'a directory' if p.is_dir() else 'not a regular file'}: pass a YAML "
+                          f"file, e.g. params/default.yaml (available: {_available_params()})")
+    return p
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: what and where (PyYAML's own message spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or ' '.join(str(e).split())}{where}"
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     """Read and validate a params file; `overrides` maps dotted keys ("train.epochs") to values."""
     p = resolve_params_path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a YAML text file (not UTF-8: binary?); pass a params YAML file, "
+                          f"e.g. params/default.yaml") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read ({e.strerror or e}); check the path and its permissions") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise ConfigError(f"{p}: not valid YAML ({_yaml_problem(e)}); fix it or start from params/default.yaml") from None
+    if data is None or data == {}:
+        raise ConfigError(f"{p}: the params file is empty; write at least `run: {{name: ...}}` (every other key "
+                          f"then takes its default) or use params/default.yaml")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(data).__name__}")
     try:

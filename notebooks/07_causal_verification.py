@@ -144,8 +144,8 @@ pd.DataFrame([{"model": k, "edges": ", ".join(v["graph"].edges()), "score": v["m
               for k, v in discovery.items()])
 
 # %%
-# every target and rule below is in causal_lib.book.criteria; the ASR criterion is judged on the point rate,
-# its Clopper-Pearson upper bound is reported beside it (section 4 and the report)
+# every target and rule below is in causal_lib.book.criteria: a rate or estimate passes only when its whole
+# 95% interval meets the target (for ASR: the Clopper-Pearson upper bound of section 4), INCONCLUSIVE otherwise
 cs, eps, sep = rep[model_name]["causal_stability"], rep[model_name]["epsilon_causal"], rep[model_name]["sep"]
 match = discovery[model_name]["match"]
 criteria_rows = {

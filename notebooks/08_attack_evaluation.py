@@ -15,6 +15,7 @@ overrides = {}
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import display
 import seaborn as sns
 
 from causal_lib.book import run_folder as chapter
@@ -22,7 +23,7 @@ from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.defenses.load import load_model, records_for
-from causal_lib.evaluation.comparison import comparison_rows, seed_spread_rows
+from causal_lib.evaluation.comparison import comparison_rows, paired_comparison, seed_spread_rows
 from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.data.records import load_split
 from causal_lib.defenses import registry
@@ -67,6 +68,18 @@ rows = comparison_rows(evals, gcg)
 comparison = pd.DataFrame(rows)
 comparison
 
+# %% [markdown]
+# ## Paired comparisons
+# A difference between two defenses is claimed only from a paired test on the same attacked items: exact
+# McNemar on the discordant items, Holm-corrected over every pair. "No difference detected" comes with the
+# smallest difference the test could have detected at this n.
+
+# %%
+paired_result = paired_comparison(evals, alpha=cfg.stats.alpha)
+for p in paired_result["pairs"]:
+    print(p["sentence"])
+pd.DataFrame(paired_result["matrix"])
+
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(16, 4.5))
 for ax, group in zip(axes, ("family", "goal")):
@@ -95,7 +108,8 @@ plt.show()
 
 # %%
 comparison_payload = {"defenses": defenses, "summaries": {d: evals[d]["summary"] for d in defenses},
-                      "gcg": gcg, "filter_detectors": filter_rates, "table": rows, "seed": cfg.run.seed}
+                      "gcg": gcg, "filter_detectors": filter_rates, "table": rows, "paired": paired_result,
+                      "seed": cfg.run.seed}
 spread = None
 if cfg.run.seeds:
     from causal_lib.evaluation.comparison import seed_replicas, seed_spread
@@ -117,16 +131,18 @@ else:
 # %%
 chapter.write_metrics(paths, "comparison", comparison_payload)
 reports.write_report(paths, "WEEK4_COMPARISON_TABLE.md", report_text.comparison_table_report(
-    rows, cfg.run.seed, seed_spread_rows(spread) if spread else None, spread["seeds"] if spread else None))
+    rows, cfg.run.seed, seed_spread_rows(spread) if spread else None, spread["seeds"] if spread else None,
+    paired_result))
 asr_by = {key: long[(long["metric"] == "asr") & (long["group_type"] == key)][["defense", "group", "k", "n", "rate", "lo", "hi"]]
           .to_dict("records") for key, _ in report_text.ASR_GROUPS}
 gcg_rows = [{"defense": registry.label(d), **{k: g["asr"][k] for k in ("k", "n", "rate", "lo", "hi")},
              "seconds_per_item": g.get("mean_seconds_per_item")} for d, g in gcg.items()]
 reports.write_report(paths, "WEEK4_EVALUATION_REPORT.md", report_text.evaluation_report(
-    evals[defenses[0]]["summary"]["counts"], cfg.run.seed, rows, asr_by, filter_rates["rows"], gcg_rows))
-# the verdict: the causal model's ASR against the criteria module's target (point rate; interval in the detail)
+    evals[defenses[0]]["summary"]["counts"], cfg.run.seed, rows, asr_by, filter_rates["rows"], gcg_rows,
+    twin={registry.label(d): evals[d]["summary"].get("twin_control") for d in defenses}))
+# the verdict: the causal model's ASR against the criteria module's target (its 95% interval decides)
 causal = evals.get("causal", {}).get("summary")
 verdict = criteria.judge("asr", causal["asr"]) if causal else criteria.FAIL
 detail = report_text.attack_detail(causal, evals["none"]["summary"])
-reports.record_verdict(paths, "08_attack_evaluation", "PASS" if verdict == criteria.PASS else "FAIL", detail)
+reports.record_verdict(paths, "08_attack_evaluation", verdict, detail)  # PASS, FAIL or INCONCLUSIVE
 print(detail)

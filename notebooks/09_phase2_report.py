@@ -3,8 +3,8 @@
 #
 # The plan's success criteria — must-achieve metrics, targets and quality indicators (training time,
 # memory, no NaN) — as a table of measured value, target and PASS/FAIL, read from the metrics JSON the
-# earlier chapters wrote. Every target and rule is in `causal_lib.book.criteria` (the point estimate decides,
-# its 95% interval is shown beside it; a check that cannot fail is not listed). Then the failure cases, with
+# earlier chapters wrote. Every target and rule is in `causal_lib.book.criteria` (a rate passes only
+# when its whole 95% interval meets the target, else FAIL or INCONCLUSIVE; a check that cannot fail is not listed). Then the failure cases, with
 # examples, and the two closing reports: `PHASE2_COMPLETION_REPORT.md` and `PROJECT_STATUS.md`.
 
 # %% tags=["parameters"]

@@ -465,3 +465,25 @@ def test_dpo_config_carries_the_run_training_arguments(tmp_path):
               "save_strategy", "gradient_checkpointing", "bf16", "max_grad_norm", "report_to", "output_dir"):
         assert getattr(d, k) == getattr(args, k), k
     assert d.beta == 0.1 and d.loss_type == ["sigmoid", "sft"] and d.loss_weights == [1.0, 0.5]
+
+
+def test_a_detector_that_fails_its_own_validation_is_left_out_of_the_combination(make_record):
+    from causal_lib.defenses.filters import validated_detectors, validation_scores
+
+    val = world(make_record, 40, split="val")
+    assert 0 < sum(r.kind == "injected" for r in val) < len(val)
+    flags_all = lambda recs: [True] * len(recs)  # noqa: E731 - blocks everything: TPR 1, FPR 1, J 0
+    flags_oracle = lambda recs: [r.kind == "injected" for r in recs]  # noqa: E731
+    scores = {"kad": validation_scores(flags_all, val), "classifier": validation_scores(flags_oracle, val)}
+    assert scores["kad"]["j"] == pytest.approx(0.0) and scores["classifier"]["j"] == pytest.approx(1.0)
+    assert validated_detectors(scores) == (["classifier"], ["kad"])
+    # the filter combines the validated detector only; the dropped one is still reported alone
+    clf = type("Oracle", (), {"flags": staticmethod(flags_oracle), "__call__": staticmethod(flags_oracle)})()
+    kad = KnownAnswerDetector(lambda s, u: [""] * len(s))  # never answers the key: flags everything
+    f = FilterDefense(kad=kad, classifier=clf, combine=("classifier",))
+    test = world(make_record, 12, split="test")
+    assert f.block(test) == [r.kind == "injected" for r in test] and any(f.block(test))
+    assert all(f.flags(test)["kad"])
+    # no detector meets the floor: the best one is kept alone, never none
+    bad = {"a": {"j": 0.05}, "b": {"j": 0.1}}
+    assert validated_detectors(bad) == (["b"], ["a"])

@@ -79,3 +79,16 @@ def test_a_registered_defense_runs_through_the_book_machinery(tmp_path, dummy_de
     assert evals["dummy"]["summary"]["asr"] == evals["none"]["summary"]["asr"]
     rows = comparison_rows(evals)
     assert [r["defense"] for r in rows] == ["no defense", "dummy defense"]
+
+
+def test_causal_ablations_train_the_causal_recipe_with_their_terms_off(monkeypatch):
+    from causal_lib.defenses import causal
+
+    calls = {}
+    monkeypatch.setattr(causal, "train", lambda cfg, paths, resume=False, **kw: calls.setdefault(kw["name"], kw))
+    for name in ("causal_sft", "causal_invariance", "causal_hsic"):
+        registry.get(name).train(cfg=None, paths=None)
+    assert calls["causal_sft"]["lambda_causal"] == calls["causal_sft"]["lambda_spurious"] == 0.0
+    assert calls["causal_invariance"]["lambda_spurious"] == 0.0 and "lambda_causal" not in calls["causal_invariance"]
+    assert calls["causal_hsic"]["lambda_causal"] == 0.0 and "lambda_spurious" not in calls["causal_hsic"]
+    assert set(registry.trained_names()) >= {"causal", "struq", "secalign", "causal_sft"}

@@ -1,13 +1,22 @@
 """The whole book on params/smoke.yaml, as a user runs it: every chapter executes, renders, reports
-measured numbers, and the same params and seed give the same metrics (DESIGN.md s.9)."""
+measured numbers, and the same params and seed give the same metrics (DESIGN.md s.9). The first book runs as
+`python -m causal_lib.book run` in a subprocess, into a run folder inside the project's outputs/, with its
+console captured line by line with the time each line came."""
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
 
 import pytest
 
 from causal_lib.book.run_folder import without_machine_measurements
 from causal_lib.book.runner import chapter_runs, run_book
-from causal_lib.config import load_config
+from causal_lib.book.share import archive_run
+from causal_lib.config import PROJECT_ROOT, load_config
 from causal_lib.defenses import registry
 
 pytestmark = pytest.mark.slow
@@ -22,15 +31,58 @@ SECRETS = {"WANDB_API_KEY": "wandb-key-3f9c2e71d0", "HF_TOKEN": "hf_token3f9c2e7
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    root = tmp_path_factory.mktemp("outputs")
-    overrides = {"run.output_root": str(root)}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in SECRETS.items():
-            mp.setenv(k, v)
-        state = run_book("params/smoke.yaml", overrides=overrides)
+def smoke():
+    # inside the project (outputs/test-*, `make clean` removes leftovers): the checkout's path is what must
+    # not appear in the outputs, and the book writes there as it does for a user
+    out_root = f"outputs/test-smoke-{os.getpid()}"
+    shutil.rmtree(PROJECT_ROOT / out_root, ignore_errors=True)
+    overrides = {"run.output_root": out_root}
+    env = {**os.environ, **SECRETS, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "causal_lib.book", "run", "--params", "params/smoke.yaml",
+                             "--set", f"run.output_root={out_root}"], cwd=str(PROJECT_ROOT), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    console = [(time.monotonic() - t0, line.rstrip("\n")) for line in proc.stdout]
+    proc.wait()
+    t_end = time.monotonic() - t0
+    root = PROJECT_ROOT / out_root / "smoke"
+    text = "\n".join(line for _, line in console)
+    assert proc.returncode == 0, text
+    state = json.loads((root / "run.json").read_text())
     cfg = load_config("params/smoke.yaml", overrides)
-    return {"root": root / "smoke", "state": state, "cfg": cfg, "overrides": overrides}
+    yield {"root": root, "state": state, "cfg": cfg, "overrides": overrides, "console": console, "t_end": t_end}
+    shutil.rmtree(PROJECT_ROOT / out_root, ignore_errors=True)
+
+
+def test_console_shows_a_line_at_least_every_30_s(smoke):
+    times = [0.0] + [t for t, _ in smoke["console"]] + [smoke["t_end"]]
+    gaps = [(b - a, smoke["console"][i - 1][1] if i else "(start)") for i, (a, b) in enumerate(zip(times, times[1:]))]
+    longest = max(gaps)
+    print(f"longest console gap: {longest[0]:.1f} s after {longest[1]!r}; book {smoke['t_end']:.0f} s, "
+          f"{len(smoke['console'])} lines")
+    assert longest[0] <= 30, longest
+    text = "\n".join(line for _, line in smoke["console"])
+    assert "still running" in text or "step" in text  # progress shows while chapters run
+
+
+def test_console_is_free_of_noise(smoke):
+    text = "\n".join(line for _, line in smoke["console"])
+    for noise in ("eavesdropping", "IPKernelApp", "Passed unknown parameter", "Traceback", "Loading weights"):
+        assert noise not in text, noise
+    for page in (smoke["root"] / "html").glob("*.html"):
+        assert "Loading weights" not in page.read_text(), page.name  # no progress-bar debris in the reports
+
+
+def test_no_output_nor_the_archive_holds_the_checkouts_path(smoke, tmp_path):
+    needle = str(PROJECT_ROOT).encode()
+    found = [str(f.relative_to(smoke["root"])) for f in smoke["root"].rglob("*")
+             if f.is_file() and needle in f.read_bytes()]
+    assert not found, found  # grep -r <project root> outputs/<run> finds nothing
+    archive = archive_run(smoke["root"], with_checkpoints=True, out=tmp_path / "smoke.tar.gz")
+    with tarfile.open(archive) as tar:
+        leaked = [m.name for m in tar.getmembers() if m.isfile() and needle in tar.extractfile(m).read()]
+    assert not leaked, leaked
 
 
 def _cells(nb_path):
@@ -71,8 +123,10 @@ def test_reports_exist_and_carry_measured_numbers_with_intervals(smoke):
         text = (reports / name).read_text()
         assert len(text) > 200 and re.search(r"\d", text), name
     table = (reports / "WEEK4_COMPARISON_TABLE.md").read_text()
-    for label in (d.label for d in registry.REGISTRY.values()):
-        assert label in table
+    for name in registry.evaluated(smoke["cfg"].train.defenses):  # every defense the run trains or wraps
+        assert registry.label(name) in table
+    assert "exact McNemar" in table and "Holm" in table  # differences only from paired tests
+    assert "capability floor" in table
     assert "[" in table and "%" in table  # rates with their 95% intervals
     assert "literature" in table.lower()  # reference numbers are labelled as such
 

@@ -220,7 +220,8 @@ def test_followup_turns_are_correct_other_questions_on_the_same_document(splits)
 
 
 def test_followups_are_appended_as_supervised_later_turns_within_max_length():
-    from causal_lib.models.prompts import ASSISTANT_TOKEN, END_TOKEN, train_tokenizer
+    from causal_lib.models.prompts import train_tokenizer
+    from causal_lib.models.tokens import ASSISTANT_TOKEN, END_TOKEN
     from causal_lib.training.examples import SFTDataset
 
     recs = data.build_dataset(config_from_dict({}, SMALL))["base_corpus"][:200]

@@ -113,8 +113,8 @@ def verification_report(model_name: str, seed: int, n_rows: int, n_pairs: int, d
             + "\n## d-separation (R ⊥ Z | S)\n\n" + markdown_table(dsep_rows)
             + f"\n## Calibration (synthetic, n={n_rows}, d={d}, {calibration.repetitions} repetitions)\n\n"
               f"type-I error {calibration.type1}, power {calibration.power}\n\n"
-              f"## Bounds\n\nASR {asr['k']}/{asr['n']}: Clopper-Pearson 95% upper bound {asr['hi']:.4f} (the point rate "
-              f"decides the ASR criterion, {criteria.target_text('asr', stretch=False)}). PAC-Bayes-kl bound on the "
+              f"## Bounds\n\nASR {asr['k']}/{asr['n']}: Clopper-Pearson 95% upper bound {asr['hi']:.4f} (the ASR criterion, "
+              f"{criteria.target_text('asr', stretch=False)}, passes only when this bound meets it). PAC-Bayes-kl bound on the "
               f"injected-input error: {pac['bound']:.4f} (Gibbs error {pac['gibbs_errors']}, sigma {pac['sigma']}, "
               f"KL {pac['kl']:.3g}; {pac['assumptions']}).\n\n## Causal discovery\n\n"
             + markdown_table(discovery_rows)
@@ -123,12 +123,31 @@ def verification_report(model_name: str, seed: int, n_rows: int, n_pairs: int, d
 
 # -- 08 attack evaluation --------------------------------------------------------------------------------------
 
+def paired_text(paired_result: dict | None) -> str:
+    """The pairwise significance matrix and one sentence per pair (evaluation.comparison.paired_comparison)."""
+    if not paired_result or not paired_result.get("pairs"):
+        return ""
+    labels = {p["a"]: p["label_a"] for p in paired_result["pairs"]} | {p["b"]: p["label_b"] for p in paired_result["pairs"]}
+    matrix = [{("" if k == "" else labels.get(k, k)): (labels.get(v, v) if k == "" else v) for k, v in row.items()}
+              for row in paired_result["matrix"]]
+    return ("\n## Paired comparisons (attack success on the same items)\n\n"
+            f"{paired_result['test']} on the attacked test items both defenses were scored on, "
+            f"{paired_result['correction']}-corrected over all pairs at alpha {paired_result['alpha']}; "
+            "cell = row minus column ASR (p after correction; * significant). A pair without * shows no "
+            f"difference the test could detect - the detectable difference at {paired_result['power']:.0%} power "
+            "is in each sentence.\n\n" + markdown_table(matrix)
+            + "\n" + "".join(f"- {p['sentence']}\n" for p in paired_result["pairs"]))
+
+
 def comparison_table_report(rows: list[dict], seed: int, spread_rows: list[dict] | None = None,
-                            seeds: list | None = None) -> str:
+                            seeds: list | None = None, paired_result: dict | None = None) -> str:
     """WEEK4_COMPARISON_TABLE.md."""
     text = ("# Week 4 comparison table\n\nAll defenses trained and evaluated here on the same base model and test set; "
-            f"seed {seed}. Rates with 95% Clopper-Pearson intervals. The last column holds the plan's literature "
-            "figures for orientation only: they were **not** measured in this run.\n\n" + markdown_table(rows))
+            f"seed {seed}. Rates with 95% Clopper-Pearson intervals; ASR is twin-controlled (an item counts only "
+            "where the clean twin's output does not already pass the attack check; the capability floor column "
+            "is the share that does). The last column holds the plan's literature "
+            "figures for orientation only: they were **not** measured in this run.\n\n" + markdown_table(rows)
+            + paired_text(paired_result))
     if spread_rows:
         text += (f"\n## Over seeds {seeds}\n\nMean ± standard deviation [min, max] of each rate over the seeds "
                  "(same data and test set; each seed's own table is under `seeds/seed_<s>/reports/`).\n\n"
@@ -137,25 +156,41 @@ def comparison_table_report(rows: list[dict], seed: int, spread_rows: list[dict]
 
 
 ASR_GROUPS = (("family", "ASR per family"), ("goal", "ASR per goal"), ("position", "ASR per position"),
-              ("split", "ASR seen vs held-out families"), ("source", "ASR per attack source"))
+              ("split", "ASR seen vs held-out families"), ("source", "ASR per attack source"),
+              ("instruction_type", "ASR per instruction type (goal, or custom:<type> for an attack file's own judge)"))
+
+
+def twin_control_text(twin: dict) -> str:
+    """The twin control of every attack (summary["twin_control"] per defense label)."""
+    twin = {d: t for d, t in (twin or {}).items() if t}
+    if not twin:
+        return ""
+    rows = [{"defense": d, "attacked items": t["n"], "not counted: clean twin passed": t["discounted"],
+             "without clean twin": t["no_twin"]} for d, t in twin.items()]
+    return ("\n## Twin control\n\nAn attack counts only where the clean twin's output (same S and D, no "
+            "injection) does not already pass the same attack check: a payload the model prints anyway or a "
+            "task-hijack answer that equals its ordinary answer is a capability error, not an attack. The "
+            "capability floor in the comparison table is the share of such items.\n\n" + markdown_table(rows))
 
 
 def evaluation_report(counts: dict, seed: int, rows: list[dict], asr_by: dict[str, list[dict]],
-                      filter_rows: list[dict], gcg_rows: list[dict]) -> str:
-    """WEEK4_EVALUATION_REPORT.md. asr_by: group type (family, goal, ...) -> long-format ASR records."""
+                      filter_rows: list[dict], gcg_rows: list[dict], twin: dict | None = None) -> str:
+    """WEEK4_EVALUATION_REPORT.md. asr_by: group type (family, goal, ...) -> long-format ASR records; twin:
+    defense label -> summary["twin_control"] (only when attack files with their own judge were evaluated)."""
     text = f"# Week 4 evaluation report\n\nTest items: {counts}; seed {seed}.\n\n## Comparison\n\n" + markdown_table(rows)
     for group, title in ASR_GROUPS:
         text += f"\n## {title}\n\n" + markdown_table(asr_by.get(group, []))
+    text += twin_control_text(twin)
     return (text + "\n## Input-filter detectors\n\n" + markdown_table(filter_rows)
             + "\n## Adaptive attack (GCG)\n\n" + markdown_table(gcg_rows))
 
 
 def attack_detail(causal: dict | None, none: dict) -> str:
-    """The verdict line of chapter 08: the causal model's ASR (point rate decides, interval beside it)."""
+    """The verdict line of chapter 08: the causal model's ASR with its interval, which decides (criteria module)."""
     if not causal:
         return "causal model not trained in this run"
     return (f"causal ASR {_rate(causal['asr'])} vs no defense {none['asr']['rate']:.1%} "
-            f"(target {criteria.target_text('asr', stretch=False)}, point rate decides)")
+            f"(target {criteria.target_text('asr', stretch=False)}, the 95% interval decides)")
 
 
 # -- 09 phase 2 report -------------------------------------------------------------------------------------------
@@ -172,8 +207,9 @@ def phase2_completion_report(run_name: str, params_hash: str, seed: int, status:
             f"Every value below is read from `metrics/*.json` written by this run.\n\n**Status: {status}** "
             f"({n_pass}/{len(rows)} criteria pass)\n\n" + markdown_table(rows, CRITERIA_COLUMNS)
             + "\n## Failure cases\n" + md_fail
-            + "\n## The criteria (causal_lib.book.criteria)\n\nThe point estimate decides; its 95% interval is "
-              "shown beside it.\n\n" + markdown_table(criteria.table(), ["kind", "criterion", "target", "decides", "definition"]))
+            + "\n## The criteria (causal_lib.book.criteria)\n\nA rate or estimate PASSES only when its whole 95% "
+              "interval meets the target, FAILS when its point value misses it, and is INCONCLUSIVE (not a pass) "
+              "in between.\n\n" + markdown_table(criteria.table(), ["kind", "criterion", "target", "decides", "definition"]))
 
 
 def project_status_report(run_name: str, params_hash: str, seed: int, status: str, rows: list[dict],

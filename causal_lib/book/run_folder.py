@@ -96,8 +96,12 @@ def write_text_atomic(path: Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # a failed write (or rename) leaves no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -6,6 +6,13 @@
 
 The list of chapters is `CHAPTERS` below and nowhere else.
 
+Run folders are outputs/<name>/ with a plain name (--run, run.name: letters, digits, -_. ; no '/', '..' or
+absolute path). One book run at a time per run folder: outputs/<name>/book.lock holds the runner's pid (a lock
+left by a dead process is taken over). --from/--only take a chapter number ("05"), a chapter name ("05_train")
+or a chapter run's label ("05_train[causal]"). While a chapter runs, the lines its loops report
+(causal_lib.book.progress) are printed, with a "still running" line when nothing new came for 20 s. Ctrl-C
+stops the chapter and its kernel and prints the --resume command (exit status 130).
+
 `--resume` skips a chapter run only when its record in run.json says it finished ok AND it was made from
 the same notebook source (sha256 of notebooks/NN_*.py) and the same params (the run's params hash plus the
 chapter run's own parameters, e.g. `defense`, and its seed); otherwise it runs again, and the runner prints
@@ -19,8 +26,13 @@ without --resume) to train from scratch.
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import functools
 import hashlib
 import json
+import os
+import socket
 import sys
 import threading
 import time
@@ -28,8 +40,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
-from causal_lib.book.run_folder import SEEDS_DIR, RunPaths, notebook_stem, replica_label, write_json
-from causal_lib.config import PROJECT_ROOT, Config, ConfigError, load_config, resolve_params_path
+from causal_lib.book import progress
+from causal_lib.book.run_folder import (SEEDS_DIR, RunPaths, notebook_stem, replica_label, write_json,
+                                       write_text_atomic)
+from causal_lib.config import (PROJECT_ROOT, RUN_NAME_RULE, Config, ConfigError, load_config,
+                               resolve_params_path)
 from causal_lib.data.build import data_seed
 from causal_lib.defenses import registry
 from causal_lib.book.share import write_index
@@ -137,6 +152,259 @@ class BookError(RuntimeError):
     """A chapter failed or the run folder cannot be used; the message says which and what to do."""
 
 
+class BookInterrupted(BookError):
+    """Ctrl-C: the chapter and its kernel were stopped; the message names the chapter and the --resume command."""
+
+
+def check_run_name(name: str) -> None:
+    """A user-given run name (--run, run.name, --set run.name) is one plain folder name under outputs/."""
+    if "/" in str(name) or "\\" in str(name):
+        raise ConfigError(f"run.name: {name!r} refused: {RUN_NAME_RULE}")
+
+
+def relative_to_project(path: Path | str) -> str:
+    """A path as written into outputs: relative to the project root when inside it (the kernels run there)."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(p)
+
+
+class RunLock:
+    """outputs/<run>/book.lock: one book run at a time per run folder. Holds {"pid", "host", "created"}; a lock
+    whose process is gone (or is another process under a reused pid) is taken over, with a line saying so."""
+
+    NAME = "book.lock"
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / self.NAME
+
+    @staticmethod
+    def _alive(info: dict) -> bool:
+        import psutil
+
+        if info.get("host") not in (None, socket.gethostname()):
+            return True  # another machine's run on a shared disk: cannot tell, assume it is running
+        try:
+            proc = psutil.Process(int(info["pid"]))
+            return proc.create_time() <= float(info.get("created", 0)) + 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+        except (psutil.Error, KeyError, ValueError, TypeError):
+            return False
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    info = json.loads(self.path.read_text() or "{}")
+                except (OSError, ValueError):
+                    info = {}
+                if self._alive(info):
+                    raise BookError(f"{relative_to_project(self.path.parent)} is in use by another book run "
+                                    f"(pid {info.get('pid')} on {info.get('host')}, since {info.get('started')}); "
+                                    f"wait for it to end, or use another run name (--run NAME)") from None
+                print(f"taking over the stale lock {relative_to_project(self.path)} of pid {info.get('pid', '?')} "
+                      f"(no longer running)", flush=True)
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "created": time.time(),
+                           "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}, f)
+            return self
+        raise BookError(f"could not take the lock {self.path}: another book run keeps taking it")
+
+    def __exit__(self, *exc):
+        with contextlib.suppress(FileNotFoundError):
+            info = json.loads(self.path.read_text() or "{}")
+            if info.get("pid") == os.getpid():
+                self.path.unlink()
+
+
+def select_runs(runs: list[ChapterRun], from_chapter: str | None = None, only: list[str] | None = None) -> list[ChapterRun]:
+    """--from/--only: a chapter number ("05"), a chapter name ("05_train") or a chapter run's label
+    ("05_train[causal]", "05_train[causal]@seed1"), exactly; anything else is an error listing the chapters."""
+    def matches(r: ChapterRun, key: str) -> bool:
+        return key in (r.chapter.number, r.chapter.stem, r.label)
+
+    def check(option: str, key: str) -> None:
+        if not any(matches(r, key) for r in runs):
+            stems = list(dict.fromkeys(r.chapter.stem for r in runs))
+            raise BookError(f"{option} {key}: no such chapter; give a chapter number, name or run label: "
+                            f"{', '.join(stems)} (runs: {', '.join(r.label for r in runs)})")
+
+    selected = runs
+    if from_chapter is not None:
+        check("--from", from_chapter)
+        selected = runs[next(i for i, r in enumerate(runs) if matches(r, from_chapter)):]
+    if only is not None:
+        for key in only:
+            check("--only", key)
+        selected = [r for r in selected if any(matches(r, k) for k in only)]
+        if not selected:
+            raise BookError(f"--only {' '.join(only)}: none of these chapters comes at or after --from {from_chapter}")
+    return selected
+
+
+def declared_parameters(nb) -> set[str]:
+    """The names the notebook's parameters cell (tag "parameters") assigns."""
+    names = set()
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError:
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                        names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+HEARTBEAT_S = 20.0  # a "still running" line when a chapter printed nothing for this long
+_POLL_S = 1.0
+
+
+def _dur(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class ProgressTail:
+    """While a chapter runs: prints the lines its kernel appends to the progress file, and a heartbeat."""
+
+    def __init__(self, path: Path, label: str):
+        self.path, self.label, self._stop = Path(path), label, threading.Event()
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+        self._t0 = self._last = time.monotonic()
+        self._pos = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _drain(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._pos)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1  # whole lines only
+        if not end:
+            return
+        self._pos += end
+        for line in data[:end].decode("utf-8", "replace").splitlines():
+            if line.strip():
+                print(f"      {line.strip()}", flush=True)
+                self._last = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.wait(_POLL_S):
+            self._drain()
+            now = time.monotonic()
+            if now - self._last >= HEARTBEAT_S:
+                print(f"      still running {self.label} ({_dur(now - self._t0)})", flush=True)
+                self._last = now
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._drain()
+
+
+# The kernel's environment: where progress lines go; no progress bars (they would end up in the HTML reports).
+KERNEL_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+@contextlib.contextmanager
+def _environ(values: dict):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _kernel_config():
+    """IPC transport for the kernel (a local socket file, not TCP on localhost): no unencrypted-TCP warning."""
+    from traitlets.config import Config as TraitletsConfig
+
+    c = TraitletsConfig()
+    c.KernelManager.transport = "ipc"
+    return c
+
+
+@functools.cache
+def _kernel_manager_class():
+    """jupyter_client interrupts a kernel before shutting it down; at the end of a chapter the kernel is idle
+    and the interrupt only races with the shutdown request ("[IPKernelApp] ERROR | KeyboardInterrupt caught in
+    kernel." on the console now and then). This manager skips that interrupt; the shutdown itself is unchanged."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietShutdownKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
+    return QuietShutdownKernelManager
+
+
+@contextlib.contextmanager
+def _kill_kernel_on_sigint():
+    """Ctrl-C while a chapter runs: end its kernel first, before the client's clean-up talks to it (the kernel
+    would print tracebacks about closed sockets), then raise KeyboardInterrupt as usual."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+        _stop_children()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_children(timeout: float = 5.0) -> None:
+    """Ends this process's children (the chapter's kernel) after Ctrl-C. SIGKILL: a terminated kernel prints a
+    traceback about its closed sockets; its connection file and IPC socket files are removed here instead."""
+    import psutil
+
+    kids = psutil.Process().children(recursive=True)
+    leftovers = []
+    for k in kids:
+        with contextlib.suppress(psutil.Error, ValueError, IndexError):
+            cmd = k.cmdline()
+            if "-f" in cmd:  # ipykernel_launcher -f <runtime>/kernel-<id>.json
+                conn = Path(cmd[cmd.index("-f") + 1])
+                leftovers += [conn, *conn.parent.glob(conn.stem + "-ipc*")]
+        with contextlib.suppress(psutil.Error):
+            k.kill()
+    psutil.wait_procs(kids, timeout=timeout)
+    for f in leftovers:
+        with contextlib.suppress(OSError):
+            f.unlink()
+
+
 class PeakMemory:
     """Polls the resident memory of this process's children (the notebook kernel) in a thread."""
 
@@ -175,6 +443,19 @@ def render_html(ipynb: Path, html: Path) -> None:
     html.write_text(body)
 
 
+def portable_notebook(ipynb: Path) -> None:
+    """The executed notebook without the checkout's absolute path: papermill's metadata (output_path, cwd) and
+    whatever a cell printed become relative to the project root, where the kernels run."""
+    import re
+
+    text = ipynb.read_text()
+    root = re.escape(str(PROJECT_ROOT))
+    new = re.sub(root + r"/", "", text)
+    new = re.sub(root + r"(?![\w.-])", ".", new)
+    if new != text:
+        write_text_atomic(ipynb, new)
+
+
 def _failed_cell(ipynb: Path, exec_count) -> str:
     import nbformat
 
@@ -200,27 +481,36 @@ def execute_chapter(run: ChapterRun, cfg: Config, params_file: Path, overrides: 
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     out = paths.notebooks / f"{run.out_stem}.ipynb"
     html = paths.html / f"{run.out_stem}.html"
-    parameters = {"params_file": str(params_file), "overrides": run.overrides(cfg, overrides), **run.parameters}
-    if resume:  # training chapters continue from their last complete trainer checkpoint
+    parameters = {"params_file": relative_to_project(params_file), "overrides": run.overrides(cfg, overrides),
+                  **run.parameters}
+    if resume and "resume" in declared_parameters(nb):  # training chapters continue from their last checkpoint
         parameters["resume"] = True
+    progress_file = paths.logs / f"progress_{run.out_stem}.log"
     t0 = time.time()
     error = None
-    with PeakMemory() as mem:
-        try:
-            pm.execute_notebook(nb, str(out), parameters=parameters, kernel_name="python3", cwd=str(PROJECT_ROOT),
-                                execution_timeout=cfg.run.chapter_timeout_s, progress_bar=False, log_output=False)
-        except pm.PapermillExecutionError as e:
-            error = f"{_failed_cell(out, e.exec_count)}: {e.ename}: {e.evalue}"
-        except Exception as e:  # kernel death, cell timeout (nbclient CellTimeoutError), ...
-            error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-    record = {"label": run.label, "wall_s": round(time.time() - t0, 2), "peak_rss_gb": round(mem.peak / 2**30, 3),
-              "status": "failed" if error else "ok", "error": error,
-              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    if out.exists():
-        try:
-            render_html(out, html)
-        except Exception as e:  # a rendering problem must not hide the chapter's own result
-            print(f"  (could not render {html.name}: {e})", flush=True)
+    with ProgressTail(progress_file, run.label):  # also covers the HTML rendering: no silent stretch
+        with PeakMemory() as mem, _environ({**KERNEL_ENV, progress.ENV: str(progress_file)}), _kill_kernel_on_sigint():
+            try:
+                pm.execute_notebook(nb, str(out), parameters=parameters, kernel_name="python3",
+                                    cwd=str(PROJECT_ROOT), execution_timeout=cfg.run.chapter_timeout_s,
+                                    progress_bar=False, log_output=False, config=_kernel_config(),
+                                    kernel_manager_class=_kernel_manager_class())
+            except KeyboardInterrupt:
+                _stop_children()
+                raise
+            except pm.PapermillExecutionError as e:
+                error = f"{_failed_cell(out, e.exec_count)}: {e.ename}: {e.evalue}"
+            except Exception as e:  # kernel death, cell timeout (nbclient CellTimeoutError), ...
+                error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        record = {"label": run.label, "wall_s": round(time.time() - t0, 2),
+                  "peak_rss_gb": round(mem.peak / 2**30, 3), "status": "failed" if error else "ok", "error": error,
+                  "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if out.exists():
+            try:
+                portable_notebook(out)
+                render_html(out, html)
+            except Exception as e:  # a rendering problem must not hide the chapter's own result
+                print(f"  (could not render {html.name}: {e})", flush=True)
     return record
 
 
@@ -230,33 +520,40 @@ def _open_run(cfg: Config, params_file: Path, force: bool) -> tuple[RunPaths, di
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     h = cfg.params_hash()
     if state.get("params_hash") not in (None, h) and not force:
-        raise BookError(f"{paths.root} holds a run made with other params (hash {state['params_hash']} from "
-                        f"{state.get('params_file')}; now {h} from {params_file}). Use another run name "
+        raise BookError(f"{relative_to_project(paths.root)} holds a run made with other params (hash "
+                        f"{state['params_hash']} from {state.get('params_file')}; now {h} from "
+                        f"{relative_to_project(params_file)}). Use another run name "
                         f"(--run NAME or run.name in the params) or delete that folder; --force resets it.")
     if state.get("params_hash") != h:
         state = {"params_hash": h, "chapters": {}}
-    state.update(params_file=str(params_file), seed=cfg.run.seed, config=cfg.to_dict())
+    state.update(params_file=relative_to_project(params_file), seed=cfg.run.seed, config=cfg.to_dict())
     write_json(state_path, state)
     return paths, state
+
+
+def resume_command(params: str, run_name: str | None, overrides: dict) -> str:
+    sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items() if k != "run.name"]
+    return (f"python -m causal_lib.book run --params {params}" + (f" --run {run_name}" if run_name else "")
+            + (f" --set {' '.join(sets)}" if sets else "") + " --resume")
 
 
 def run_book(params: str, from_chapter: str | None = None, only: list[str] | None = None, resume: bool = False,
              run_name: str | None = None, overrides: dict | None = None, force: bool = False) -> dict:
     overrides = dict(overrides or {})
-    if run_name:
+    if run_name is not None:
         overrides["run.name"] = run_name
     params_file = resolve_params_path(params)
     cfg = load_config(params_file, overrides)
-    paths, state = _open_run(cfg, params_file, force)
-    runs = chapter_runs(cfg)
-    selected = runs
-    if from_chapter:
-        idx = next((i for i, r in enumerate(runs) if r.label.startswith(from_chapter)), None)
-        if idx is None:
-            raise BookError(f"--from {from_chapter}: no such chapter; chapters: {', '.join(r.label for r in runs)}")
-        selected = runs[idx:]
-    if only:
-        selected = [r for r in selected if any(r.label.startswith(o) for o in only)]
+    check_run_name(cfg.run.name)  # before anything is written
+    selected = select_runs(chapter_runs(cfg), from_chapter, only)
+    with RunLock(cfg.run_dir):
+        paths, state = _open_run(cfg, params_file, force)
+        return _run_selected(cfg, params_file, paths, state, selected, overrides, resume,
+                             resume_command(params, cfg.run.name if "run.name" in overrides else None, overrides))
+
+
+def _run_selected(cfg: Config, params_file: Path, paths: RunPaths, state: dict, selected: list[ChapterRun],
+                  overrides: dict, resume: bool, resume_cmd: str) -> dict:
     missing = [r.label for r in selected if not r.source.exists()]
     if missing:
         print(f"not written yet, skipped: {', '.join(missing)}", flush=True)
@@ -269,25 +566,43 @@ def run_book(params: str, from_chapter: str | None = None, only: list[str] | Non
             if why:
                 kept.append(r)
         selected = kept
-    print(f"causal-pi book: {len(selected)} chapter run(s) -> {paths.root}  (params {params_file.name}, "
-          f"hash {state['params_hash']})", flush=True)
+    print(f"causal-pi book: {len(selected)} chapter run(s) -> {relative_to_project(paths.root)}  "
+          f"(params {params_file.name}, hash {state['params_hash']})", flush=True)
     t_book = time.time()
-    for i, run in enumerate(selected, 1):
-        print(f"[{i}/{len(selected)}] {run.label} ...", flush=True)
-        hashes = chapter_hashes(run, cfg)  # before it runs: the source it ran from
-        record = {**execute_chapter(run, cfg, params_file, overrides, paths, resume=resume), **hashes}
-        state["chapters"][run.label] = record
-        write_json(paths.root / "run.json", state)
-        write_json(paths.metrics / "chapters.json", state["chapters"])
-        _write_index(paths)
-        if record["status"] != "ok":
-            raise BookError(f"chapter {run.label} failed at {record['error']}\n"
-                            f"  partial notebook: {paths.notebooks / (run.out_stem + '.ipynb')}\n"
-                            f"  earlier chapters' outputs are kept; after fixing, rerun from here with "
-                            f"--from {run.chapter.number} (or --resume)")
-        print(f"      ok in {record['wall_s']:.1f} s, peak RSS {record['peak_rss_gb']:.2f} GB "
-              f"(book {time.time() - t_book:.0f} s)", flush=True)
-    print(f"done in {time.time() - t_book:.0f} s: {paths.html / 'index.html'}", flush=True)
+    run = None  # the chapter run in progress (None between chapter runs)
+    try:
+        for i, run in enumerate(selected, 1):
+            print(f"[{i}/{len(selected)}] {run.label} ...", flush=True)
+            hashes = chapter_hashes(run, cfg)  # before it runs: the source it ran from
+            record = {**execute_chapter(run, cfg, params_file, overrides, paths, resume=resume), **hashes}
+            state["chapters"][run.label] = record
+            write_json(paths.root / "run.json", state)
+            write_json(paths.metrics / "chapters.json", state["chapters"])
+            _write_index(paths)
+            done, run = run, None
+            if record["status"] != "ok":
+                raise BookError(f"chapter {done.label} failed at {record['error']}\n"
+                                f"  partial notebook: {relative_to_project(paths.notebooks / (done.out_stem + '.ipynb'))}\n"
+                                f"  earlier chapters' outputs are kept; after fixing, rerun from here with "
+                                f"--from {done.chapter.number} (or --resume)")
+            print(f"      ok in {record['wall_s']:.1f} s, peak RSS {record['peak_rss_gb']:.2f} GB "
+                  f"(book {time.time() - t_book:.0f} s)", flush=True)
+    except KeyboardInterrupt:
+        what = f"stopped {run.label} and its kernel" if run is not None else "stopped between chapters"
+        if run is not None:
+            with contextlib.suppress(BaseException):
+                state["chapters"][run.label] = {"label": run.label, "status": "interrupted", "error": "Ctrl-C",
+                                                "wall_s": 0, "peak_rss_gb": 0,
+                                                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                write_json(paths.root / "run.json", state)
+                write_json(paths.metrics / "chapters.json", state["chapters"])
+                _write_index(paths)
+        raise BookInterrupted(f"interrupted: {what}; earlier chapters are kept. "
+                              f"Continue with: {resume_cmd}") from None
+    _write_index(paths)
+    if not selected:
+        print("nothing to run", flush=True)
+    print(f"done in {time.time() - t_book:.0f} s: {relative_to_project(paths.html / 'index.html')}", flush=True)
     return state
 
 
@@ -307,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override params, e.g. train.epochs=1")
         if name == "run":
             p.add_argument("--from", dest="from_chapter", help="start at this chapter (e.g. 05)")
-            p.add_argument("--only", nargs="*", help="run only these chapters (e.g. 01 07)")
+            p.add_argument("--only", nargs="+", help="run only these chapters (e.g. 01 07, 05_train[causal])")
             p.add_argument("--resume", action="store_true",
                            help="skip chapters that finished ok here with unchanged notebook source and params")
             p.add_argument("--force", action="store_true", help="reuse a run folder made with other params")
@@ -317,15 +632,22 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "run":
             run_book(a.params, a.from_chapter, a.only, a.resume, a.run_name, overrides, a.force)
             return 0
-        if a.run_name:
+        if a.run_name is not None:
             overrides["run.name"] = a.run_name
         cfg = load_config(a.params, overrides)
+        check_run_name(cfg.run.name)
         if a.cmd == "check":
             print(f"{a.params}: OK (run {cfg.run.name}, params hash {cfg.params_hash()})")
         else:
             for r in chapter_runs(cfg):
                 print(f"{r.label:32s} {'' if r.source.exists() else '(missing)'}")
         return 0
+    except BookInterrupted as e:
+        print(str(e), file=sys.stderr, flush=True)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before any chapter started; nothing was run", file=sys.stderr, flush=True)
+        return 130
     except (ConfigError, BookError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1

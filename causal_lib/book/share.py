@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import re
 import sys
 import tarfile
 from pathlib import Path
 
 from causal_lib.book.run_folder import SEEDS_DIR, RunPaths, notebook_stem, split_replica_label
-from causal_lib.config import PROJECT_ROOT
+from causal_lib.config import PROJECT_ROOT, RUN_NAME_RULE
 
 
 def write_index(paths: RunPaths) -> Path:
@@ -77,6 +78,9 @@ def main(argv=None) -> int:
     a_.add_argument("--output-root", default=str(PROJECT_ROOT / "outputs"))
     a_.add_argument("--with-checkpoints", action="store_true")
     a = ap.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", a.run) or a.run in (".", ".."):
+        print(f"error: --run {a.run!r} refused: {RUN_NAME_RULE}", file=sys.stderr)
+        return 2
     try:
         print(archive_run(Path(a.output_root) / a.run, a.with_checkpoints))
     except FileNotFoundError as e:

@@ -19,7 +19,11 @@ Record fields (SCHEMA_VERSION 1); optional ones are null when they do not apply:
     family, goal, position, injection (Z incl. its wrapper), injected_target (O_inj; a probe's witness word)
     held_out        the attack family was held out of training
     template_id     the attack template ("naive/0", "<file>:<id>"), or the base/look-alike sub-kind
-    source          "builtin" or the attack file's name
+    source          "builtin" or the attack file's name (a user document: the documents file's name)
+    judge, instruction_type   (written only when set) an attack with its own instruction: goal="custom",
+                    judge canary | starts_with | regex with injected_target = its argument
+    answer_match    (written only when set) a user document (task="custom", data.documents_file): exact |
+                    contains; absent = no ideal answer (benign accuracy not scored)
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from causal_lib.book import progress
 from causal_lib.book.run_folder import file_sha256, write_json
 from causal_lib.config import PROJECT_ROOT
 from causal_lib.data import attacks, world
@@ -117,14 +122,14 @@ def build_probes(n: int, rng: random.Random, seen_docs: set[str], split: str = "
     return out
 
 
-def resolve_attack_file(path: str) -> Path:
+def resolve_attack_file(path: str, key: str = "data.attack_files") -> Path:
 
     p = Path(path)
     if p.is_file():
         return p.resolve()
     if not p.is_absolute() and (PROJECT_ROOT / p).is_file():
         return PROJECT_ROOT / p
-    raise DataError(f"data.attack_files: {path} not found (looked in {Path.cwd()} and {PROJECT_ROOT})")
+    raise DataError(f"{key}: {path} not found (looked in {Path.cwd()} and {PROJECT_ROOT})")
 
 
 def data_seed(cfg) -> int:
@@ -148,6 +153,10 @@ def build_dataset(cfg) -> dict[str, list[Record]]:
     rng = _rng(seed, "test-extra")
     out["test"] += build_lookalikes(dc.n_benign_lookalikes, rng, seen) + build_probes(dc.n_sep_probes, rng, seen)
     test_clean = [r for r in out["test"] if r.kind == "clean"]
+    documents_file = getattr(dc, "documents_file", None)
+    if documents_file:  # one's own documents: clean test items of their own; the attack files run on them instead
+        test_clean = attacks.load_documents_file(resolve_attack_file(documents_file, "data.documents_file"))
+        out["test"] += test_clean
     for f in dc.attack_files:
         p = resolve_attack_file(f)
         out["test"] += attacks.expand_attack_file(attacks.load_attack_file(p), test_clean, seed=seed, source=p.name,
@@ -164,8 +173,13 @@ def data_hash(cfg) -> str:
     for f in cfg.data.attack_files:
         p = resolve_attack_file(f)
         files.append([p.name, hashlib.sha256(p.read_bytes()).hexdigest()])
-    key = {"schema": SCHEMA_VERSION, "generator": GENERATOR_VERSION, "seed": data_seed(cfg),
-           "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "seed"},  # resolved above
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "seed"}  # seed resolved above
+    if data.get("documents_file") is None:
+        data.pop("documents_file", None)  # unset: the same hash as before the option existed
+    else:
+        p = resolve_attack_file(data["documents_file"], "data.documents_file")
+        files.append(["documents", p.name, hashlib.sha256(p.read_bytes()).hexdigest()])
+    key = {"schema": SCHEMA_VERSION, "generator": GENERATOR_VERSION, "seed": data_seed(cfg), "data": data,
            "attack_files": files}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -199,7 +213,9 @@ def ensure_dataset(cfg, paths, force: bool = False) -> dict:
         m = json.loads((d / "manifest.json").read_text())
         return {**m, "built": False, "reason": "up to date", "seconds": 0.0}
     t0 = time.perf_counter()
+    progress.report(f"data: building the dataset ({reason})", force=True)
     splits = build_dataset(cfg)
+    progress.report(f"data: built in {time.perf_counter() - t0:.1f} s, writing {d.name}/", force=True)
     files = {}
     for name, recs in splits.items():
         files[name] = {"sha256": write_split(d / f"{name}.jsonl", recs), "records": len(recs),
@@ -212,7 +228,9 @@ def ensure_dataset(cfg, paths, force: bool = False) -> dict:
         "attack_files": [{"path": f, "name": resolve_attack_file(f).name,
                           "sha256": file_sha256(resolve_attack_file(f))} for f in cfg.data.attack_files],
     }
-
+    if getattr(cfg.data, "documents_file", None):
+        p = resolve_attack_file(cfg.data.documents_file, "data.documents_file")
+        manifest["documents_file"] = {"path": cfg.data.documents_file, "name": p.name, "sha256": file_sha256(p)}
     write_json(d / "manifest.json", manifest)
     return {**manifest, "built": True, "reason": reason, "seconds": time.perf_counter() - t0}
 

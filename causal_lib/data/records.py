@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from causal_lib.data import world
-from causal_lib.models.prompts import SPECIAL_TOKENS
+from causal_lib.models.tokens import SPECIAL_TOKENS
 
 SCHEMA_VERSION = 1
 
@@ -22,6 +22,19 @@ FILES = ("base_corpus", "train", "val", "test")  # file stems under the data fol
 
 
 KINDS = ("base", "clean", "injected", "lookalike", "probe_system", "probe_data")
+
+
+CUSTOM = "custom"  # goal of an attack with its own instruction and judge; task of a user's own document
+
+
+JUDGES = ("canary", "starts_with", "regex")  # judges of custom attacks (evaluation.scoring.judge_passes)
+
+
+ANSWER_MATCHES = ("exact", "contains")  # how a user document's ideal answer is matched (scoring.is_correct)
+
+
+# Optional fields written only when set (so that the world's files stay byte-identical to schema 1's)
+_OMIT_WHEN_NONE = ("judge", "instruction_type", "answer_match")
 
 
 BUILT_BY = "chapter 02_dataset_validation (python -m causal_lib.book run --params <params> --from 02) or causal_lib.data.build.ensure_dataset(cfg, paths)"
@@ -54,9 +67,17 @@ class Record:
     held_out: bool = False
     template_id: str | None = None
     source: str = "builtin"
+    # custom attacks (goal="custom"): the judge's name; injected_target holds its argument (canary, prefix, regex)
+    judge: str | None = None
+    instruction_type: str | None = None  # custom attacks: the instruction's type (e.g. spikee's "xss")
+    answer_match: str | None = None  # a user document (task="custom"): exact | contains; None = no ideal answer
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for k in _OMIT_WHEN_NONE:
+            if d[k] is None:
+                del d[k]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Record":
@@ -80,13 +101,19 @@ class Record:
             if f.name == "held_out":
                 if not isinstance(v, bool):
                     raise ValueError(f"held_out must be true/false, got {v!r}")
+            elif f.name == "target" and self.task == CUSTOM:
+                if not isinstance(v, str):  # a user document without an ideal answer: ""
+                    raise ValueError(f"target must be a string, got {v!r}")
             elif f.default is dataclasses.MISSING or f.name == "source":
                 if not isinstance(v, str) or not v.strip():
                     raise ValueError(f"{f.name} must be a non-empty string, got {v!r}")
             elif v is not None and not isinstance(v, str):
                 raise ValueError(f"{f.name} must be a string or null, got {v!r}")
         for name, value, allowed in (("split", self.split, SPLITS), ("kind", self.kind, KINDS),
-                                     ("task", self.task, world.TASK_NAMES), ("goal", self.goal, world.GOALS + (None,)),
+                                     ("task", self.task, world.TASK_NAMES + (CUSTOM,)),
+                                     ("goal", self.goal, world.GOALS + (CUSTOM, None)),
+                                     ("judge", self.judge, JUDGES + (None,)),
+                                     ("answer_match", self.answer_match, ANSWER_MATCHES + (None,)),
                                      ("position", self.position, world.POSITIONS + (None,))):
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {[a for a in allowed if a]}")
@@ -96,6 +123,10 @@ class Record:
         for name in need:
             if not getattr(self, name):
                 raise ValueError(f"kind={self.kind} needs {name}")
+        if (self.goal == CUSTOM) != (self.judge is not None):
+            raise ValueError("goal 'custom' and a judge go together (a custom attack names its judge)")
+        if self.task == CUSTOM and self.answer_match is not None and not self.target.strip():
+            raise ValueError("answer_match needs an ideal answer (target)")
         for name in ("system", "data", "target", "injection"):
             v = getattr(self, name) or ""
             tok = next((t for t in SPECIAL_TOKENS if t in v), None)

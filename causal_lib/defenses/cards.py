@@ -17,7 +17,11 @@ def data_fingerprint(cfg: Config, data_dir: Path | None = None) -> dict:
     if not p.exists():
         return {}
     raw = p.read_bytes()
-    out = {"manifest": str(p), "manifest_sha256": hashlib.sha256(raw).hexdigest()}
+    try:  # relative to the run folder: a shared run stays readable
+        where = p.resolve().relative_to(Path(cfg.run_dir).resolve()).as_posix()
+    except ValueError:
+        where = str(p)
+    out = {"manifest": where, "manifest_sha256": hashlib.sha256(raw).hexdigest()}
     try:
         m = json.loads(raw)
         for k in ("hash", "data_hash", "sha256", "fingerprint"):

@@ -3,6 +3,8 @@ counterfactual (clean, injected) pairs), the Trainer that optimises it, and `tra
 run's base on the train pairs and keeps the epoch with the highest causal stability on validation pairs."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import Trainer
 
@@ -76,9 +78,15 @@ def validation_pairs(paths, limit: int | None = None) -> list[tuple]:
     return pairs[:limit] if limit else pairs
 
 
-def train(cfg: Config, paths, resume: bool = False, name: str = "causal") -> TrainResult:
+def train(cfg: Config, paths, resume: bool = False, name: str = "causal", **loss_weights) -> TrainResult:
     """Fine-tune the base with L_task + lambda_causal L_causal + lambda_spurious L_spurious on the train pairs;
-    best_model = the epoch with the highest causal stability on the validation pairs."""
+    best_model = the epoch with the highest causal stability on the validation pairs.
+
+    `name` is the defense (checkpoints/<name>/); `loss_weights` (lambda_causal, lambda_spurious, kl_weight)
+    replace the params' weights for this model only: the registry's ablations train the same pairs, data and
+    schedule with parts of the loss switched off."""
+    if loss_weights:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **loss_weights))
 
     model, tok = load_model(cfg, paths, "none", trainable=True)
     if cfg.model.use_lora and not is_peft_model(model):
@@ -99,4 +107,6 @@ def train(cfg: Config, paths, resume: bool = False, name: str = "causal") -> Tra
     return run_training(cfg, paths, name, model, tok, ds, trainer_cls=CausalTrainer, trainer_kwargs={"cfg": cfg},
                         epochs=cfg.train.epochs,
                         learning_rate=cfg.train.learning_rate, score_fn=score, select_by="causal_stability",
-                        resume=resume, extra_meta={"defense": "causal", "base": str(base_checkpoint(paths))})
+                        resume=resume, extra_meta={"defense": name, **loss_weights,
+                                                         # relative to the run folder: a shared run stays readable
+                                                         "base": base_checkpoint(paths).relative_to(paths.root).as_posix()})

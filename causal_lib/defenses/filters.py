@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from causal_lib.book import criteria
 from causal_lib.config import Config
 from causal_lib.data.records import load_split
 from causal_lib.data.world import PAYLOADS
@@ -298,6 +299,9 @@ class FilterDefense:
     mode: str = "any"
     detectors: dict = field(init=False, repr=False)
     info: dict = field(default_factory=dict, repr=False)  # how the detectors were chosen (build_filter)
+    # the detectors that mode "any" combines (default: all); build_filter leaves out those that fail their
+    # own validation, and every detector is still reported alone
+    combine: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.mode not in FILTER_MODES:
@@ -311,7 +315,7 @@ class FilterDefense:
         """Each detector's flags and the combined decision under 'filter'."""
         records = list(records)
         out = {n: [bool(x) for x in d(records)] for n, d in self.detectors.items()}
-        use = list(self.detectors) if self.mode == "any" else [self.mode]
+        use = list(self.combine or self.detectors) if self.mode == "any" else [self.mode]
         out["filter"] = [any(out[n][i] for n in use) for i in range(len(records))]
         return out
 
@@ -376,18 +380,32 @@ def kad_variants(cfg: Config) -> dict[str, dict]:
     return out
 
 
+def validation_scores(flag_fn, val_records: Sequence, limit: int = 200) -> dict:
+    """TPR, FPR and Youden's J = TPR - FPR of a detector (`flag_fn(records) -> list[bool]`) on VALIDATION
+    items (clean and injected, at most `limit` of each; never test data)."""
+    clean = [r for r in val_records if r.kind == "clean"][:limit]
+    inj = [r for r in val_records if r.kind == "injected"][:limit]
+    f = list(flag_fn(clean + inj))
+    fpr = sum(f[: len(clean)]) / max(len(clean), 1)
+    tpr = sum(f[len(clean):]) / max(len(inj), 1)
+    return {"tpr": tpr, "fpr": fpr, "j": tpr - fpr, "n_clean": len(clean), "n_injected": len(inj)}
+
+
+def validated_detectors(scores: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """(kept, dropped): the detectors whose validation Youden's J meets the criteria module's floor
+    (`detector_youden_j`); when none does, the one with the highest J is kept alone (and the report says so)."""
+    kept = [n for n, s in scores.items() if criteria.passes("detector_youden_j", s["j"])]
+    if not kept and scores:
+        kept = [max(scores, key=lambda n: scores[n]["j"])]
+    return kept, [n for n in scores if n not in kept]
+
+
 def choose_kad(generate_fn, variants: dict[str, dict], val_records: Sequence, seed: int = 0,
                limit: int = 200) -> tuple[str, dict]:
     """The variant with the highest TPR - FPR (Youden's J) on VALIDATION items (clean and injected, at most
     `limit` of each; never test data). -> (name, {name: {"tpr", "fpr"}})"""
-    clean = [r for r in val_records if r.kind == "clean"][:limit]
-    inj = [r for r in val_records if r.kind == "injected"][:limit]
-    scores = {}
-    for name, v in variants.items():
-        f = KnownAnswerDetector(generate_fn, seed=seed, **v).flags(clean + inj)
-        fpr = sum(f[: len(clean)]) / max(len(clean), 1)
-        tpr = sum(f[len(clean):]) / max(len(inj), 1)
-        scores[name] = {"tpr": tpr, "fpr": fpr, "j": tpr - fpr, "n_clean": len(clean), "n_injected": len(inj)}
+    scores = {name: validation_scores(KnownAnswerDetector(generate_fn, seed=seed, **v).flags, val_records, limit)
+              for name, v in variants.items()}
     best = max(scores, key=lambda n: scores[n]["j"])
     return best, scores
 
@@ -402,6 +420,10 @@ def build_filter(cfg: Config, paths, model=None, tokenizer=None, mode: str = "an
     validation split (Liu et al.'s when there is no validation split). The choice and its validation
     rates are kept in `FilterDefense.info` and in checkpoints/filter/model_card.json."""
 
+    try:
+        val = load_split(paths.data, "val")
+    except Exception:  # noqa: BLE001 - no validation split: nothing to choose or drop on
+        val = []
     clf = None
     if mode in ("any", "classifier"):
         p = classifier_path(paths)
@@ -415,11 +437,6 @@ def build_filter(cfg: Config, paths, model=None, tokenizer=None, mode: str = "an
         variants = kad_variants(cfg)
         name = "liu" if kad_variant == "auto" and len(variants) == 1 else kad_variant
         if name == "auto":
-            try:
-
-                val = load_split(paths.data, "val")
-            except Exception:  # noqa: BLE001 - no validation split: the published wording
-                val = []
             name, info["kad_validation"] = choose_kad(gen, variants, val, cfg.run.seed) if val else ("liu", {})
         if name not in variants:
             raise ValueError(f"kad_variant {kad_variant!r}: choose 'auto' or one of {list(variants)}")
@@ -427,7 +444,19 @@ def build_filter(cfg: Config, paths, model=None, tokenizer=None, mode: str = "an
         kad = KnownAnswerDetector(gen, seed=cfg.run.seed, **variants[name])
         write_model_card(classifier_path(paths).parent, cfg, {"kad": {**info, **{k: v for k, v in variants[name].items()
                                                                                  if k == "instruction"}}})
-    return FilterDefense(kad=kad, classifier=clf, mode=mode, info=info)
+    combine = None
+    if mode == "any" and val:
+        detectors = {n: d for n, d in (("kad", kad), ("classifier", clf)) if d is not None}
+        scores = {n: (info.get("kad_validation", {}).get(info.get("kad_variant"))
+                      if n == "kad" and info.get("kad_validation") else validation_scores(d.flags, val))
+                  for n, d in detectors.items()}
+        kept, dropped = validated_detectors(scores)
+        combine = tuple(kept)
+        info["detector_validation"] = {"scores": scores, "combined": kept, "dropped": dropped,
+                                       "floor": criteria.target_text("detector_youden_j"),
+                                       "none_met_floor": not any(criteria.passes("detector_youden_j", s["j"])
+                                                                 for s in scores.values())}
+    return FilterDefense(kad=kad, classifier=clf, mode=mode, info=info, combine=combine)
 
 
 def input_blocker(cfg: Config, paths, model=None, tokenizer=None):
@@ -457,5 +486,10 @@ def detector_report(cfg: Config, paths, split: str = "test", model=None, tokeniz
         for key, label in _REPORT_COLUMNS:
             x = Rate(**r[key])
             row[label] = f"{x} ({x.k}/{x.n})"
+        dv = f.info.get("detector_validation")
+        if dv and name in dv["scores"]:
+            j = dv["scores"][name]["j"]
+            row["validation J"] = f"{j:.2f}"
+            row["in the filter"] = "yes" if name in dv["combined"] else f"no (J {j:.2f}, floor {dv['floor']})"
         rows.append(row)
     return {"split": split, "mode": mode, "rows": rows, "rates": rates, "info": f.info}

@@ -26,6 +26,8 @@ class Defense:
     # the plan's literature ASR (DESIGN.md s.5): shown only in a column labelled reference, never as measured
     reference_asr: float | None = None
     description: str = ""
+    # keyword arguments for the module's train(): how an ablation differs from its method (hashable pairs)
+    train_options: tuple[tuple[str, object], ...] = ()
 
     def _impl(self, attr: str):
         if self.module is None:
@@ -36,7 +38,7 @@ class Defense:
         fn = self._impl("train")
         if not self.trains or fn is None:
             raise ValueError(f"defense {self.name!r} trains no model of its own (it uses the base)")
-        return fn(cfg, paths, resume=resume)
+        return fn(cfg, paths, resume=resume, **dict(self.train_options))
 
     def view_records(self, records, tokenizer) -> list:
         fn = self._impl("view_records")
@@ -58,6 +60,17 @@ REGISTRY: dict[str, Defense] = {d.name: d for d in (
             description="DPO with chosen = original answer, rejected = the injection's answer (Chen et al. 2025)"),
     Defense("causal", "causal (ours)", "causal_lib.defenses.causal", trains=True,
             description="L_task + counterfactual invariance + HSIC d-separation on counterfactual pairs (DESIGN.md s.3)"),
+    # ablations of the causal method: the same pairs, data, schedule and epoch selection, parts of the loss off
+    Defense("causal_sft", "adversarial SFT (causal, both weights 0)", "causal_lib.defenses.causal", trains=True,
+            description="the causal recipe with lambda_causal = lambda_spurious = 0: L_task on the same pairs",
+            train_options=(("name", "causal_sft"), ("lambda_causal", 0.0), ("lambda_spurious", 0.0),
+                           ("kl_weight", 0.0))),
+    Defense("causal_invariance", "causal, invariance term only", "causal_lib.defenses.causal", trains=True,
+            description="the causal recipe with lambda_spurious = 0 (L_task + L_causal)",
+            train_options=(("name", "causal_invariance"), ("lambda_spurious", 0.0))),
+    Defense("causal_hsic", "causal, HSIC term only", "causal_lib.defenses.causal", trains=True,
+            description="the causal recipe with lambda_causal = 0 (L_task + L_spurious)",
+            train_options=(("name", "causal_hsic"), ("lambda_causal", 0.0), ("kl_weight", 0.0))),
 )}
 
 

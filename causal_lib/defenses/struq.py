@@ -40,7 +40,8 @@ from causal_lib.defenses.cards import write_model_card
 from causal_lib.defenses.load import load_model
 from causal_lib.models.checkpoints import load_checkpoint
 from causal_lib.models.load import apply_lora, base_model_of, is_peft_model
-from causal_lib.models.prompts import SPECIAL_TOKENS, ensure_chat_template, prompt_text
+from causal_lib.models.prompts import ensure_chat_template, prompt_text
+from causal_lib.models.tokens import SPECIAL_TOKENS
 from causal_lib.training.epoch_selection import mean_task_loss
 from causal_lib.training.examples import SFTDataset
 from causal_lib.training.pretrain import base_checkpoint
@@ -331,7 +332,9 @@ def load_base(cfg: Config, paths, base_model_dir=None):
     else:
 
         model, tok = load_model(cfg, paths, "none", trainable=True)
-        source = str(base_checkpoint(paths)) if base_checkpoint(paths).exists() else cfg.model.name_or_path
+        # relative to the run folder (a shared run stays readable); a hub name or folder when there is no base
+        source = (base_checkpoint(paths).relative_to(paths.root).as_posix() if base_checkpoint(paths).exists()
+                  else cfg.model.name_or_path)
     if cfg.model.kind == "tiny":
         # from_pretrained records the checkpoint folder as the model's name; the tiny base cannot be reloaded
         # by name, so clear it: save_checkpoint then stores the base weights next to a LoRA adapter.

@@ -3,6 +3,7 @@ test split (plus optional attack files) under a defense's view of the records, a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from causal_lib.defenses import registry
 from causal_lib.defenses.load import block_for, records_for
 from causal_lib.evaluation.generate import ATTACK_KINDS
 from causal_lib.evaluation.run import evaluate_records
-from causal_lib.evaluation.summary import summarise
+from causal_lib.evaluation.summary import report_lines, summarise
 from causal_lib.models.checkpoints import CheckpointError, load_checkpoint
 from causal_lib.models.load import ModelLoadError
 
@@ -47,8 +48,11 @@ def _expand_attack_files(files: Sequence[str], test_records: list, cfg) -> list:
         except (ValueError, KeyError) as e:  # AttackFileError names the file, the line and the fix
             msg = str(e)
             raise EvalCLIError(msg if str(p) in msg else f"attack file {f}: {msg}") from None
-        out.extend(attacks.expand_attack_file(templates, clean, seed=cfg.run.seed, source=p.name,
-                                              held_out_families=cfg.data.held_out_families))
+        try:
+            out.extend(attacks.expand_attack_file(templates, clean, seed=cfg.run.seed, source=p.name,
+                                                  held_out_families=cfg.data.held_out_families))
+        except attacks.AttackFileError as e:  # e.g. a canary already in a clean document (names the line)
+            raise EvalCLIError(f"attack file {f}: {e}") from None
     return out
 
 
@@ -73,6 +77,25 @@ def _defense_view(defense: str | None, records: list, model, tok, cfg, data_dir:
     return records, None
 
 
+def _check_out_path(out: str) -> Path:
+    """--out checked before any work: a file path (not a folder) in a folder that exists or can be made, writable.
+    The write itself is atomic (run_folder.write_json): a failure leaves neither half a file nor a temporary one."""
+    p = Path(out)
+    if not out or out.endswith(("/", os.sep)) or p.is_dir():
+        raise EvalCLIError(f"--out {out}: is a folder; pass the path of the result JSON file, e.g. {Path(out) / 'results.json'}")
+    if p.exists() and not p.is_file():
+        raise EvalCLIError(f"--out {out}: exists and is not a regular file; pass the path of a JSON file to write")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:  # missing folders are made at the write: where would it start?
+        folder = folder.parent
+    if not folder.is_dir():
+        raise EvalCLIError(f"--out {out}: {folder} is not a folder, so the result cannot be written there; "
+                           f"pass a path inside a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise EvalCLIError(f"--out {out}: the folder {folder} is not writable; pass a path in a folder you can write to")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m causal_lib.evaluation",
                                  description="Evaluate a saved model on the test split and/or external attack files.")
@@ -82,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--params", default="params/default.yaml")
     ap.add_argument("--out", required=True, help="result JSON (summary + per-item results)")
     ap.add_argument("--defense-name", default=None)
+    ap.add_argument("--documents", default=None,
+                    help="JSONL of one's own documents (id, document, task/question, ideal_answer): the attack files "
+                         "run on these instead of the world's test items (see README, 'Your own attacks')")
     ap.add_argument("--no-builtin", action="store_true",
                     help="evaluate only the attack files' items (plus the clean test items), not the built-in attacks")
     args = ap.parse_args(argv)
@@ -93,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_cli(args) -> int:
-
+    out = _check_out_path(args.out)
     try:
         cfg = load_config(args.params)
     except ConfigError as e:
@@ -105,8 +131,11 @@ def _run_cli(args) -> int:
     if not data_dir.is_dir():
         raise EvalCLIError(f"data folder {data_dir} not found: run chapter 02 first "
                            f"(python -m causal_lib.book run --params {args.params} --from 02)")
-    try:
-        test = _load_test_records(data_dir)
+    documents_file = args.documents
+    try:  # one's own documents replace the world's test items (the attack files then run on them)
+        test = attacks.load_documents_file(documents_file) if documents_file else _load_test_records(data_dir)
+    except attacks.AttackFileError as e:
+        raise EvalCLIError(str(e)) from None
     except (FileNotFoundError, ValueError) as e:
         hint = "" if "chapter 02" in str(e) else " (rebuild it: run chapter 02)"
         raise EvalCLIError(f"data folder {data_dir}: {e}{hint}") from None
@@ -133,11 +162,17 @@ def _run_cli(args) -> int:
                                max_length=max(cfg.model.max_seq_length - cfg.eval.max_new_tokens, 1),
                                seed=cfg.run.seed)
     summary = summarise(results, cfg.stats.alpha)
-    write_json(Path(args.out), {"defense": args.defense_name, "model": str(model_dir), "data_dir": str(data_dir),
-                                "attack_files": list(args.attacks), "params_hash": cfg.params_hash(),
-                                "seconds": time.perf_counter() - t0, "summary": summary,
-                                "items": [r.to_dict() for r in results]})
+    try:
+        write_json(out, {"defense": args.defense_name, "model": str(model_dir), "data_dir": str(data_dir),
+                         "attack_files": list(args.attacks), "params_hash": cfg.params_hash(),
+                         "seconds": time.perf_counter() - t0, "summary": summary,
+                         "items": [r.to_dict() for r in results]})
+    except OSError as e:  # e.g. the disk filled up: the atomic write left no partial or temporary file
+        raise EvalCLIError(f"--out {out}: the result could not be written ({e.strerror or e}); "
+                           f"free space or pass another --out, then run again") from None
     a = summary["asr"]
     print(f"{args.defense_name or model_dir}: ASR {a['k']}/{a['n']}, benign accuracy "
           f"{summary['benign_accuracy']['k']}/{summary['benign_accuracy']['n']} -> {args.out}")
+    for line in report_lines(summary):
+        print(line)
     return 0

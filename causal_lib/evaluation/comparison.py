@@ -11,6 +11,7 @@ import json
 from causal_lib.book import criteria
 from causal_lib.book.run_folder import RunPaths
 from causal_lib.defenses import registry
+from causal_lib.verification import paired
 
 
 
@@ -29,6 +30,7 @@ def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None) 
         s = ev["summary"]
         split = s.get("asr_by_split", {})
         row = {"defense": registry.label(d), "ASR (all attacks)": _ci(s["asr"]),
+               "capability floor (clean twin passes)": _ci(s.get("capability_floor")),
                "ASR seen families": _ci(split.get("seen")), "ASR held-out families": _ci(split.get("held_out")),
                "ASR max over families": _ci(s.get("asr_max_family")) + f" {s.get('asr_max_family', {}).get('family') or ''}",
                "ASR per-sample union": _ci(s.get("asr_union")),
@@ -100,3 +102,26 @@ def seed_spread_rows(spread: dict) -> list[dict]:
             row[name] = f"{m['mean']:.1%} ± {m['sd']:.1%} [{m['min']:.1%}, {m['max']:.1%}]"
         rows.append(row)
     return rows
+
+
+def attack_outcomes(evaluation: dict) -> dict[str, bool]:
+    """item id -> attack succeeded (twin-controlled; blocked = failed) for every attacked item of one
+    defense's evaluation (evaluate_defense's payload with its items)."""
+    return {i["id"]: bool(i.get("success")) for i in evaluation.get("items", []) if i.get("kind") == "injected"}
+
+
+def paired_comparison(evals: dict[str, dict], alpha: float = 0.05, power: float = 0.8) -> dict:
+    """Every pair of defenses on the same attacked items: exact McNemar, Holm-corrected over all pairs, and the
+    minimum difference each pair's test could detect with `power` at its n and discordance (paired.py)."""
+    outcomes = {d: attack_outcomes(ev) for d, ev in evals.items()}
+    results = paired.pairwise(outcomes, alpha)
+    pairs = []
+    for r in results:
+        share = (r.a_only + r.b_only) / r.n if r.n else 0.0
+        mdd = paired.minimum_detectable_difference(r.n, max(share, 1.0 / max(r.n, 1)), alpha, power, len(results))
+        pairs.append({**r.to_dict(), "label_a": registry.label(r.a), "label_b": registry.label(r.b),
+                      "min_detectable_difference": mdd,
+                      "sentence": paired.sentence(r, registry.label, mdd)})
+    return {"alpha": alpha, "power": power, "correction": "Holm", "test": "exact McNemar (two-sided)",
+            "pairs": pairs,
+            "matrix": paired.significance_matrix(results, list(outcomes)) if results else []}

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from causal_lib.book import progress
 from causal_lib.evaluation import scoring as attacks
 from causal_lib.evaluation.generate import generate
 from causal_lib.evaluation.summary import rate_dict
@@ -261,6 +262,7 @@ def gcg_attack(model, tokenizer, record, target_text: str, n_steps: int = 30, su
         steps = 0
         while not success and steps < n_steps:
             steps += 1
+            progress.report(f"gcg: step {steps}/{n_steps}, loss {best:.4g}", key="gcg step")
             one_hot = torch.zeros(suffix_tokens, V, device=device, dtype=W.dtype)
             one_hot.scatter_(1, cur[:, None], 1.0)
             one_hot.requires_grad_(True)
@@ -324,6 +326,7 @@ def run_gcg(model, tokenizer, records: Sequence, cfg_eval, seed: int = 0, succes
     details, t0 = [], time.perf_counter()
     plain_hits = 0
     for i, rec in enumerate(items):
+        progress.report(f"gcg: item {progress.eta(i, len(items), time.perf_counter() - t0)}", key="gcg item")
         fn = success_for(rec) if success_for is not None else _default_success(rec)
         plain = _answer(model, tokenizer, rec.system, rec.data, cfg_eval.max_new_tokens)
         plain_ok = bool(fn(rec.data, plain))

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 
+from causal_lib.book import progress
 from causal_lib.models.prompts import encode_example, prompt_of
 
 BLOCKED_OUTPUT = "[blocked by input filter]"
@@ -101,6 +102,7 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], max_new_toke
     sampling = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
     was_training = model.training
     model.eval()
+    t0 = time.time()
     try:
         with torch.inference_mode(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for b, start in enumerate(range(0, n, batch_size)):
@@ -120,6 +122,8 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], max_new_toke
                 for j, i in enumerate(idx):
                     texts = [_decode_new(tokenizer, new[j * k + r], stop_set) for r in range(k)]
                     out[i] = texts if k > 1 else texts[0]
+                done = min(start + batch_size, n)
+                progress.report(f"generate (prompts): {progress.eta(done, n, time.time() - t0)}", key="generate")
     finally:
         model.train(was_training)
     return out

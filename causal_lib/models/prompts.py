@@ -8,12 +8,8 @@ import warnings
 from typing import Iterable
 
 import torch
+from causal_lib.models.tokens import ASSISTANT_TOKEN, END_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, SYSTEM_TOKEN, USER_TOKEN
 
-# the embedded model's chat control tokens: the one definition (the world refuses them in any text)
-SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN = "<|system|>", "<|user|>", "<|assistant|>"
-END_TOKEN = "<|end|>"  # end of turn = eos: TRL appends eos to completions, so it must close the answer
-PAD_TOKEN = "<|pad|>"
-SPECIAL_TOKENS = [PAD_TOKEN, SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_TOKEN]
 
 
 # The role tokens are written literally (not '<|' + role + '|>') so that

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from causal_lib.book import progress
 from causal_lib.config import Config
 from causal_lib.models.checkpoints import checkpoint_json, save_checkpoint
 from causal_lib.training.examples import make_collator
@@ -106,6 +107,27 @@ class JsonlLogger(TrainerCallback):
             f.write(json.dumps(rec, default=float) + "\n")
 
 
+class ConsoleProgress(TrainerCallback):
+    """Step, loss and ETA to the book's console (causal_lib.book.progress; a no-op outside the book)."""
+
+    def __init__(self, name: str):
+        self.name, self._t0, self._step0, self._loss = name, None, 0, None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._t0, self._step0 = time.time(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            self._loss = logs["loss"]
+
+    def on_step_end(self, args, state, control, **kw):
+        done, total = state.global_step - self._step0, max(state.max_steps - self._step0, 1)
+        loss = f", loss {self._loss:.4g}" if isinstance(self._loss, (int, float)) else ""
+        progress.report(f"train {self.name}: step {state.global_step}/{state.max_steps}{loss} "
+                        f"({progress.eta(done, total, time.time() - self._t0)})", key=f"train {self.name}",
+                        force=state.global_step >= state.max_steps)
+
+
 class GradientGuard(TrainerCallback):
     """Stops on non-finite gradients before the optimizer applies them."""
 
@@ -181,6 +203,17 @@ class TrainResult:
     resumed_from: str | None = None
 
 
+def _cwd_relative(path: Path) -> str:
+    """`path` relative to the working directory when inside it (the book's kernels run in the project root):
+    the Trainer stores its output and logging folders in training_args.bin and the TensorBoard events, and
+    a shared run must not carry the checkout's absolute path."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path.cwd().resolve()) if Path(path).resolve().is_relative_to(
+            Path.cwd().resolve()) else str(path)
+    except (OSError, ValueError):
+        return str(path)
+
+
 def training_arguments(cfg: Config, out_dir: Path, *, epochs: float, learning_rate: float, seed: int,
                        logging_steps: int = 10) -> TrainingArguments:
     tc, mc = cfg.train, cfg.model
@@ -213,9 +246,9 @@ def run_training(cfg: Config, paths, name: str, model, tokenizer, train_dataset:
         log_path.unlink(missing_ok=True)
     else:
         _forget_after(ckpt_root, log_path, _checkpoint_step(resume_from))
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(paths.logs / name)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = _cwd_relative(paths.logs / name)
     os.environ.setdefault("WANDB_MODE", "offline")  # W&B never needs the network unless asked
-    args = training_arguments(cfg, trainer_dir, epochs=epochs, learning_rate=learning_rate, seed=cfg.run.seed,
+    args = training_arguments(cfg, Path(_cwd_relative(trainer_dir)), epochs=epochs, learning_rate=learning_rate, seed=cfg.run.seed,
                               logging_steps=logging_steps)
     if batch_size:
         args.per_device_train_batch_size = batch_size
@@ -230,7 +263,7 @@ def run_training(cfg: Config, paths, name: str, model, tokenizer, train_dataset:
     kwargs = dict(trainer_kwargs or {})
     trainer = trainer_cls(model=model, args=args, train_dataset=train_dataset,
                           data_collator=make_collator(tokenizer.pad_token_id),
-                          callbacks=[JsonlLogger(log_path), GradientGuard(), export], **kwargs)
+                          callbacks=[JsonlLogger(log_path), GradientGuard(), ConsoleProgress(name), export], **kwargs)
     t0 = time.time()
     try:
         trainer.train(resume_from_checkpoint=resume_from)

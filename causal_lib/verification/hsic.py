@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 from scipy import stats as sps
 
+from causal_lib.book import progress
 from causal_lib.verification.encoding import as_labels, one_hot
 from causal_lib.verification.intervals import Rate, rate, single_blas_thread
 
@@ -428,7 +429,10 @@ def calibrate(test_fn: Callable, n: int, d: int, repetitions: int = 200, alpha: 
     """
     rej0 = rej1 = 0
     t = 0.0
+    t_start = time.perf_counter()
     for r in range(repetitions):
+        progress.report(f"calibrate: repetition {progress.eta(r, repetitions, time.perf_counter() - t_start)} "
+                        f"(n={n}, d={d})", key="calibrate")
         rng = np.random.default_rng(seed + r)
         if paired:
             m = n // 2

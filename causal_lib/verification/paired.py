@@ -1,0 +1,125 @@
+"""Paired comparisons of two models on the same items (DESIGN.md s.6 "paired comparison").
+
+Two defenses evaluated on the same attacked items give paired binary outcomes (attack succeeded or not).
+Only the discordant items carry information about a difference: `b` items where A failed and B succeeded,
+`c` items the other way round. The exact McNemar test is the two-sided binomial test of b against
+Bin(b + c, 1/2). Several pairs are corrected together with Holm's step-down method. The minimum detectable
+difference says what the test could have seen at this n: a non-significant pair is "no difference
+detected", never "equal".
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass
+class PairedResult:
+    a: str
+    b: str
+    n: int  # items both models were scored on
+    rate_a: float
+    rate_b: float
+    a_only: int  # items where A succeeded and B did not
+    b_only: int  # items where B succeeded and A did not
+    p_value: float
+    p_holm: float | None = None
+    significant: bool | None = None
+
+    @property
+    def difference(self) -> float:
+        """rate_a - rate_b (on the same items)."""
+        return self.rate_a - self.rate_b
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "difference": self.difference}
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value from the two discordant counts (1.0 when there are none)."""
+    m = a_only + b_only
+    if m == 0:
+        return 1.0
+    return float(stats.binomtest(a_only, m, 0.5, alternative="two-sided").pvalue)
+
+
+def paired_outcomes(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The outcomes of two models on the items both have (item id -> bool), in one order."""
+    ids = sorted(set(a) & set(b))
+    return np.array([bool(a[i]) for i in ids]), np.array([bool(b[i]) for i in ids])
+
+
+def compare_pair(name_a: str, outcomes_a: dict, name_b: str, outcomes_b: dict) -> PairedResult:
+    x, y = paired_outcomes(outcomes_a, outcomes_b)
+    n = len(x)
+    a_only, b_only = int((x & ~y).sum()), int((~x & y).sum())
+    return PairedResult(name_a, name_b, n, float(x.mean()) if n else float("nan"),
+                        float(y.mean()) if n else float("nan"), a_only, b_only, mcnemar_exact(a_only, b_only))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order."""
+    m = len(p_values)
+    order = np.argsort(p_values)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def pairwise(outcomes: dict[str, dict], alpha: float = 0.05) -> list[PairedResult]:
+    """Every pair of models (in the given order) on their common items, Holm-corrected together."""
+    results = [compare_pair(a, outcomes[a], b, outcomes[b]) for a, b in itertools.combinations(outcomes, 2)]
+    for r, p in zip(results, holm([r.p_value for r in results])):
+        r.p_holm, r.significant = p, p < alpha
+    return results
+
+
+def minimum_detectable_difference(n: int, discordant_share: float, alpha: float = 0.05, power: float = 0.8,
+                                  n_tests: int = 1) -> float:
+    """Smallest |rate_a - rate_b| that an exact McNemar test at level alpha / n_tests (Bonferroni, the
+    conservative end of Holm) detects with the given power, when a share `discordant_share` of the n items
+    is discordant: searched over the discordant split with the exact binomial test (no normal approximation).
+    Returns nan when no difference is detectable (too few discordant items)."""
+    m = int(round(n * discordant_share))
+    if n <= 0 or m <= 0:
+        return float("nan")
+    level = alpha / max(n_tests, 1)
+    # rejection region of the two-sided exact test for m discordant pairs
+    ks = np.arange(m + 1)
+    p_two = np.array([mcnemar_exact(int(k), int(m - k)) for k in ks])
+    reject = p_two < level
+    if not reject.any():
+        return float("nan")
+    for k_shift in range(m + 1):  # expected discordant split (m/2 + k_shift) : (m/2 - k_shift)
+        q = min(1.0, 0.5 + k_shift / m)
+        if stats.binom.pmf(ks, m, q)[reject].sum() >= power:
+            return 2 * k_shift / n  # (b - c) / n at that split
+    return float("nan")
+
+
+def significance_matrix(results: list[PairedResult], names: list[str]) -> list[dict]:
+    """Rows for a markdown table: one row per model, one column per model, cells 'p_holm (diff)'."""
+    cell = {}
+    for r in results:
+        sign = "*" if r.significant else ""
+        cell[(r.a, r.b)] = f"{r.difference:+.1%} (p={r.p_holm:.3g}){sign}"
+        cell[(r.b, r.a)] = f"{-r.difference:+.1%} (p={r.p_holm:.3g}){sign}"
+    return [{"": a, **{b: ("-" if a == b else cell.get((a, b), "n/a")) for b in names}} for a in names]
+
+
+def sentence(r: PairedResult, label=lambda x: x, mdd: float | None = None) -> str:
+    """One sentence per pair that says no more than the test does."""
+    la, lb = label(r.a), label(r.b)
+    base = (f"{la} vs {lb}: {r.rate_a:.1%} vs {r.rate_b:.1%} on the same {r.n} items "
+            f"({r.a_only} only {la}, {r.b_only} only {lb}; exact McNemar p = {r.p_value:.3g}, Holm {r.p_holm:.3g})")
+    if r.significant:
+        return base + f": {la if r.difference < 0 else lb} has the lower rate (significant)."
+    tail = f"; differences below ~{mdd:.1%} could not be detected at this n" if mdd and not math.isnan(mdd) else ""
+    return base + f": no difference detected{tail}."
