@@ -15,11 +15,11 @@ overrides = {}
 import pandas as pd
 import matplotlib.pyplot as plt
 
-from causal_lib.book import run_folder as chapter
+from causal_lib.book import run_folder
 from causal_lib.book import reports
 from causal_lib.book.setup_check import run_setup_checks
 
-cfg, paths = chapter.start(params_file, overrides)
+cfg, paths = run_folder.start(params_file, overrides)
 checks, estimate = run_setup_checks(cfg)
 table = pd.DataFrame([c.__dict__ for c in checks])
 table
@@ -45,7 +45,7 @@ failed = [c for c in checks if c.status == "FAIL"]
 verdict = "PASS" if not failed else "FAIL"
 summary = (f"{verdict}: {sum(c.status == 'PASS' for c in checks)} pass, {sum(c.status == 'WARN' for c in checks)} warn, "
            f"{len(failed)} fail; estimated peak {estimate['total_gb']:.2f} GB of {cfg.run.memory_limit_gb} GB")
-chapter.write_metrics(paths, "setup", {"verdict": verdict, "checks": [c.__dict__ for c in checks],
+run_folder.write_metrics(paths, "setup", {"verdict": verdict, "checks": [c.__dict__ for c in checks],
                                        "memory_estimate": estimate, "seed": cfg.run.seed})
 reports.write_report_section(paths, "WEEK1_SETUP_REPORT.md", "setup",
     f"## Environment and resources (01_setup_check)\n\nSeed {cfg.run.seed}, params hash {cfg.params_hash()}.\n\n"

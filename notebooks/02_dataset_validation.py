@@ -25,14 +25,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from causal_lib.book import run_folder as chapter
+from causal_lib.book import run_folder
 from causal_lib.data import build
 from causal_lib.data import records
 from causal_lib.data import checks
 from causal_lib.book import reports
 from causal_lib.book import report_text
 
-cfg, paths = chapter.start(params_file, overrides)
+cfg, paths = run_folder.start(params_file, overrides)
 manifest = build.ensure_dataset(cfg, paths)
 print(f"data in {paths.data}: {'built' if manifest['built'] else 'reused'} ({manifest['reason']}), "
       f"{manifest['seconds']:.1f} s, data hash {manifest['data_hash']}")
@@ -115,7 +115,7 @@ verdict, reasons = report["verdict"], report["reasons"]
 md = report_text.dataset_report(cfg.run.name, cfg.run.seed, manifest, report, files.to_dict("records"),
                                 cfg.data.held_out_families)
 reports.write_report(paths, "WEEK1_DATASET_REPORT.md", md)
-chapter.write_metrics(paths, "dataset", {
+run_folder.write_metrics(paths, "dataset", {
     "verdict": verdict, "reasons": reasons, "checks": report["checks"], "seed": cfg.run.seed,
     "data_hash": manifest["data_hash"], "files": report["files"], "pairs": report["pairs"],
     "lengths": report["lengths"], "diversity": div, "contamination": con,

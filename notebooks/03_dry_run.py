@@ -14,14 +14,14 @@ overrides = {}
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib.book import run_folder as chapter
+from causal_lib.book import run_folder
 from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.data.build import ensure_dataset
 from causal_lib.training.dry_run import dry_run
 
-cfg, paths = chapter.start(params_file, overrides)
+cfg, paths = run_folder.start(params_file, overrides)
 ensure_dataset(cfg, paths)
 result = dry_run(cfg, paths)
 
@@ -47,7 +47,7 @@ for c in checks:
     c["status"] = reports.pass_fail(c["ok"])
 ready = all(c["ok"] for c in checks)
 verdict = "READY TO TRAIN" if ready else "NOT READY: " + "; ".join(c["check"] for c in checks if not c["ok"])
-chapter.write_metrics(paths, "dry_run", {**result, "checks": checks, "verdict": verdict, "seed": cfg.run.seed})
+run_folder.write_metrics(paths, "dry_run", {**result, "checks": checks, "verdict": verdict, "seed": cfg.run.seed})
 reports.write_report_section(paths, "WEEK1_SETUP_REPORT.md", "dry_run", report_text.dry_run_section(result, checks, verdict),
                              title="Week 1 setup report")
 reports.record_verdict(paths, "03_dry_run", "PASS" if ready else "FAIL", verdict)

@@ -17,7 +17,7 @@ resume = False
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib.book import run_folder as chapter
+from causal_lib.book import run_folder
 from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
@@ -26,7 +26,7 @@ from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.data.build import ensure_dataset
 from causal_lib.training.trainer import nan_free, read_train_log
 
-cfg, paths = chapter.start(params_file, overrides)
+cfg, paths = run_folder.start(params_file, overrides)
 ensure_dataset(cfg, paths)  # built by chapter 02; a seed replica builds the same files in its own folder
 result = train_base(cfg, paths, resume=resume)
 log = read_train_log(paths, "base")
@@ -72,7 +72,7 @@ pd.DataFrame([{"task": t, **r} for t, r in summary.get("benign_accuracy_by_task"
 base_rows = {"base_benign_accuracy": criteria.row("base_benign_accuracy", benign), "base_asr": criteria.row("base_asr", asr)}
 verdict = criteria.overall(base_rows)
 detail = report_text.base_detail(benign, asr)
-chapter.write_metrics(paths, "base", {
+run_folder.write_metrics(paths, "base", {
     "summary": summary, "train_seconds": result.train_seconds if result else 0.0,
     "steps": result.steps if result else 0, "nan_free": nan_free(log), "seed": cfg.run.seed,
     "verdict": verdict, "kind": cfg.model.kind})

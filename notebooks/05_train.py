@@ -18,14 +18,14 @@ resume = False
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib.book import run_folder as chapter
+from causal_lib.book import run_folder
 from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.defenses import registry
 from causal_lib.training.trainer import nan_free, read_train_log, steps_per_second
 
-cfg, paths = chapter.start(params_file, overrides)
+cfg, paths = run_folder.start(params_file, overrides)
 result = registry.get(defense).train(cfg, paths, resume=resume)
 log = read_train_log(paths, defense)
 df = pd.DataFrame([r for r in log if any(k.startswith("loss") for k in r)])
@@ -62,7 +62,7 @@ metrics = {"defense": defense, "steps": result.steps, "train_seconds": result.tr
            "best_epoch": result.best_epoch, "epochs": {str(k): v for k, v in result.epochs.items()},
            "nan_free": nan_free(log), "steps_per_s": sps, "peak_rss_gb": float(df["rss_gb"].max()) if len(df) else None,
            "final_losses": {c: float(df[c].iloc[-1]) for c in loss_cols} if len(df) else {}, "seed": cfg.run.seed}
-chapter.write_metrics(paths, f"train_{defense}", metrics)
+run_folder.write_metrics(paths, f"train_{defense}", metrics)
 rows = [{"epoch": e, **s} for e, s in sorted(result.epochs.items())]
 reports.write_report_section(paths, "WEEK2_TRAINING_REPORT.md", defense,
                              report_text.training_section(registry.label(defense), metrics, rows), title="Week 2 training report")

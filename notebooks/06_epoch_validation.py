@@ -15,13 +15,13 @@ defense = "causal"
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib.book import run_folder as chapter
+from causal_lib.book import run_folder
 from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.training.epoch_selection import validate_epochs
 
-cfg, paths = chapter.start(params_file, overrides)
+cfg, paths = run_folder.start(params_file, overrides)
 table = validate_epochs(cfg, paths, defense)
 df = pd.DataFrame(table["epochs"])
 df
@@ -44,7 +44,7 @@ for a in axes:
 plt.tight_layout(); plt.show()
 
 # %%
-chapter.write_metrics(paths, f"epochs_{defense}", {**table, "seed": cfg.run.seed})
+run_folder.write_metrics(paths, f"epochs_{defense}", {**table, "seed": cfg.run.seed})
 # best_model is (re)set to the epoch picked here; the chapter fails when that epoch overfits: its clean
 # validation loss above its training loss by more than the "overfit_gap" criterion allows, or not finite
 reports.record_verdict(paths, f"06_epoch_validation[{defense}]", criteria.judge("overfit_gap", table["gap_at_best"]),

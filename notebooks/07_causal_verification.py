@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from causal_lib.book import run_folder as chapter
+from causal_lib.book import run_folder
 from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
@@ -38,7 +38,7 @@ from causal_lib.verification import dseparation
 from causal_lib.verification import pac_bayes
 from causal_lib.verification import invariance
 
-cfg, paths = chapter.start(params_file, overrides)
+cfg, paths = run_folder.start(params_file, overrides)
 sc = cfg.stats
 test = load_split(paths.data, "test")
 pairs = dseparation.test_pairs(test, sc.n_independence // 2, cfg.run.seed)  # n_independence rows: clean + injected twins
@@ -169,7 +169,7 @@ verdict = criteria.overall(criteria_rows, optional=("hsic_type1",))
 discovery_rows = [{"model": k, "edges": ", ".join(v["graph"].edges()), "score": v["match"]["score"],
                    "hard_pass": v["match"]["hard_pass"], "bootstrap_mean": v["stability"].mean_score}
                   for k, v in discovery.items()]
-chapter.write_metrics(paths, "verification", {
+run_folder.write_metrics(paths, "verification", {
     "model": model_name, "n_rows": n_rows, "d": d, "calibration": calibration, "dseparation": dsep,
     "representation": rep, "bounds": bounds,
     "discovery": {k: {"edges": v["graph"].edges(), "match": v["match"], "stability": v["stability"].to_dict()} for k, v in discovery.items()},

@@ -18,7 +18,7 @@ import pandas as pd
 from IPython.display import display
 import seaborn as sns
 
-from causal_lib.book import run_folder as chapter
+from causal_lib.book import run_folder
 from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
@@ -29,7 +29,7 @@ from causal_lib.data.records import load_split
 from causal_lib.defenses import registry
 from causal_lib.evaluation.summary import results_table
 
-cfg, paths = chapter.start(params_file, overrides)
+cfg, paths = run_folder.start(params_file, overrides)
 defenses = registry.evaluated(cfg.train.defenses)
 evals = {d: evaluate_defense(cfg, paths, d) for d in defenses}
 long = pd.concat([results_table(evals[d]["summary"], defense=registry.label(d)) for d in defenses], ignore_index=True)
@@ -114,7 +114,7 @@ spread = None
 if cfg.run.seeds:
     from causal_lib.evaluation.comparison import seed_replicas, seed_spread
     spread = seed_spread({cfg.run.seed: comparison_payload, **seed_replicas(paths, cfg.run.seeds)})
-    chapter.write_metrics(paths, "seeds", spread)
+    run_folder.write_metrics(paths, "seeds", spread)
     display(pd.DataFrame(seed_spread_rows(spread)))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for i, d in enumerate(spread["defenses"]):
@@ -129,7 +129,7 @@ else:
     print("one seed (run.seeds is empty): set run.seeds, e.g. --set 'run.seeds=[1,2]', for mean and spread")
 
 # %%
-chapter.write_metrics(paths, "comparison", comparison_payload)
+run_folder.write_metrics(paths, "comparison", comparison_payload)
 reports.write_report(paths, "WEEK4_COMPARISON_TABLE.md", report_text.comparison_table_report(
     rows, cfg.run.seed, seed_spread_rows(spread) if spread else None, spread["seeds"] if spread else None,
     paired_result))

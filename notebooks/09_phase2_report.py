@@ -17,13 +17,13 @@ import json
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib.book import run_folder as chapter
+from causal_lib.book import run_folder
 from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.book.phase_report import failure_cases, success_criteria
 
-cfg, paths = chapter.start(params_file, overrides)
+cfg, paths = run_folder.start(params_file, overrides)
 rows = success_criteria(paths, memory_limit_gb=cfg.run.memory_limit_gb)
 table = pd.DataFrame(rows)[report_text.CRITERIA_COLUMNS]
 table
@@ -50,7 +50,7 @@ for name, examples in failures.items():
 
 # %%
 status = criteria.phase_status(rows)
-chapter.write_metrics(paths, "phase2", {"criteria": rows, "failures": failures, "status": status, "seed": cfg.run.seed})
+run_folder.write_metrics(paths, "phase2", {"criteria": rows, "failures": failures, "status": status, "seed": cfg.run.seed})
 reports.write_report(paths, "PHASE2_COMPLETION_REPORT.md", report_text.phase2_completion_report(
     paths.root.name, cfg.params_hash(), cfg.run.seed, status, rows, failures))
 reports.write_report(paths, "PROJECT_STATUS.md", report_text.project_status_report(
