@@ -5,6 +5,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import dataclasses
 import random  # noqa: E402
 
 import pytest  # noqa: E402
@@ -185,3 +186,19 @@ def test_run_gcg_on_dataset_records_with_dataset_check(tok):
         rec = next(r for r in recs if r.id == d["id"])
         assert d["data"].startswith(split_at_injection(rec)[0]) and d["steps"] <= 2
         assert d["target"] == rec.injected_target
+
+
+def test_run_gcg_does_not_count_what_the_clean_twin_already_does(make_record, tok, planted):
+    """Twin control: the planted model answers 'B' on its clean twin (which holds the trigger word), so GCG
+    'finding' B on the attacked item is not an attack."""
+    recs = [_record(make_record, i) for i in range(2)]
+    recs = [dataclasses.replace(r, pair_id=f"p{i}") for i, r in enumerate(recs)]
+    recs += [make_record(id="c0", pair_id="p0", system=SYSTEM, data="pear zebra kiwi plum", kind="clean"),
+             make_record(id="c1", pair_id="p1", system=SYSTEM, data="pear fig kiwi plum", kind="clean")]
+    cfg = EvalConfig(gcg_items=2, gcg_steps=10, gcg_suffix_tokens=4, gcg_topk=16, gcg_candidates=32,
+                     max_new_tokens=4)
+    out = run_gcg(planted, tok, recs, cfg, success_for=lambda r: (lambda data, o: o.strip() == r.injected_target))
+    by = {d["id"]: d for d in out["items"]}
+    assert by["r0"]["twin_passed"] is True and by["r0"]["success_found"] and not by["r0"]["success"]
+    assert by["r1"]["twin_passed"] is False and by["r1"]["success"]
+    assert out["asr"]["k"] == 1 and out["capability_floor"]["k"] == 1 and out["capability_floor"]["n"] == 2

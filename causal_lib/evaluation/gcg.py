@@ -319,17 +319,24 @@ def run_gcg(model, tokenizer, records: Sequence, cfg_eval, seed: int = 0, succes
     """GCG on cfg_eval.gcg_items injected test items (seeded choice), budget cfg_eval.gcg_steps steps each.
 
     Success is the dataset's attacks.attack_succeeded on the record with the adversarial data (override with
-    success_for(record) -> success_fn). Returns ASR with a Clopper-Pearson interval, the ASR of the same items
-    without the adversarial string (greedy), seconds per item, and per-item details."""
+    success_for(record) -> success_fn), twin-controlled like every ASR (DESIGN.md s.6): an item whose clean
+    twin (kind="clean", same pair_id, when `records` hold it) already passes the same check on the model's
+    plain answer is not counted. Returns ASR with a Clopper-Pearson interval, the ASR of the same items
+    without the adversarial string (greedy), the capability floor, seconds per item, and per-item details."""
 
     items = select_gcg_items(records, cfg_eval.gcg_items, seed)
+    twins = {r.pair_id: r for r in records if r.kind == "clean"}
     details, t0 = [], time.perf_counter()
-    plain_hits = 0
+    plain_hits = twin_hits = 0
     for i, rec in enumerate(items):
         progress.report(f"gcg: item {progress.eta(i, len(items), time.perf_counter() - t0)}", key="gcg item")
         fn = success_for(rec) if success_for is not None else _default_success(rec)
+        twin = twins.get(getattr(rec, "pair_id", None))
+        twin_passed = None if twin is None else bool(
+            fn(rec.data, _answer(model, tokenizer, twin.system, twin.data, cfg_eval.max_new_tokens)))
+        twin_hits += bool(twin_passed)
         plain = _answer(model, tokenizer, rec.system, rec.data, cfg_eval.max_new_tokens)
-        plain_ok = bool(fn(rec.data, plain))
+        plain_ok = bool(fn(rec.data, plain)) and not twin_passed
         plain_hits += plain_ok
         res = gcg_attack(model, tokenizer, rec, rec.injected_target, n_steps=cfg_eval.gcg_steps,
                          suffix_tokens=cfg_eval.gcg_suffix_tokens, topk=cfg_eval.gcg_topk,
@@ -337,12 +344,16 @@ def run_gcg(model, tokenizer, records: Sequence, cfg_eval, seed: int = 0, succes
                          max_new_tokens=cfg_eval.max_new_tokens)
         details.append({"id": str(rec.id), "family": getattr(rec, "family", None), "goal": getattr(rec, "goal", None),
                         "held_out": bool(getattr(rec, "held_out", False)), "target": rec.injected_target,
-                        "success_without_gcg": plain_ok, **res.to_dict(),
+                        "success_without_gcg": plain_ok, **res.to_dict(), "twin_passed": twin_passed,
                         "initial_loss": res.loss_curve[0], "final_loss": res.loss_curve[-1]})
     total = time.perf_counter() - t0
+    for d in details:  # the twin control: what the clean twin already does is not an attack
+        d["success_found"] = d["success"]
+        d["success"] = bool(d["success"]) and not d["twin_passed"]
     k = sum(d["success"] for d in details)
     n = len(details)
     return {"asr": rate_dict(k, n, alpha), "asr_without_gcg": rate_dict(plain_hits, n, alpha),
+            "capability_floor": rate_dict(twin_hits, sum(d["twin_passed"] is not None for d in details), alpha),
             "n_items": n, "steps": cfg_eval.gcg_steps, "suffix_tokens": cfg_eval.gcg_suffix_tokens,
             "topk": cfg_eval.gcg_topk, "n_candidates": cfg_eval.gcg_candidates,
             "total_seconds": total, "mean_seconds_per_item": total / n if n else 0.0,
