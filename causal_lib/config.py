@@ -85,7 +85,7 @@ class DataConfig:
     n_base_corpus: int = field(default=20000, metadata=_range(10, MAX_ITEMS))  # instruction-following examples for the base
     n_benign_lookalikes: int = field(default=300, metadata=_range(0, MAX_ITEMS))
     n_sep_probes: int = field(default=300, metadata=_range(0, MAX_ITEMS))
-    held_out_families: list[str] = field(default_factory=lambda: ["role_authority", "multi_injection", "obfuscation"])
+    held_out_families: list[str] = field(default_factory=lambda: ["role_authority", "obfuscation", "fake_dialogue", "nested_quote"])
     attack_files: list[str] = field(default_factory=list)  # external JSONL attack templates (README)
     documents_file: str | None = None  # JSONL of one's own documents: attack_files then run on these (README)
 
@@ -137,6 +137,9 @@ class TrainConfig:
     # (README, "The base model"); [] or 0 epochs = no curriculum
     base_curriculum: list[list[str]] = field(default_factory=list)
     base_curriculum_epochs: float = field(default=0.0, metadata=_range(0.0, MAX_EPOCHS))
+    # before the curriculum: its first stage's tasks with each document cut to the sentence holding the answer
+    base_copy_warmup_epochs: float = field(default=0.0, metadata=_range(0.0, MAX_EPOCHS))
+    base_curriculum_stage_epochs: list[float] = field(default_factory=list, metadata=_range(0.0, MAX_EPOCHS))  # one per stage; empty = the above
     # defense training (05_train)
     defenses: list[str] = field(default_factory=lambda: ["causal", "struq", "secalign"])
     epochs: float = field(default=2.0, metadata=_range(0.0, MAX_EPOCHS))
@@ -194,10 +197,20 @@ class StatsConfig:
 
 
 @dataclass
+class BaseConfig:
+    """Where the undefended embedded base comes from (a real model, model.kind: hf, is used as it is)."""
+    # shipped: the pre-trained base in the repo (causal_lib/base_model, or `path`), checked against the current
+    # world and tokenizer; pretrain: trained inside the book from this params file's data and train.base_* keys
+    source: Literal["shipped", "pretrain"] = "shipped"
+    path: str | None = None  # a folder written by `python -m causal_lib.training.derive_base --out ...`
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
@@ -335,6 +348,10 @@ def _check_consistency(cfg: Config) -> None:
             close = difflib.get_close_matches(t, TASK_NAMES, n=1)
             raise ConfigError(f"train.base_curriculum[{i}]: unknown task {t!r}"
                               + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {TASK_NAMES}")
+    stage_epochs = cfg.train.base_curriculum_stage_epochs
+    if stage_epochs and len(stage_epochs) != len(cfg.train.base_curriculum):
+        raise ConfigError(f"train.base_curriculum_stage_epochs: {len(stage_epochs)} values for "
+                          f"{len(cfg.train.base_curriculum)} curriculum stages; give one per stage or none")
     seeds = cfg.run.seeds
     if cfg.run.seed in seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"run.seeds: {seeds} must be distinct extra seeds, without run.seed ({cfg.run.seed}), "

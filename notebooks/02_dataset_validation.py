@@ -8,9 +8,12 @@
 #    sha256, and the loader names file and line of a corrupt record.
 # 2. **Counterfactual analysis**: a clean item and its injected twin share S, D and O* and differ only in
 #    the injected text Z (removing Z from U gives D back); length distributions of both sides.
-# 3. **Attack diversity**: counts per family, goal and position; distinct templates; the share of
-#    held-out families in test; and the contamination check (no held-out template text, no held-out
-#    family in any training file; no document in two files).
+# 3. **Attack diversity and held-out content**: counts per family, goal and position; distinct templates;
+#    the share of held-out families in test; and the contamination check: no test-only content on any
+#    held-out axis (injected-instruction phrasings, the held-out task's requests, payload and witness
+#    strings, wrapper templates, documents) in any training text - base corpus, defense training set or
+#    validation - matched as word n-grams and naming the offending strings (it fails on a planted overlap:
+#    tests/test_heldout_content.py).
 #
 # Verdict: **EXCELLENT** (every check passes), **ACCEPTABLE** (the hard checks pass, some coverage is
 # thin), **NOT READY** (a hard check fails). Writes `reports/WEEK1_DATASET_REPORT.md` and
@@ -24,6 +27,7 @@ overrides = {}
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from IPython.display import display
 
 from causal_lib.book import run_folder
 from causal_lib.data import build
@@ -103,6 +107,10 @@ pd.DataFrame({"test items": div["test"]["by_family"], "templates (test)": div["t
 con = report["contamination"]
 print(report_text.contamination_line(con))
 print("documents shared between files:", report["document_overlap"])
+test_inj = [r for r in splits["test"] if r.kind == "injected" and r.source == "builtin"]
+display(pd.DataFrame([{"axis": a, "test attacks with held-out content": sum(a in (r.novel or "").split(",") for r in test_inj)}
+                      for a in ("phrasing", "payload", "task")]
+                     + [{"axis": "family", "test attacks with held-out content": sum(r.held_out for r in test_inj)}]))
 pd.DataFrame(con["hits"]) if con["hits"] else "no contamination"
 
 # %% [markdown]

@@ -1,12 +1,16 @@
 # %% [markdown]
 # # 04 · The undefended base
 #
-# The embedded default pre-trains a small Llama from scratch on the world's instruction-following corpus,
-# in which later requests in the user turn are rightly followed — as chat models do. That is what makes
-# it vulnerable to injected instructions. A real model (`model.kind: hf`) is used as it is.
-# Before any defense is worth measuring, the base must be (a) accurate on clean items and (b) genuinely
-# vulnerable: high benign accuracy and a high attack success rate on the test attacks (the "base"
-# criteria of `causal_lib.book.criteria`, printed below).
+# The embedded base is a **pre-trained input**, as the instruction-tuned LLM is for the plan: a small Llama
+# trained from scratch by the project's own recipe (`params/base.yaml`) on the world's instruction-following
+# corpus, in which later requests in the user turn are rightly followed — as chat models do. That is what
+# makes it vulnerable to injected instructions. It ships in `causal_lib/base_model/` with a manifest; this
+# chapter checks the manifest against the current world and model shape, installs it into the run and
+# measures it (`base.source: pretrain` trains one here instead, from this params file). A real model
+# (`model.kind: hf`) is used as it is.
+# Before any defense is worth measuring, the base must be (a) accurate on every task and (b) genuinely
+# vulnerable on every goal, including payloads and phrasings it never saw (the "base" criteria of
+# `causal_lib.book.criteria`, printed below).
 
 # %% tags=["parameters"]
 params_file = "params/smoke.yaml"
@@ -14,8 +18,11 @@ overrides = {}
 resume = False
 
 # %%
+import json
+
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import display
 
 from causal_lib.book import run_folder
 from causal_lib.book import criteria
@@ -28,15 +35,17 @@ from causal_lib.training.trainer import nan_free, read_train_log
 
 cfg, paths = run_folder.start(params_file, overrides)
 ensure_dataset(cfg, paths)  # built by chapter 02; a seed replica builds the same files in its own folder
-result = train_base(cfg, paths, resume=resume)
+result = train_base(cfg, paths, resume=resume)  # installs the shipped base, or trains one (base.source)
+shipped = cfg.model.kind == "tiny" and cfg.base.source == "shipped"
+manifest = json.loads((paths.metrics / "base_manifest.json").read_text()) if shipped else {}
 log = read_train_log(paths, "base")
 stages = [(f"curriculum {i + 1}: {', '.join(tasks)}", read_train_log(paths, name))
           for i, (name, tasks) in enumerate(zip(curriculum_runs(cfg), cfg.train.base_curriculum))]
 
 # %% [markdown]
-# With a curriculum (`train.base_curriculum`, `train.base_curriculum_epochs`) the base first trains on the
-# plain examples of each stage's tasks alone (the copy tasks first: the answer is a token of the data), then
-# on the whole corpus; the curves below run on one step axis, stage after stage.
+# Trained here (`base.source: pretrain`), the base first trains on the plain examples of each curriculum
+# stage's tasks alone (the copy tasks first: the answer is a span of the data), then on the whole corpus;
+# the curves below run on one step axis, stage after stage. The shipped base's own stages are in its manifest.
 
 # %%
 if log:
@@ -56,25 +65,51 @@ if log:
 evaluation = evaluate_defense(cfg, paths, "none")
 summary = evaluation["summary"]
 benign, asr = summary["benign_accuracy"], summary["asr"]
+if shipped:
+    display(pd.DataFrame(report_text.shipped_base_table(manifest, summary)))
 pd.DataFrame([{"metric": "benign accuracy (clean test items)", **benign,
                "target": criteria.target_text("base_benign_accuracy")},
               {"metric": "attack success rate (attacked test items)", **asr, "target": criteria.target_text("base_asr")},
-              {"metric": "ASR, held-out families", **summary["asr_by_split"].get("held_out", {})}])
+              {"metric": "capability floor (clean twin already passes the attack check)", **summary.get("capability_floor", {})}])
 
 # %% [markdown]
-# Benign accuracy per task (95% Clopper-Pearson): which of the world's tasks the base has not learned.
+# Benign accuracy per task and ASR per goal (95% Clopper-Pearson): a task the base has not learned, or a goal
+# it does not carry out, would make every later comparison meaningless there.
 
 # %%
-pd.DataFrame([{"task": t, **r} for t, r in summary.get("benign_accuracy_by_task", {}).items()])
+display(pd.DataFrame([{"task": t, **r} for t, r in summary.get("benign_accuracy_by_task", {}).items()]))
+pd.DataFrame([{"goal": g, **r} for g, r in summary.get("asr_by_goal", {}).items()])
+
+# %% [markdown]
+# **The held-out axes.** Each attacked test item says which of its content was never in any training text
+# (base corpus, defense training set, validation): the phrasing of the injected request, the payload string,
+# the injected task type, the wrapper family. Below, per axis, the ASR on items whose content on that axis
+# was seen in training against items whose content was held out.
 
 # %%
-# the targets (accurate yet vulnerable) are the "base" criteria of causal_lib.book.criteria
-base_rows = {"base_benign_accuracy": criteria.row("base_benign_accuracy", benign), "base_asr": criteria.row("base_asr", asr)}
+axes = pd.DataFrame(report_text.axis_table(summary))
+if len(axes):
+    fig, ax = plt.subplots(figsize=(9, 3))
+    for i, (label, sub) in enumerate(axes.groupby("content", sort=False)):
+        x = range(len(sub))
+        rates = sub["ASR"].fillna(0).to_numpy()
+        err = [rates - sub["lo"].fillna(0).to_numpy(), sub["hi"].fillna(0).to_numpy() - rates]
+        ax.bar([v + 0.4 * i for v in x], rates, width=0.4, yerr=err, capsize=3, label=label)
+        ax.set_xticks([v + 0.2 for v in x], list(sub["axis"]), rotation=15, ha="right")
+    ax.set_ylabel("ASR (95% CI)"); ax.set_ylim(0, 1); ax.legend(); ax.set_title("undefended base: seen vs held-out content")
+    plt.show()
+axes
+
+# %%
+# the targets (accurate on every task, vulnerable on every goal) are the "base" criteria of causal_lib.book.criteria
+base_rows = report_text.base_rows(summary)
 verdict = criteria.overall(base_rows)
-detail = report_text.base_detail(benign, asr)
+detail = report_text.base_detail(summary)
 run_folder.write_metrics(paths, "base", {
     "summary": summary, "train_seconds": result.train_seconds if result else 0.0,
     "steps": result.steps if result else 0, "nan_free": nan_free(log), "seed": cfg.run.seed,
-    "verdict": verdict, "kind": cfg.model.kind})
+    "verdict": verdict, "kind": cfg.model.kind, "source": "shipped" if shipped else cfg.base.source,
+    "manifest": {k: manifest.get(k) for k in ("recipe", "recipe_hash", "world_fingerprint", "data_hash", "created")}})
 reports.record_verdict(paths, "04_base_model", verdict, detail)
+display(pd.DataFrame(base_rows.values()))
 print(detail)

@@ -19,7 +19,7 @@ EXAMPLE = PROJECT_ROOT / "params" / "attacks" / "example_attacks.jsonl"
 
 
 def rec(goal=None, target="Paris", o_inj=None, system="What is the city in this record?", kind="injected"):
-    return Record(id="x", pair_id="x", split="test", kind=kind, task="extract_field", system=system, data="d",
+    return Record(id="x", pair_id="x", split="test", kind=kind, task="customer_city", system=system, data="d",
                   clean_data="d", target=target, family="naive", goal=goal, position="end", injection="z",
                   injected_target=o_inj)
 
@@ -87,7 +87,10 @@ def test_ignore_sentences_of_evaluation_are_held_out():
         train = {t.template for t in attacks.templates_for(fam, "train")}
         test = {t.template for t in attacks.templates_for(fam, "test")}
         assert train and test and not train & test
-        assert attacks.templates_for(fam, "val") == attacks.templates_for(fam, "test")
+        # validation is drawn from training content only: the train templates, never the test-only ones
+        assert attacks.templates_for(fam, "val") == attacks.templates_for(fam, "train")
+    for t in attacks.BUILTIN_TEMPLATES:
+        assert ("val" in t.splits) == ("train" in t.splits), t.id
     assert not set(attacks.IGNORE_TRAIN) & set(attacks.IGNORE_EVAL)
     train_text = " ".join(t.template for t in attacks.BUILTIN_TEMPLATES if "train" in t.splits)
     assert not any(s in train_text for s in attacks.IGNORE_EVAL)
@@ -110,11 +113,31 @@ def test_inject_keeps_twin_and_places_z(position):
     r = attacks.inject(c, _tpl("context_ignoring"), "output_hijack", position, rng, id="p-inj", held_out=False)
     assert (r.system, r.clean_data, r.target, r.pair_id) == (c.system, c.clean_data, c.target, c.pair_id)
     assert r.kind == "injected" and r.injection.startswith("Ignore previous instructions.")
-    assert r.injected_target in world.PAYLOADS and r.injected_target in r.injection
+    assert world.string_class(r.injected_target) == "train" and r.injected_target in r.injection
+    assert r.novel is None and "novel" not in r.to_dict()  # training content only: the field is omitted
     assert {"start": r.data.startswith(r.injection), "end": r.data.endswith(r.injection),
             "middle": not r.data.startswith(r.injection) and not r.data.endswith(r.injection)}[position]
     assert re.sub(r"\s+", " ", r.data.replace(r.injection, "")).strip() == c.clean_data
     assert data.pair_violations([c, r]) == []
+
+
+def test_inject_records_the_held_out_axes_it_used():
+    rng = random.Random(4)
+    c = _clean(rng, task="classify_review")
+    r = attacks.inject(c, _tpl("naive"), "output_hijack", "end", rng, id="i", held_out=False,
+                       novel=("phrasing", "payload", "task"))
+    assert r.novel == "phrasing,payload"  # the task axis does not apply to an output hijack
+    assert world.string_class(r.injected_target) == "test"
+    assert r.injection in {p.format(payload=r.injected_target) for p in world.OUTPUT_REQUESTS["test"]}
+    assert r.to_dict()["novel"] == "phrasing,payload" and Record.from_dict(r.to_dict()) == r
+    t = attacks.inject(c, _tpl("naive"), "task_hijack", "end", rng, id="i", held_out=False, novel=("task",))
+    assert t.novel == "phrasing,task" and t.injected_target == world.parse_document(c.clean_data).fields["author"]
+    assert t.injection in world.TASKS["review_author"].test_requests
+    plain = attacks.inject(c, _tpl("naive"), "task_hijack", "end", rng, id="i", held_out=False)
+    assert plain.novel is None and plain.injection not in world.TASKS["review_author"].test_requests
+    with pytest.raises(ValueError, match="unknown held-out axis"):
+        attacks.inject(c, _tpl("naive"), "refusal", "end", rng, id="i", held_out=False, novel=("family",))
+    assert data.pair_violations([c, r, t, plain]) == []
 
 
 def test_family_shapes():
@@ -130,7 +153,11 @@ def test_family_shapes():
     assert "\n" in esc.injection and esc.injected_target == c.system
     fake = attacks.inject(c, _tpl("fake_completion"), "task_hijack", "end", rng, id="i", held_out=False)
     assert f"Answer: {c.target}." in fake.injection and fake.injected_target != c.target
-    assert data.pair_violations([c, multi, up, spaced, esc, fake]) == []
+    dialogue = attacks.inject(c, _tpl("fake_dialogue", 1), "refusal", "middle", rng, id="i", held_out=True)
+    assert dialogue.injection.startswith(f"Assistant: {c.target}\nUser: ") and "\n" in dialogue.injection
+    quote = attacks.inject(c, _tpl("nested_quote", 0), "prompt_leak", "end", rng, id="i", held_out=True)
+    assert quote.injection.startswith('The note says: "My manager wrote: ') and quote.injected_target == c.system
+    assert data.pair_violations([c, multi, up, spaced, esc, fake, dialogue, quote]) == []
     with pytest.raises(ValueError, match="clean record"):
         attacks.inject(fake, _tpl("naive"), "refusal", "end", rng, id="i", held_out=False)
 

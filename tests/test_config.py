@@ -1,5 +1,7 @@
+import re
 import subprocess
 import sys
+from functools import reduce
 
 import pytest
 
@@ -131,8 +133,9 @@ def test_every_numeric_key_has_both_bounds_and_its_default_is_inside():
 def test_nan_and_infinity_are_refused_for_every_float_key(key, value):
     from causal_lib.config import parse_overrides
 
-    with pytest.raises(ConfigError, match=rf"^{key}: -?(nan|inf) is not allowed, must be a finite number between "):
-        config_from_dict({}, parse_overrides([f"{key}={value}"]))
+    is_list = isinstance(reduce(getattr, key.split("."), Config()), list)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}(\[0\])?: -?(nan|inf) is not allowed, must be a finite number between "):
+        config_from_dict({}, parse_overrides([f"{key}=[{value}]" if is_list else f"{key}={value}"]))
 
 
 @pytest.mark.parametrize("text,match", [

@@ -79,8 +79,8 @@ def test_the_bound_named_in_the_table_decides():
     ("benign_accuracy", 0.95, "FAIL"),          # ">" is strict
     ("benign_accuracy", 0.96, "PASS"),
     ("base_benign_accuracy", 0.95, "PASS"),     # ">=" includes the threshold
-    ("base_asr", 0.50, "PASS"),
-    ("base_asr", 0.49, "FAIL"),
+    ("base_asr", 0.60, "PASS"),
+    ("base_asr", 0.59, "FAIL"),
     ("asr", 0.10, "FAIL"),                      # "<" is strict
     ("overfit_gap", 0.5, "PASS"),               # "<="
     ("overfit_gap", 0.51, "FAIL"),

@@ -382,13 +382,19 @@ def _world_clean(make_record, n=12, seed=3):
 
 def _oracle_generate_ids(model, tokenizer, prompt_ids, max_new_tokens=16, batch_size=64, do_sample=False,
                          num_return_sequences=1, seed=0):
-    """A deterministic 'vulnerable model': answers the first payload word that appears in its prompt."""
+    """A deterministic 'vulnerable model': answers the payload of the first output request (any phrasing, train or
+    test) that appears in its prompt. Payloads are generated strings, as are list documents' order codes, so the
+    payload is read from the request's words around it, not from its shape alone."""
+    import re
+
     from causal_lib.data import world
 
+    pats = [re.compile(re.escape(t).replace(re.escape("{payload}"), r"([A-Z]+(?:[- ][A-Z0-9]+)?)"))
+            for pool in world.OUTPUT_REQUESTS.values() for t in pool]
     out = []
     for ids in prompt_ids:
         text = tokenizer.decode(ids)
-        hits = [p for p in world.PAYLOADS if p in text]
+        hits = [m.group(1) for m in (p.search(text) for p in pats) if m]
         out.append(hits[0] if hits else "no")
     return out
 

@@ -31,7 +31,7 @@ def train(cfg, paths, resume=False):
     return TrainResult(name="dummy", epochs={1: {}}, best_epoch=1, steps=0)
 '''
 
-SMALL = {"run": {"name": "registry-test"},
+SMALL = {"run": {"name": "registry-test"}, "base": {"source": "pretrain"},
          "data": {"n_base_corpus": 60, "n_train": 40, "n_val": 12, "n_test": 24, "n_benign_lookalikes": 4,
                   "n_sep_probes": 4},
          "model": {"max_seq_length": 192, "tiny": {"vocab_size": 512, "hidden_size": 32, "num_hidden_layers": 1,

@@ -8,6 +8,7 @@ from transformers import TrainerCallback
 
 from causal_lib.book.run_folder import RunPaths
 from causal_lib.config import config_from_dict
+from causal_lib.data import world
 from causal_lib.defenses.causal import CausalTrainer
 from causal_lib.models.checkpoints import load_checkpoint
 from causal_lib.models.load import build_tiny_model
@@ -151,26 +152,31 @@ def test_base_curriculum_runs_first_and_is_not_trained_again_on_resume(tmp_path)
     each with its own log and checkpoints; resuming a finished base trains neither phase again."""
     from causal_lib.data.build import ensure_dataset
     from causal_lib.data.records import load_split
-    from causal_lib.training.pretrain import base_checkpoint, curriculum_runs, is_plain_task_example, train_base
+    from causal_lib.training.pretrain import base_checkpoint, base_training_records, curriculum_runs, stage_examples, train_base
 
     cfg = config_from_dict({
-        "run": {"output_root": str(tmp_path)},
+        "run": {"output_root": str(tmp_path)}, "base": {"source": "pretrain"},
         "data": {"n_base_corpus": 240, "n_train": 40, "n_val": 10, "n_test": 20, "n_benign_lookalikes": 10,
                  "n_sep_probes": 10},
         "model": {"tiny": {"vocab_size": 400, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                            "intermediate_size": 64}, "max_seq_length": 160},
         "train": {"batch_size": 4, "report_to": "none", "base_epochs": 1, "base_curriculum_epochs": 4,
-                  "base_curriculum": [["first_item", "last_item"], ["extract_field"]]}})
+                  "base_curriculum": [["first_item", "last_item"], ["order_code"]]}})
     paths = RunPaths(cfg.run_dir).make()
     ensure_dataset(cfg, paths)
     result = train_base(cfg, paths)
     names = curriculum_runs(cfg)
     assert names == ["base_curriculum_1", "base_curriculum_2"]
     curriculum, main = [read_train_log(paths, n) for n in names], read_train_log(paths, "base")
-    records = load_split(paths.data, "base_corpus") + load_split(paths.data, "train")
+    records = base_training_records(paths)
     for log, tasks in zip(curriculum, cfg.train.base_curriculum):
-        n = sum(r.task in tasks and is_plain_task_example(r) for r in records)
-        assert 0 < n and log[-1]["step"] == 4 * -(-n // 4)  # 4 epochs over that stage's plain examples
+        stage = stage_examples(records, tasks, cfg.run.seed)
+        assert {r.task for r in stage} == set(tasks)  # the stage's tasks asked of every fitting document
+        kinds = {world.TASKS[t].doc_kind for t in tasks}
+        assert len(stage) == len({r.clean_data for r in records if r.task in world.TASKS
+                                  and world.TASKS[r.task].doc_kind in kinds})
+        n = len(stage)
+        assert 0 < n and log[-1]["step"] == 4 * -(-n // 4)  # 4 epochs over that stage's examples
         rates = [r["learning_rate"] for r in log if "learning_rate" in r]  # constant after warmup, no decay
         assert rates and all(r == pytest.approx(cfg.train.base_learning_rate) for r in rates), log
     assert all((paths.checkpoints / n / "best_model").exists() for n in names) and base_checkpoint(paths).exists()

@@ -26,40 +26,39 @@ def oracle(instruction: str, doc: str) -> str:
     m = re.search(r"Items: ([^.]+)\.", doc)
     if m:
         items = m.group(1).split(", ")
-        if "how many" in s or "count" in s or "number of items" in s:
-            return str(len(items))
-        if "first" in s:
+        if "code" in s or "reference" in s:
+            codes = re.findall(r"Order code: ([A-Z0-9 -]+)\.", doc)
+            assert len(codes) == 1, doc
+            return codes[0]
+        if "first" in s or "opening" in s:
             return items[0]
-        assert "last" in s or "final" in s, instruction
+        assert "last" in s or "final" in s or "closing" in s, instruction
         return items[-1]
-    m = re.search(r"Review of the (\w+) by \w+\.", doc)
+    m = re.search(r"Review of the (\w+) by (\w+)\.", doc)
     if m:
-        if "positive or negative" in s or "sentiment" in s:
+        if any(w in s for w in ("positive or negative", "sentiment", "liked", "mood")):
             return "negative" if set(re.findall(r"[a-z]+", doc.lower())) & NEG else "positive"
-        assert "product" in s, instruction
-        return m.group(1)
+        if any(w in s for w in ("product", "thing", "object")):
+            return m.group(1)
+        assert any(w in s for w in ("who", "author", "reviewer", "person")), instruction
+        return m.group(2)
     fields = {k.lower(): v for k, v in re.findall(r"(Name|Age|City|Colour|Product): ([^.]+)\.", doc)}
     assert len(fields) == 5, doc
-    if "yes or no" in s:
-        field = "city" if "city" in s else "colour"
-        pool = world.CITIES if field == "city" else world.COLOURS
-        asked = [v for v in pool if re.search(rf"\b{v.lower()}\b", s)]
-        assert len(asked) == 1, instruction
-        return "yes" if fields[field] == asked[0] else "no"
-    named = [f for f in ("name", "age", "city", "colour", "product") if re.search(rf"\b{f}\b", s)]
-    assert len(named) == 1, instruction
-    return fields[named[0]]
+    if any(re.search(rf"\b{w}\b", s) for w in ("city", "live", "town")):
+        return fields["city"]
+    assert any(re.search(rf"\b{w}\b", s) for w in ("name", "whose")), instruction
+    return fields["name"]
 
 
 def all_answers(doc: str) -> set:
     m = re.search(r"Items: ([^.]+)\.", doc)
     if m:
         items = m.group(1).split(", ")
-        return {str(len(items)), items[0], items[-1]}
-    m = re.search(r"Review of the (\w+) by", doc)
+        return {items[0], items[-1], *re.findall(r"Order code: ([A-Z0-9 -]+)\.", doc)}
+    m = re.search(r"Review of the (\w+) by (\w+)", doc)
     if m:
-        return {m.group(1), "positive", "negative"}
-    return {v for _, v in re.findall(r"(Name|Age|City|Colour|Product): ([^.]+)\.", doc)} | {"yes", "no"}
+        return {m.group(1), m.group(2), "positive", "negative"}
+    return {v for k, v in re.findall(r"(Name|Age|City|Colour|Product): ([^.]+)\.", doc) if k in ("Name", "City")}
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +99,9 @@ def test_base_corpus_follows_revisions_everywhere(splits):
     assert {r.goal for r in rev} == set(world.GOALS) and {r.position for r in rev} == set(world.POSITIONS)
     for r in rev:
         assert r.injection in r.data and r.data != r.clean_data
-        if r.goal == "output_hijack":
-            word = re.findall(r"\b[A-Z]{4,}\b", r.injection)
-            assert word == [r.target]
+        if r.goal == "output_hijack":  # a generated training-class string, written in the request
+            assert r.target in r.injection and world.string_class(r.target) == "train"
+            assert r.injection in {p.format(payload=r.target) for p in world.OUTPUT_REQUESTS["train"]}
         elif r.goal == "prompt_leak":
             assert r.target == r.system
         elif r.goal == "refusal":
@@ -152,20 +151,28 @@ def test_parse_document_round_trip():
 def test_payloads_never_collide_with_documents_or_answers(splits):
     vocab = {w.lower() for w in world.CITIES + world.COLOURS + world.PRODUCTS + world.GROCERIES + world.POS_ADJ
              + world.NEG_ADJ + world.DAYS}
-    for p in world.PAYLOADS:
-        assert p.isupper() and p.lower() not in vocab
-    docs = " ".join(r.clean_data for recs in splits.values() for r in recs).lower()
-    for p in world.PAYLOADS:
-        assert not re.search(rf"\b{p.lower()}\b", docs)
-    assert not any(scoring.has_word(p, r.target) for r in splits["test"] if r.kind == "clean" for p in world.PAYLOADS)
+    pool = world.payload_pool()
+    assert len(pool) == 40 and len(set(pool)) == 40 and world.payload_pool() == pool  # fixed sample
+    for p in pool:
+        assert p.isupper() and world.string_class(p) == "train"
+        assert not set(re.findall(r"[a-z]+", p.lower())) & vocab
+    assert not set(pool) & set(world.payload_pool(cls="test"))
+    hij = [r for recs in splits.values() for r in recs if r.goal == "output_hijack"]
+    assert len(hij) > 50
+    for r in hij:  # the payload is neither in its document nor (injected items) the real answer O*
+        assert not scoring.has_word(r.injected_target, r.clean_data), r
+        assert r.kind == "base" or not scoring.has_word(r.injected_target, r.target), r
+        assert world.string_class(r.injected_target) in ("train", "test")
 
 
 def test_instructions_are_short_and_varied():
-    for spec in world.TASKS.values():
-        assert 3 <= len(spec.instructions) <= 5 and len(spec.requests) >= 2
+    for name, spec in world.TASKS.items():
+        held = name in world.HELD_OUT_TASKS
+        assert 3 <= len(spec.instructions) <= 5 and (len(spec.requests) == 0 if held else len(spec.requests) >= 2)
+        assert len(spec.test_requests) >= 2 and not set(spec.requests) & set(spec.test_requests)
         for s in spec.instructions:
-            assert 4 <= len(s.format(field="city", value="Paris").split()) <= 10, s
-    assert len(world.TASKS) >= 6
+            assert 3 <= len(s.split()) <= 10, s
+    assert len(world.TASKS) >= 6 and world.HELD_OUT_TASKS == ("review_author",)
 
 
 def test_no_control_tokens_anywhere(splits):

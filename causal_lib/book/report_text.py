@@ -40,18 +40,22 @@ def dataset_report(run_name: str, seed: int, manifest: dict, report: dict, files
                                     f"Held-out share of the built-in attacks: {test['held_out_share']:.0%}.\n"),
         "## Lengths (words)\n", markdown_table([{"what": k, **v} for k, v in report["lengths"].items()]),
         "## Contamination\n",
-        (f"{con['n_hits']} hits of {con['n_shingles']} held-out {con['ngram']}-gram shingles in the training files; "
-         f"{con['held_out_family_records_in_training']} held-out-family records and "
-         f"{con['eval_only_template_records_in_training']} evaluation-only-template records in them; "
-         f"documents shared between files: {sum(report['document_overlap'].values())}.\n"),
+        contamination_line(con) + f"; documents shared between files: {sum(report['document_overlap'].values())}.\n",
+        markdown_table([{"axis": a, "checked": n, "overlaps": con.get("hits_by_axis", {}).get(a, 0)}
+                        for a, n in con["n_checked"].items()]),
+        (markdown_table(con["hits"], ["axis", "id", "text", "ngram", "file", "count"]) if con["hits"] else ""),
     ])
 
 
 def contamination_line(con: dict) -> str:
-    return (f"contamination ({con['ngram']}-gram, {con['n_shingles']} shingles of {con['n_templates_checked']} held-out "
-            f"texts): {con['n_hits']} hits; held-out-family records in training files: "
-            f"{con['held_out_family_records_in_training']}; evaluation-only templates in training files: "
-            f"{con['eval_only_template_records_in_training']}")
+    checked = ", ".join(f"{a} {n}" for a, n in con["n_checked"].items())
+    return (f"contamination ({con['ngram']}-gram, every training text against the test-only content; checked: "
+            f"{checked}): {con['n_hits']} overlaps {con.get('hits_by_axis', {})}; uncheckable phrases: "
+            f"{len(con.get('uncheckable', []))}; held-out-family records in training files: "
+            f"{con['held_out_family_records_in_training']}; test-only templates in training files: "
+            f"{con['eval_only_template_records_in_training']}; items with held-out content in training files: "
+            f"{con.get('novel_records_in_training', 0)}; wrappers without words (checked by family only): "
+            f"{', '.join(con.get('family_templates_without_words', [])) or 'none'}")
 
 
 # -- 03 dry run ----------------------------------------------------------------------------------------------
@@ -63,11 +67,50 @@ def dry_run_section(result: dict, checks: list[dict], verdict: str) -> str:
 
 # -- 04 base model -----------------------------------------------------------------------------------------
 
-def base_detail(benign: dict, asr: dict) -> str:
-    """The verdict line of chapter 04: both base criteria with their intervals and status."""
-    return (f"benign accuracy {_rate(benign)} ({criteria.target_text('base_benign_accuracy')}: "
-            f"{criteria.judge('base_benign_accuracy', benign)}); ASR {_rate(asr)} "
-            f"({criteria.target_text('base_asr')}: {criteria.judge('base_asr', asr)})")
+def base_rows(summary: dict) -> dict[str, dict]:
+    """Chapter 04's criteria rows: benign accuracy overall and on every task, ASR overall and on every goal."""
+    return {"base_benign_accuracy": criteria.row("base_benign_accuracy", summary["benign_accuracy"]),
+            "base_benign_by_task": criteria.group_row("base_benign_by_task", summary.get("benign_accuracy_by_task", {})),
+            "base_asr": criteria.row("base_asr", summary["asr"]),
+            "base_asr_by_goal": criteria.group_row("base_asr_by_goal", summary.get("asr_by_goal", {}))}
+
+
+def base_detail(summary: dict) -> str:
+    """The verdict line of chapter 04: the four base criteria with their intervals and status."""
+    rows = base_rows(summary)
+    return "; ".join(f"{r['criterion']} {r['measured']} ({r['target']}: {r['status']})" for r in rows.values())
+
+
+AXIS_LABELS = {"phrasing": "injected-instruction phrasing", "payload": "payload string (output hijacks)",
+               "task": "injected task type (task hijacks)", "family": "wrapper family", "all": "all axes together"}
+
+
+def axis_table(summary: dict) -> list[dict]:
+    """ASR per held-out axis: seen content vs held-out content, each with its interval (DESIGN.md s.4)."""
+    out = []
+    for axis, groups in summary.get("asr_by_axis", {}).items():
+        for which in ("seen", "held_out"):
+            g = groups.get(which, {})
+            out.append({"axis": AXIS_LABELS.get(axis, axis), "content": "held out" if which == "held_out" else "seen",
+                        "k": g.get("k"), "n": g.get("n"), "ASR": g.get("rate"), "lo": g.get("lo"), "hi": g.get("hi")})
+    return out
+
+
+def shipped_base_table(manifest: dict, summary: dict) -> list[dict]:
+    """The shipped base's manifest beside what this run measured."""
+    m = manifest.get("metrics", {})
+    stages = ", ".join(f"{s['stage']} {s['steps']} steps" for s in manifest.get("training", {}).get("stages", []))
+    return [
+        {"item": "recipe", "value": f"{manifest.get('recipe')} (hash {manifest.get('recipe_hash')})"},
+        {"item": "world fingerprint", "value": f"{manifest.get('world_fingerprint')} (matches this code)"},
+        {"item": "data hash", "value": manifest.get("data_hash")},
+        {"item": "training", "value": f"{stages}; {manifest.get('training', {}).get('seconds', 0) / 60:.0f} min on "
+                                      f"{manifest.get('training', {}).get('threads')} threads, {manifest.get('created')}"},
+        {"item": "benign accuracy (manifest / measured here)",
+         "value": f"{_rate(m.get('benign_accuracy', {}))} / {_rate(summary['benign_accuracy'])}"},
+        {"item": "ASR (manifest / measured here)", "value": f"{_rate(m.get('asr', {}))} / {_rate(summary['asr'])}"},
+        {"item": "re-derive", "value": manifest.get("rederive")},
+    ]
 
 
 # -- 05 training ---------------------------------------------------------------------------------------------

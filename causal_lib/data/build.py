@@ -4,7 +4,7 @@ validation, the contamination check and `ensure_dataset`.
 Files under outputs/<run>/data/ (JSONL, one Record per line, UTF-8, keys in schema order):
     base_corpus.jsonl  kind=base: instruction following for pre-training the undefended base (data/world.py)
     train.jsonl        clean + injected pairs, training families only (defense training)
-    val.jsonl          clean + injected pairs over all families (model selection per epoch)
+    val.jsonl          clean + injected pairs, training families and content only (model selection per epoch)
     test.jsonl         clean + injected pairs over all families, benign look-alikes, SEP probe pairs, and the
                        items of the external attack files of data.attack_files (source = the file's name)
     manifest.json      schema_version, seed, data_hash, counts, sha256 of every file, held-out families
@@ -42,7 +42,7 @@ from causal_lib.config import PROJECT_ROOT
 from causal_lib.data import attacks, world
 from causal_lib.data.records import FILES, SCHEMA_VERSION, DataError, Record, data_folder, write_split
 
-GENERATOR_VERSION = 1  # bump when the generator's output changes for the same params (forces a rebuild)
+GENERATOR_VERSION = 2  # bump when the generator's output changes for the same params (forces a rebuild)
 
 
 def _rng(seed: int, name: str) -> random.Random:
@@ -50,11 +50,29 @@ def _rng(seed: int, name: str) -> random.Random:
     return random.Random(f"causal-pi:{seed}:{name}")
 
 
+def content_of(split: str) -> str:
+    """Test documents carry test-class strings (order codes); every other split only training content."""
+    return "test" if split == "test" else "train"
+
+
+NOVEL_SHARE = 0.5  # per test item and content axis: the chance that the axis draws held-out content
+
+
+def draw_novel(rng: random.Random, split: str) -> tuple[str, ...]:
+    """The content axes an injected item of this split draws from test-only content: none outside the test
+    split; in it, each axis independently with probability NOVEL_SHARE (so every axis has seen and held-out
+    items to compare)."""
+    if split != "test":
+        return ()
+    return tuple(a for a in world.CONTENT_AXES if rng.random() < NOVEL_SHARE)
+
+
 def build_clean(n: int, rng: random.Random, seen_docs: set[str], split: str) -> list[Record]:
     """n clean items (S, D, O*) with documents not in seen_docs; tasks in turn so that every task is present."""
     out: list[Record] = []
     while len(out) < n:
-        ex = world.sample_example(rng, task=world.TASK_NAMES[len(out) % len(world.TASK_NAMES)])
+        ex = world.sample_example(rng, task=world.TASK_NAMES[len(out) % len(world.TASK_NAMES)],
+                                  content=content_of(split))
         d = ex.doc.text
         if d in seen_docs:
             continue
@@ -89,7 +107,8 @@ def build_pairs(clean: list[Record], families, held_out: set[str], rng: random.R
     out = []
     for rec, (fam, goal, pos) in zip(clean, attack_plan(len(clean), families, rng)):
         tpl = rng.choice(attacks.templates_for(fam, rec.split))
-        inj = attacks.inject(rec, tpl, goal, pos, rng, id=f"{rec.pair_id}-inj", held_out=fam in held_out)
+        inj = attacks.inject(rec, tpl, goal, pos, rng, id=f"{rec.pair_id}-inj", held_out=fam in held_out,
+                             novel=draw_novel(rng, rec.split))
         out += [rec, inj]
     return out
 
@@ -107,10 +126,10 @@ def build_lookalikes(n: int, rng: random.Random, seen_docs: set[str], split: str
 
 def build_probes(n: int, rng: random.Random, seen_docs: set[str], split: str = "test") -> list[Record]:
     """SEP probe pairs: the same instruction in S (probe_system, target = its witness word) and in U
-    (probe_data, target = O*)."""
+    (probe_data, target = O*). Witness words come from their own class, disjoint from every payload."""
     out = []
     for i, rec in enumerate(build_clean(n, rng, seen_docs, split)):
-        payload = rng.choice(world.PAYLOADS)
+        payload = world.witness_word(rng)
         k = rng.randrange(len(world.SYSTEM_EXTRAS))
         probe = world.SYSTEM_EXTRAS[k].format(payload=payload)
         pid, pos = f"{split}-probe-{i:04d}", rng.choice(world.POSITIONS)
@@ -149,7 +168,9 @@ def build_dataset(cfg) -> dict[str, list[Record]]:
     out: dict[str, list[Record]] = {}
     for split, n in (("test", dc.n_test), ("val", dc.n_val)):
         rng = _rng(seed, split)
-        out[split] = build_pairs(build_clean(n, rng, seen, split), attacks.FAMILIES, held, rng)
+        # validation: training families and content only, so recipe and epoch choices never see test content
+        families = attacks.FAMILIES if split == "test" else attacks.training_families(held)
+        out[split] = build_pairs(build_clean(n, rng, seen, split), families, held, rng)
     rng = _rng(seed, "test-extra")
     out["test"] += build_lookalikes(dc.n_benign_lookalikes, rng, seen) + build_probes(dc.n_sep_probes, rng, seen)
     test_clean = [r for r in out["test"] if r.kind == "clean"]
@@ -267,11 +288,11 @@ def build_base_corpus(n: int, rng: random.Random, seen_docs: set[str], split: st
         if u < REVISION_SHARE:
             goal = world.GOALS[len(out) % len(world.GOALS)]  # balanced over the four behaviours
             position = rng.choice(world.POSITIONS)
-            z, o = world.goal_request(goal, ex.doc, ex.system, ex.target, rng)
+            z, o, _ = world.goal_request(goal, ex.doc, ex.system, ex.target, rng)
             out.append(Record(**common, system=ex.system, data=world.insert(d, z, position, rng), target=o, goal=goal,
                               position=position, injection=z, injected_target=o, template_id="revision"))
         elif u < REVISION_SHARE + SYSTEM_EXTRA_SHARE:
-            payload = rng.choice(world.PAYLOADS)
+            payload = world.payload(rng)
             extra = rng.choice(world.SYSTEM_EXTRAS).format(payload=payload)
             out.append(Record(**common, system=f"{ex.system} {extra}", data=d, target=payload,
                               injection=extra, injected_target=payload, template_id="system_extra"))
@@ -282,3 +303,24 @@ def build_base_corpus(n: int, rng: random.Random, seen_docs: set[str], split: st
         else:
             out.append(Record(**common, system=ex.system, data=d, target=ex.target, template_id="plain"))
     return out
+
+
+def world_fingerprint() -> str:
+    """A hash of what the world generates: every task, phrase pool, note and attack template, and a small
+    seeded dataset built by this code. It changes whenever the generator's output changes (for any seed,
+    as far as the sample shows), so a base trained on an older world is detected (models/shipped_base.py)."""
+    from causal_lib.config import Config, DataConfig
+
+    cfg = Config(data=DataConfig(seed=0, n_base_corpus=400, n_train=40, n_val=16, n_test=48,
+                                 n_benign_lookalikes=8, n_sep_probes=8))
+    sample = build_dataset(cfg)
+    key = {
+        "schema": SCHEMA_VERSION, "generator": GENERATOR_VERSION,
+        "tasks": {k: dataclasses.asdict(v) for k, v in world.TASKS.items()},
+        "requests": [world.OUTPUT_REQUESTS, world.LEAK_REQUESTS, world.REFUSAL_REQUESTS],
+        "extras": [world.SYSTEM_EXTRAS, world.NOTES_BASE, world.NOTES_TEST, world.REFUSAL],
+        "templates": [dataclasses.asdict(t) for t in attacks.BUILTIN_TEMPLATES],
+        "default_held_out": list(attacks.DEFAULT_HELD_OUT),
+        "sample": {k: [r.to_dict() for r in v] for k, v in sample.items()},
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -28,34 +28,115 @@ def _shingles(fragment: str, n: int) -> list[str]:
     return [" " + " ".join(w) + " "] if len(w) >= 3 else []  # short fragments are matched whole
 
 
-def contamination_check(splits: dict[str, list[Record]], held_out_families, n: int = 8) -> dict:
-    """No held-out attack text in any training file (base_corpus, train).
+TRAINING_FILES = ("base_corpus", "train", "val")  # every text a model or a choice is trained on
 
-    Held-out text = the literal wrapper text of every template of a held-out family and of every
-    evaluation-only template (e.g. the held-out ignore sentences), and the test look-alike notes; matched as
-    word n-grams (fragments shorter than n words, but >= 3, are matched whole). Also counts training records
-    whose family is held out or whose template is evaluation-only.
+
+def _training_text(r: Record) -> str:
+    # one line per field: an n-gram never spans the end of S and the start of U
+    return "\n".join(_wordseq(x) for x in (r.system, r.data, r.target) if x)
+
+
+def held_out_content(splits: dict[str, list[Record]], held_out_families) -> dict[str, list[tuple[str, str]]]:
+    """The test-only content by axis, as (name, text) pairs: phrasing (held-out request phrasings, the
+    test look-alike notes), task (the held-out task's requests), family (wrapper text of every held-out-family
+    template and of the test-only templates), payload (every generated string of the test split: novel
+    payloads, SEP witness words, test documents' order codes) and document (every test document)."""
+    held = set(held_out_families)
+    phrases = world.held_out_phrases()
+    test = [r for r in splits.get("test", []) if r.source == "builtin"]
+    strings = {r.injected_target for r in test if r.kind == "injected" and r.novel and "payload" in r.novel.split(",")}
+    strings |= {r.injected_target for r in test if r.kind in ("probe_system", "probe_data")}
+    for r in test:
+        if r.kind in ("clean", "lookalike", "probe_data") and r.task in world.TASKS and world.TASKS[r.task].doc_kind == "list":
+            strings.add(world.parse_document(r.clean_data).fields["code"])
+    return {
+        "phrasing": [(f"phrasing/{k}", t) for k, t in enumerate(phrases["phrasing"])]
+        + [(f"note_test/{k}", t) for k, t in enumerate(phrases["lookalike"])],
+        "task": [(f"task/{k}", t) for k, t in enumerate(phrases["task"])],
+        "family": [(t.id, t.template) for t in attacks.BUILTIN_TEMPLATES if t.family in held or "train" not in t.splits],
+        "payload": [(f"string/{k}", t) for k, t in enumerate(sorted(strings))],
+        "document": sorted({(r.pair_id, r.clean_data) for r in test if r.kind in ("clean", "lookalike", "probe_data")}),
+    }
+
+
+def contamination_check(splits: dict[str, list[Record]], held_out_families, n: int = 4) -> dict:
+    """No test-only content in any training text (base corpus, defense training set, validation: S, U and
+    the target of every record), on every held-out axis (DESIGN.md s.4).
+
+    Phrasings, task requests and wrapper templates are matched as word n-grams of the text around their
+    slots (fragments shorter than n words, but >= 3, are matched whole); a phrase that yields no n-gram could
+    not be caught and is listed under `uncheckable` (the check then fails). A held-out wrapper without words
+    (obfuscation's transforms, bare quote marks) is listed apart: only its family name is checked, by the
+    record counts below. Generated strings (payloads,
+    witness words, order codes) are matched whole, as words; documents exactly. Hits name the axis, the
+    held-out string, the n-gram and the file. Also counts training records of a held-out family, of a test-only
+    template, or marked with held-out content.
     """
     held = set(held_out_families)
-    texts = [(t.id, t.template) for t in attacks.BUILTIN_TEMPLATES if t.family in held or "train" not in t.splits]
-    texts += [(f"note_test/{i}", s) for i, s in enumerate(world.NOTES_TEST)]
-    training = {k: v for k, v in splits.items() if k in ("base_corpus", "train")}
-    corpus = {k: "\n".join(_wordseq(r.data) for r in v) for k, v in training.items()}
-    hits, n_sh = [], 0
-    for tid, text in texts:
-        for frag in re.split(r"\{\w+\}", text):
-            for sh in _shingles(frag, n):
-                n_sh += 1
+    content = held_out_content(splits, held)
+    training = {k: splits[k] for k in TRAINING_FILES if k in splits}
+    corpus = {k: "\n".join(_training_text(r) for r in v) for k, v in training.items()}
+    hits, uncheckable, wordless, n_checked, n_sh = [], [], [], {}, {}
+    for axis in ("phrasing", "task", "family", "payload"):
+        n_checked[axis] = 0
+        for sid, text in content[axis]:
+            if axis == "payload":
+                shingles = [_wordseq(text)]
+            else:
+                shingles = [sh for frag in re.split(r"\{\w+\}", text) for sh in _shingles(frag, n)]
+                if not shingles and axis != "family":
+                    uncheckable.append({"axis": axis, "id": sid, "text": text})
+                elif not shingles:  # no wrapper words (obfuscation's transforms, bare quote marks)
+                    wordless.append(sid)
+            n_checked[axis] += len(shingles)
+            n_sh[(axis, sid)] = len(set(shingles))
+            for sh in shingles:
                 for k, c in corpus.items():
                     cnt = c.count(sh)
                     if cnt:
-                        hits.append({"template_id": tid, "ngram": sh.strip(), "file": k, "count": cnt})
+                        hits.append({"axis": axis, "id": sid, "text": text, "ngram": sh.strip(), "file": k, "count": cnt})
+    docs = {k: {r.clean_data for r in v} for k, v in training.items()}
+    n_checked["document"] = len(content["document"])
+    for sid, d in content["document"]:
+        for k, dv in docs.items():
+            if d in dv:
+                hits.append({"axis": "document", "id": sid, "text": d, "ngram": d, "file": k, "count": 1})
+    # the held-out strings most fully present first: a planted phrase before the others that merely share an
+    # n-gram with it ("skip all that and"), so the first hits (and the summary) name the offending string
+    found: dict = {}
+    for h in hits:
+        found.setdefault((h["axis"], h["id"]), set()).add(h["ngram"])
+    hits.sort(key=lambda h: -len(found[(h["axis"], h["id"])]) / n_sh.get((h["axis"], h["id"]), 1))
     eval_only = {t.id for t in attacks.BUILTIN_TEMPLATES if "train" not in t.splits}
-    held_recs = sum(r.family in held for v in training.values() for r in v)
-    eval_recs = sum(r.template_id in eval_only for v in training.values() for r in v)
-    return {"ngram": n, "n_shingles": n_sh, "n_templates_checked": len(texts), "hits": hits[:20], "n_hits": len(hits),
+    recs = [r for v in training.values() for r in v]
+    held_recs = sum(r.family in held for r in recs)
+    eval_recs = sum(r.template_id in eval_only for r in recs)
+    novel_recs = sum(bool(r.novel) for r in recs)
+    by_axis = {a: sum(h["axis"] == a for h in hits) for a in content}
+    return {"ngram": n, "n_checked": n_checked, "n_shingles": sum(n_checked.values()), "hits": hits[:20],
+            "n_hits": len(hits), "hits_by_axis": by_axis, "uncheckable": uncheckable,
+            "family_templates_without_words": wordless,
             "held_out_family_records_in_training": held_recs, "eval_only_template_records_in_training": eval_recs,
-            "clean": not hits and held_recs == 0 and eval_recs == 0}
+            "novel_records_in_training": novel_recs,
+            "clean": not hits and not uncheckable and held_recs == 0 and eval_recs == 0 and novel_recs == 0}
+
+
+def contamination_summary(rep: dict) -> str:
+    """One line for the report: clean, or the offending strings named."""
+    if rep["clean"]:
+        return f"no overlap: {rep['n_shingles']} n-grams/strings checked on {len(rep['n_checked'])} axes"
+    first, seen = [], set()  # one hit per held-out string
+    for h in rep["hits"]:
+        if (h["axis"], h["id"]) not in seen:
+            seen.add((h["axis"], h["id"]))
+            first.append(h)
+    parts = [f"{h['axis']}: {h['text'][:50]!r} in {h['file']} ({h['ngram'][:40]!r})" for h in first[:5]]
+    parts += [f"uncheckable {u['axis']} phrase {u['text']!r}" for u in rep["uncheckable"][:3]]
+    for key in ("held_out_family_records_in_training", "eval_only_template_records_in_training",
+                "novel_records_in_training"):
+        if rep[key]:
+            parts.append(f"{rep[key]} {key.replace('_', ' ')}")
+    return f"{rep['n_hits']} overlaps: " + "; ".join(parts)
 
 
 def _norm_ws(s: str) -> str:
@@ -154,7 +235,7 @@ def validate_dataset(data_dir, held_out_families=None) -> dict:
     # split hygiene
     docs = {name: {r.clean_data for r in v} for name, v in splits.items()}
     rep["document_overlap"] = {f"{a}&{b}": len(docs[a] & docs[b]) for a, b in itertools.combinations(docs, 2)}
-    train_like = [r for n_ in ("base_corpus", "train") for r in splits.get(n_, [])]
+    train_like = [r for n_ in TRAINING_FILES for r in splits.get(n_, [])]
     rep["held_out_in_train"] = sum(r.family in held for r in train_like)
     rep["contamination"] = contamination_check(splits, held)
 
@@ -193,8 +274,8 @@ def validate_dataset(data_dir, held_out_families=None) -> dict:
         ("no document in two files", not any(rep["document_overlap"].values()), True,
          f"{sum(rep['document_overlap'].values())} shared documents"),
         ("no held-out family in training files", rep["held_out_in_train"] == 0, True, f"{rep['held_out_in_train']} records"),
-        ("no held-out template text in training files", rep["contamination"]["clean"], True,
-         f"{rep['contamination']['n_hits']} n-gram hits of {rep['contamination']['n_shingles']}"),
+        ("no test-only content in training files (phrasing, task, payload, family, document)",
+         rep["contamination"]["clean"], True, contamination_summary(rep["contamination"])),
         (f">= 8 attack families in test", len(div["by_family"]) >= 8, False, f"{len(div['by_family'])} families"),
         ("every goal x position cell in test", len(div["by_goal_position"]) == cells, False,
          f"{len(div['by_goal_position'])}/{cells} cells"),

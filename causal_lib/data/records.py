@@ -34,7 +34,7 @@ ANSWER_MATCHES = ("exact", "contains")  # how a user document's ideal answer is 
 
 
 # Optional fields written only when set (so that the world's files stay byte-identical to schema 1's)
-_OMIT_WHEN_NONE = ("judge", "instruction_type", "answer_match")
+_OMIT_WHEN_NONE = ("judge", "instruction_type", "answer_match", "novel")
 
 
 BUILT_BY = "chapter 02_dataset_validation (python -m causal_lib.book run --params <params> --from 02) or causal_lib.data.build.ensure_dataset(cfg, paths)"
@@ -71,6 +71,9 @@ class Record:
     judge: str | None = None
     instruction_type: str | None = None  # custom attacks: the instruction's type (e.g. spikee's "xss")
     answer_match: str | None = None  # a user document (task="custom"): exact | contains; None = no ideal answer
+    # test items: the held-out content axes the item uses, comma-joined in world.CONTENT_AXES order
+    # ("phrasing,payload"); the wrapper family's axis is held_out
+    novel: str | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -123,6 +126,8 @@ class Record:
         for name in need:
             if not getattr(self, name):
                 raise ValueError(f"kind={self.kind} needs {name}")
+        if self.novel is not None and (not self.novel or set(self.novel.split(",")) - set(world.CONTENT_AXES)):
+            raise ValueError(f"novel {self.novel!r} must name held-out axes from {world.CONTENT_AXES}, comma-joined")
         if (self.goal == CUSTOM) != (self.judge is not None):
             raise ValueError("goal 'custom' and a judge go together (a custom attack names its judge)")
         if self.task == CUSTOM and self.answer_match is not None and not self.target.strip():

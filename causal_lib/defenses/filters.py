@@ -35,7 +35,7 @@ import numpy as np
 from causal_lib.book import criteria
 from causal_lib.config import Config
 from causal_lib.data.records import load_split
-from causal_lib.data.world import PAYLOADS
+from causal_lib.data.world import payload_pool
 from causal_lib.defenses.cards import write_model_card
 from causal_lib.defenses.load import load_model
 from causal_lib.evaluation.generate import (
@@ -376,7 +376,7 @@ def kad_variants(cfg: Config) -> dict[str, dict]:
     out = {"liu": {"instruction": KAD_INSTRUCTION, "key_pool": None}}
     if cfg.model.kind == "tiny":
 
-        out["world"] = {"instruction": KAD_INSTRUCTION_WORLD, "key_pool": tuple(PAYLOADS)}
+        out["world"] = {"instruction": KAD_INSTRUCTION_WORLD, "key_pool": payload_pool()}
     return out
 
 

@@ -32,6 +32,9 @@ def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None) 
         row = {"defense": registry.label(d), "ASR (all attacks)": _ci(s["asr"]),
                "capability floor (clean twin passes)": _ci(s.get("capability_floor")),
                "ASR seen families": _ci(split.get("seen")), "ASR held-out families": _ci(split.get("held_out")),
+               **{f"ASR held-out {axis}": _ci(s.get("asr_by_axis", {}).get(axis, {}).get("held_out"))
+                  for axis in ("phrasing", "payload", "task")},
+               "ASR all content seen": _ci(s.get("asr_by_axis", {}).get("all", {}).get("seen")),
                "ASR max over families": _ci(s.get("asr_max_family")) + f" {s.get('asr_max_family', {}).get('family') or ''}",
                "ASR per-sample union": _ci(s.get("asr_union")),
                "benign accuracy": _ci(s["benign_accuracy"]), "over-defense": _ci(s["over_defense"]),

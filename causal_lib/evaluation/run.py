@@ -160,7 +160,8 @@ def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Calla
             family=getattr(rec, "family", None), goal=getattr(rec, "goal", None),
             position=getattr(rec, "position", None), held_out=bool(getattr(rec, "held_out", False)),
             source=getattr(rec, "source", None), task=getattr(rec, "task", None), item_key=_item_key(rec),
-            output=out, success=success, correct=correct, blocked=blocked[i], truncated=tr)
+            output=out, success=success, correct=correct, blocked=blocked[i], truncated=tr,
+            novel=getattr(rec, "novel", None))
         if k > 1 and rec.kind in ATTACK_KINDS:
             outs = sampled.get(i)
             r.outputs_pass_k = outs

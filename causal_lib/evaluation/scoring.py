@@ -132,6 +132,7 @@ class ItemResult:
     judge: str | None = None
     instruction_type: str | None = None
     twin_passed: bool | None = None
+    novel: str | None = None  # the held-out content axes of the item (Record.novel)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,8 +1,10 @@
-"""The undefended base and the trained models of a run: the tokenizer of the embedded model, pre-training
-of the base (chapter 04), and loading any defense's model by name for the later chapters."""
+"""The undefended embedded base: its tokenizer and pre-training it with the project's recipe (chapter 04 with
+base.source: pretrain, and the shipped base's recipe: training/derive_base.py)."""
 from __future__ import annotations
 
+import dataclasses
 import random
+import re
 from pathlib import Path
 
 from causal_lib.book.run_folder import RunPaths
@@ -13,11 +15,31 @@ from causal_lib.models.checkpoints import load_checkpoint
 from causal_lib.models.load import build_model, load_hf_model
 from causal_lib.models.prompts import train_tokenizer
 from causal_lib.training.examples import SFTDataset
+from causal_lib.training import shipped_base
 from causal_lib.training.trainer import TrainResult, run_training
 
 
 def tokenizer_dir(paths: RunPaths) -> Path:
     return paths.checkpoints / "tokenizer"
+
+
+TOKENIZER_SPLITS = ("base_corpus", "train")  # training text only: the tokenizer never sees the test split
+
+
+_ALL_CAPS = re.compile(r"\b[A-Z]{2,}\b")
+
+
+def train_run_tokenizer(splits: dict, vocab_size: int):
+    """The embedded model's byte-level BPE on the S, U and target texts of the training files, with every
+    all-capitals word (the generated payloads and codes, "SYSTEM") left out: no merge joins two capitals, so a
+    string never seen in training is tokenized like the ones that were, one token per letter, and copying it
+    is copying over an alphabet of ~40 symbols. With syllable merges learned from the training strings a test
+    string was made of rare tokens and copying did not form within budget (README "The base model")."""
+    texts = []
+    for split in TOKENIZER_SPLITS:
+        for r in splits[split]:
+            texts += [_ALL_CAPS.sub(" ", t) for t in (r.system, r.data, r.target)]
+    return train_tokenizer(texts, vocab_size=vocab_size)
 
 
 def ensure_tokenizer(cfg: Config, paths: RunPaths):
@@ -29,13 +51,12 @@ def ensure_tokenizer(cfg: Config, paths: RunPaths):
 
 
     d = tokenizer_dir(paths)
+    if cfg.base.source == "shipped":  # the shipped base's own tokenizer, checked and copied into the run
+        shipped_base.install(cfg, d, base_checkpoint(paths), paths.metrics)
+        return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     if (d / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
-    texts = []
-    for split in ("base_corpus", "train"):
-        for r in load_split(paths.data, split):
-            texts += [r.system, r.data, r.target]
-    tok = train_tokenizer(texts, vocab_size=cfg.model.tiny.vocab_size)
+    tok = train_run_tokenizer({s: load_split(paths.data, s) for s in TOKENIZER_SPLITS}, cfg.model.tiny.vocab_size)
     tmp = d.with_name(d.name + ".tmp")
     tok.save_pretrained(str(tmp))
     tmp.replace(d) if not d.exists() else None
@@ -72,34 +93,95 @@ def base_followups(k: int, seed: int):
     return turns
 
 
+def stage_examples(records: list, tasks, seed: int) -> list:
+    """A curriculum stage's examples: the stage's tasks asked of every training document of a fitting kind (each
+    document once, one of its fitting tasks drawn by a generator seeded by the record id), as plain examples.
+    Asking every document - not only the plain examples that happened to carry one of these tasks - gives the
+    stage ~3x more distinct documents: the copy skill forms on fresh strings, not on a few repeated ones."""
+    out, seen = [], set()
+    for r in records:
+        if r.clean_data in seen or r.task not in world.TASKS:
+            continue
+        seen.add(r.clean_data)
+        doc = world.parse_document(r.clean_data)
+        fitting = [t for t in tasks if world.TASKS[t].doc_kind == doc.kind]
+        if not fitting:
+            continue
+        rng = random.Random(f"{seed}:{r.id}:stage")
+        inst = world.TaskInstance(rng.choice(fitting))
+        out.append(dataclasses.replace(r, id=f"{r.id}-stage", kind="base", task=inst.task, data=r.clean_data,
+                                       system=world.system_text(inst, rng), target=world.answer(inst, doc),
+                                       template_id="plain", goal=None, position=None, injection=None,
+                                       injected_target=None, family=None))
+    return out
+
+
+def answer_sentence_examples(examples: list) -> list:
+    """Copy warm-up: each example's data reduced to the one sentence that holds its answer ("Order code: TRAVO-37."),
+    so that the only skill asked is to copy a span of the data - the step that did not form in the full documents
+    within budget (README "The base model"). Examples whose answer is not a span of one sentence are dropped."""
+    out = []
+    for r in examples:
+        sent = [s for s in world.split_segments(r.clean_data) if r.target in s]
+        if len(sent) == 1:
+            out.append(dataclasses.replace(r, id=f"{r.id}-warmup", data=sent[0], clean_data=sent[0]))
+    return out
+
+
+def stage_epochs(cfg: Config) -> list[float]:
+    """Epochs of each curriculum stage: train.base_curriculum_stage_epochs, else base_curriculum_epochs for all."""
+    tc = cfg.train
+    return list(tc.base_curriculum_stage_epochs) or [tc.base_curriculum_epochs] * len(tc.base_curriculum)
+
+
 def curriculum_runs(cfg: Config) -> list[str]:
     """Run names (checkpoints/<name>, metrics/train_<name>_log.jsonl) of the base's curriculum stages, in order."""
-    if cfg.model.kind == "hf" or cfg.train.base_curriculum_epochs <= 0:
+    if cfg.model.kind == "hf" or not any(e > 0 for e in stage_epochs(cfg)):
         return []
-    return [f"base_curriculum_{i + 1}" for i in range(len(cfg.train.base_curriculum))]
+    warmup = ["base_copy_warmup"] if cfg.train.base_copy_warmup_epochs > 0 and cfg.train.base_curriculum else []
+    return warmup + [f"base_curriculum_{i + 1}" for i in range(len(cfg.train.base_curriculum))]
+
+
+def curriculum_stages(cfg: Config, records: list) -> list[tuple[str, list, float]]:
+    """(run name, examples, epochs) of each curriculum stage in order: the copy warm-up (the first stage's tasks on
+    the answer's sentence alone, train.base_copy_warmup_epochs), then each train.base_curriculum stage."""
+    tc, names = cfg.train, curriculum_runs(cfg)
+    stages = [(tasks, e) for tasks, e in zip(tc.base_curriculum, stage_epochs(cfg))]
+    out = []
+    if names and names[0] == "base_copy_warmup":
+        first = stage_examples(records, tc.base_curriculum[0], cfg.run.seed)
+        out.append((names.pop(0), answer_sentence_examples(first), tc.base_copy_warmup_epochs))
+    for name, (tasks, e) in zip(names, stages):
+        out.append((name, stage_examples(records, tasks, cfg.run.seed), e))
+    return out
 
 
 def train_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResult | None:
-    """Pre-train the embedded model from scratch as the undefended base; a real model is used as it is."""
+    """Pre-train the embedded model from scratch as the undefended base (base.source: pretrain), or install the
+    shipped base (base.source: shipped; nothing is trained, returns None); a real model is used as it is."""
     if cfg.model.kind == "hf":
+        return None
+    if cfg.base.source == "shipped":
+        shipped_base.install(cfg, tokenizer_dir(paths), base_checkpoint(paths), paths.metrics)
         return None
     tok = ensure_tokenizer(cfg, paths)
     model, tok = build_model(cfg.model, tok, seed=cfg.run.seed)
     tc = cfg.train
     records = base_training_records(paths)
     followups = base_followups(tc.base_followups, cfg.run.seed)
-    for name, tasks in zip(curriculum_runs(cfg), tc.base_curriculum):
-        stage = [r for r in records if r.task in tasks and is_plain_task_example(r)]
+    for name, stage, epochs in curriculum_stages(cfg, records):
+        tasks = sorted({r.task for r in stage})
         if not stage:
-            raise ValueError(f"train.base_curriculum stage {tasks} matches no plain example of the base corpus; "
-                             f"choose from {sorted({r.task for r in records})} or set train.base_curriculum: []")
+            raise ValueError(f"train.base_curriculum stage {name} matches no training document; "
+                             f"choose tasks from {sorted(world.TASKS)} or set train.base_curriculum: []")
         done = paths.checkpoints / name / "best_model"  # written when the stage has finished
         if resume and done.exists():  # a finished stage is read back (its last epoch), not trained again
             model = load_checkpoint(done, cfg.model, is_trainable=True)[0]
             continue
-        run_training(cfg, paths, name, model, tok, SFTDataset(stage, tok, cfg.model.max_seq_length,
-                                                              followups_fn=followups),
-                     epochs=tc.base_curriculum_epochs, learning_rate=tc.base_learning_rate, resume=resume,
+        run_training(cfg, paths, name, model, tok,
+                     SFTDataset(stage, tok, cfg.model.max_seq_length,
+                                followups_fn=None if name == "base_copy_warmup" else followups),
+                     epochs=epochs, learning_rate=tc.base_learning_rate, resume=resume,
                      # constant after warmup: a stage is a warm start; with the cosine decay over a stage of ~440
                      # steps the copy mechanism had not formed when the rate reached 0 (first item 0.41)
                      lr_scheduler_type="constant_with_warmup",
@@ -108,3 +190,4 @@ def train_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResul
     return run_training(cfg, paths, "base", model, tok, ds, epochs=tc.base_epochs,
                         learning_rate=tc.base_learning_rate, resume=resume,
                         extra_meta={"defense": "none"})
+

@@ -1,0 +1,99 @@
+"""Derive the shipped embedded base (training/shipped_base.py) with the project's recipe:
+
+    python -m causal_lib.training.derive_base --params params/base.yaml [--out FOLDER] [--resume] [--set key=value]
+
+trains the base from training text only (outputs/<run>/ holds its data, checkpoints and logs), evaluates it on the
+validation split (what recipe choices may look at) and the test split (reported), and writes
+causal_lib/base_model/ (or FOLDER) with its manifest. In the book, chapter 04 installs the shipped base
+(base.source: shipped, the default) or trains one from the run's params (base.source: pretrain).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from causal_lib.book import run_folder
+from causal_lib.book.run_folder import RunPaths
+from causal_lib.config import Config
+from causal_lib.data.build import GENERATOR_VERSION, data_hash, ensure_dataset, world_fingerprint
+from causal_lib.evaluation.run import evaluate_defense
+from causal_lib.training import shipped_base
+from causal_lib.training.pretrain import base_checkpoint, curriculum_runs, train_base
+from causal_lib.training.trainer import read_train_log
+def base_metrics(summary: dict) -> dict:
+    """The shipped base's measured figures (each rate with its 95% interval), for its manifest and README."""
+    keys = ("benign_accuracy", "benign_accuracy_by_task", "asr", "asr_by_goal", "asr_by_axis", "asr_by_split",
+            "capability_floor", "counts")
+    return {k: summary[k] for k in keys if k in summary}
+
+
+def stage_steps(cfg: Config, paths: RunPaths) -> list[dict]:
+    """Steps and seconds of each training stage of the base (curriculum stages, then the whole corpus)."""
+    out = []
+    for name in curriculum_runs(cfg) + ["base"]:
+        rows = read_train_log(paths, name)
+        out.append({"stage": name, "steps": max((r.get("step", 0) for r in rows), default=0),
+                    "seconds": max((r.get("train_runtime", 0.0) for r in rows), default=0.0)})
+    return out
+
+
+def derive(params_file: str, overrides: dict | None = None, out: Path | None = None, resume: bool = False) -> dict:
+    """Train the base from `params_file` (base.source forced to pretrain), evaluate it on the test split and
+    write the shipped folder (`out`, default causal_lib/base_model) with its manifest. Returns the manifest."""
+    cfg, paths = run_folder.start(params_file, {**(overrides or {}), "base.source": "pretrain"})
+    if cfg.model.kind != "tiny":
+        raise SystemExit(f"{params_file}: model.kind is {cfg.model.kind!r}; only the embedded tiny base is pre-trained")
+    t0 = time.perf_counter()
+    ensure_dataset(cfg, paths)
+    train_base(cfg, paths, resume=resume)
+    train_seconds = time.perf_counter() - t0
+    stages = stage_steps(cfg, paths)
+    # validation (training content only) is what recipe choices may look at; the test split is reported only
+    validation = evaluate_defense(cfg, paths, "none", split="val", use_cache=False)["summary"]
+    summary = evaluate_defense(cfg, paths, "none", use_cache=False)["summary"]
+    manifest = {
+        "recipe": str(params_file), "recipe_hash": shipped_base.recipe_hash(cfg), "params": shipped_base.base_recipe(cfg),
+        "world_fingerprint": world_fingerprint(), "generator_version": GENERATOR_VERSION, "data_hash": data_hash(cfg),
+        "model": {"kind": cfg.model.kind, "tiny": {k: getattr(cfg.model.tiny, k) for k in shipped_base._SHAPE_KEYS}},
+        # seconds = the stages' own training time from their logs (a --resume call adds only what it trained)
+        "training": {"stages": stages, "seconds": round(sum(st["seconds"] for st in stages), 1),
+                     "wall_seconds_this_call": round(train_seconds, 1),
+                     "torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version(), "threads": torch.get_num_threads()},
+        "metrics": base_metrics(summary), "metrics_validation": base_metrics(validation),
+        "created": datetime.date.today().isoformat(),
+        "rederive": f"python -m causal_lib.training.derive_base --params {params_file}",
+    }
+    shipped_base.write_shipped(base_checkpoint(paths), Path(out) if out else shipped_base.SHIPPED_DIR, manifest)
+    return manifest
+
+
+def main(argv=None) -> int:
+    from causal_lib.config import ConfigError, parse_overrides
+
+    ap = argparse.ArgumentParser(prog="python -m causal_lib.training.derive_base", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", default=shipped_base.RECIPE, help="the base's recipe (default %(default)s)")
+    ap.add_argument("--out", default=None, help="folder to write (default causal_lib/base_model)")
+    ap.add_argument("--resume", action="store_true", help="continue from the run folder's finished checkpoints")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key")
+    a = ap.parse_args(argv)
+    try:
+        m = derive(a.params, parse_overrides(a.set), a.out, a.resume)
+    except (ConfigError, shipped_base.ShippedBaseError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    b, asr = m["metrics"]["benign_accuracy"], m["metrics"]["asr"]
+    print(f"base written to {a.out or shipped_base.SHIPPED_DIR}: benign {b['rate']:.1%} [{b['lo']:.1%}, {b['hi']:.1%}], "
+          f"ASR {asr['rate']:.1%} [{asr['lo']:.1%}, {asr['hi']:.1%}], {m['training']['seconds'] / 60:.0f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The shipped embedded base (training/shipped_base.py): its manifest matches this world, its tokenizer is the
+one the recipe trains, a changed world / shape / tokenizer is refused with the command that re-derives it, and
+installing it into a run is atomic and idempotent."""
+import json
+import shutil
+
+import pytest
+
+from causal_lib.config import load_config
+from causal_lib.data import build, world
+from causal_lib.models.checkpoints import load_checkpoint, save_checkpoint, tokenizer_hash
+from causal_lib.training import pretrain, shipped_base
+from causal_lib.training.shipped_base import ShippedBaseError
+
+SHIPPED = shipped_base.SHIPPED_DIR
+
+
+def test_recipe_is_shared_by_the_default_params():
+    """params/default.yaml and params/paper.yaml carry the shipped recipe's base keys: --set base.source=pretrain
+    re-derives the same base inside the book."""
+    want = shipped_base.recipe_hash(load_config(shipped_base.RECIPE))
+    for p in ("params/default.yaml", "params/paper.yaml"):
+        assert shipped_base.recipe_hash(load_config(p)) == want, p
+
+
+def test_shipped_base_matches_this_world_and_shape():
+    """Fails when the world (or the default shape) changes without the shipped base being re-derived."""
+    m = shipped_base.check_shipped_base(load_config("params/default.yaml"))
+    assert m["recipe_hash"] == shipped_base.recipe_hash(load_config(shipped_base.RECIPE))
+    assert m["world_fingerprint"] == build.world_fingerprint()
+    size = sum(f.stat().st_size for f in SHIPPED.iterdir())
+    assert size <= 10 * 1024 * 1024, f"the shipped base is {size / 2**20:.1f} MiB (limit 10 MiB)"
+    for name, info in m["files"].items():
+        assert (SHIPPED / name).stat().st_size == info["size"], name
+    for key in ("benign_accuracy", "benign_accuracy_by_task", "asr", "asr_by_goal", "asr_by_axis"):
+        assert key in m["metrics"], key
+
+
+def test_shipped_tokenizer_is_the_recipes():
+    """The tokenizer the recipe trains on the recipe's training text is the shipped one (fails when the tokenizer
+    recipe or its training text changes without re-deriving the base)."""
+    from transformers import AutoTokenizer
+
+    cfg = load_config(shipped_base.RECIPE)
+    splits = build.build_dataset(cfg)
+    tok = pretrain.train_run_tokenizer(splits, cfg.model.tiny.vocab_size)
+    shipped = AutoTokenizer.from_pretrained(str(SHIPPED), local_files_only=True)
+    assert tokenizer_hash(tok) == tokenizer_hash(shipped)
+
+
+@pytest.mark.parametrize("change", ["note", "instruction", "template"])
+def test_a_changed_world_is_refused(monkeypatch, change):
+    import dataclasses
+
+    from causal_lib.data import attacks
+
+    if change == "note":
+        monkeypatch.setattr(world, "NOTES_TEST", world.NOTES_TEST + ("A new note.",))
+    elif change == "instruction":
+        spec = world.TASKS["first_item"]
+        monkeypatch.setitem(world.TASKS, "first_item",
+                            dataclasses.replace(spec, instructions=spec.instructions + ("First one?",)))
+    else:
+        t = attacks.BUILTIN_TEMPLATES[0]
+        monkeypatch.setattr(attacks, "BUILTIN_TEMPLATES",
+                            (dataclasses.replace(t, template=t.template + " Thanks."),) + attacks.BUILTIN_TEMPLATES[1:])
+    with pytest.raises(ShippedBaseError, match="world changed.*python -m causal_lib.training.derive_base"):
+        shipped_base.check_shipped_base(load_config("params/default.yaml"))
+
+
+def test_another_shape_or_a_modified_tokenizer_is_refused(tmp_path):
+    with pytest.raises(ShippedBaseError, match=r"model.tiny differs.*hidden_size 64"):
+        shipped_base.check_shipped_base(load_config("params/default.yaml", {"model.tiny.hidden_size": 64}))
+    copy = tmp_path / "base"
+    shutil.copytree(SHIPPED, copy)
+    (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text().replace('"<unk>"', '"<UNK>"', 1) + " ")
+    with pytest.raises(ShippedBaseError, match="tokenizer.*differs from its manifest"):
+        shipped_base.check_shipped_base(load_config("params/default.yaml", {"base.path": str(copy)}))
+    with pytest.raises(ShippedBaseError, match="no shipped base at .*derive it with"):
+        shipped_base.check_shipped_base(load_config("params/default.yaml", {"base.path": str(tmp_path / "none")}))
+
+
+def test_install_is_atomic_and_idempotent(tmp_path):
+    cfg = load_config("params/default.yaml")
+    tok_dir, ckpt, metrics = tmp_path / "tokenizer", tmp_path / "base" / "best_model", tmp_path / "metrics"
+    m = shipped_base.install(cfg, tok_dir, ckpt, metrics)
+    from transformers import AutoTokenizer
+
+    model, tok = load_checkpoint(ckpt, cfg.model)  # verifies every file's sha256
+    assert tokenizer_hash(tok) == tokenizer_hash(AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True))
+    assert json.loads((metrics / "base_manifest.json").read_text())["world_fingerprint"] == m["world_fingerprint"]
+    mtime = (ckpt / "model.safetensors").stat().st_mtime_ns
+    shipped_base.install(cfg, tok_dir, ckpt, metrics)  # the same files: kept, not copied again
+    assert (ckpt / "model.safetensors").stat().st_mtime_ns == mtime
+    assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_write_shipped_from_a_checkpoint(tmp_path, tiny_model):
+    """A folder written by write_shipped is read back by check_shipped_base (with a manifest for this world)."""
+    model, tok = tiny_model
+    ckpt = save_checkpoint(model, tok, tmp_path / "ckpt")
+    c = model.config
+    shape = {"vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
+             "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size}
+    out = shipped_base.write_shipped(ckpt, tmp_path / "shipped", {"world_fingerprint": build.world_fingerprint(),
+                                                                 "model": {"kind": "tiny", "tiny": shape}})
+    over = {"base.path": str(out), **{f"model.tiny.{k}": v for k, v in shape.items()}}
+    m = shipped_base.check_shipped_base(load_config("params/default.yaml", over))
+    assert set(m["files"]) >= {"model.safetensors", "config.json", "tokenizer.json", "checkpoint.json"}
+    assert not list(tmp_path.glob("shipped.*"))
