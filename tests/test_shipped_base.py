@@ -108,3 +108,18 @@ def test_write_shipped_from_a_checkpoint(tmp_path, tiny_model):
     m = shipped_base.check_shipped_base(load_config("params/default.yaml", over))
     assert set(m["files"]) >= {"model.safetensors", "config.json", "tokenizer.json", "checkpoint.json"}
     assert not list(tmp_path.glob("shipped.*"))
+
+
+def test_book_check_and_run_refuse_a_missing_base_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from causal_lib.config import PROJECT_ROOT
+
+    for cmd in (["check"], ["run", "--run", "missing-base-test"]):
+        p = subprocess.run([sys.executable, "-m", "causal_lib.book", *cmd, "--params", "params/default.yaml",
+                            "--set", f"base.path={tmp_path / 'none'}"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+        assert p.returncode == 1, p.stderr
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "no shipped base" in lines[0] and "derive_base" in lines[0], p.stderr
+    assert not (PROJECT_ROOT / "outputs" / "missing-base-test").exists()  # nothing written

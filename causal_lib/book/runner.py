@@ -47,6 +47,7 @@ from causal_lib.config import (PROJECT_ROOT, RUN_NAME_RULE, Config, ConfigError,
                                resolve_params_path)
 from causal_lib.data.build import data_seed
 from causal_lib.defenses import registry
+from causal_lib.training.shipped_base import ShippedBaseError, check_shipped_base
 from causal_lib.book.share import write_index
 from causal_lib.config import parse_overrides
 
@@ -154,6 +155,16 @@ class BookError(RuntimeError):
 
 class BookInterrupted(BookError):
     """Ctrl-C: the chapter and its kernel were stopped; the message names the chapter and the --resume command."""
+
+
+def check_base(cfg) -> None:
+    """The shipped base fits this world and model shape (base.source: shipped, the embedded model): checked before
+    any chapter runs, so a stale base is one line at the start, not a failure in chapter 04."""
+    if cfg.model.kind == "tiny" and cfg.base.source == "shipped":
+        try:
+            check_shipped_base(cfg)
+        except ShippedBaseError as e:
+            raise BookError(str(e)) from None
 
 
 def check_run_name(name: str) -> None:
@@ -545,6 +556,7 @@ def run_book(params: str, from_chapter: str | None = None, only: list[str] | Non
     params_file = resolve_params_path(params)
     cfg = load_config(params_file, overrides)
     check_run_name(cfg.run.name)  # before anything is written
+    check_base(cfg)
     selected = select_runs(chapter_runs(cfg), from_chapter, only)
     with RunLock(cfg.run_dir):
         paths, state = _open_run(cfg, params_file, force)
@@ -637,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(a.params, overrides)
         check_run_name(cfg.run.name)
         if a.cmd == "check":
+            check_base(cfg)
             print(f"{a.params}: OK (run {cfg.run.name}, params hash {cfg.params_hash()})")
         else:
             for r in chapter_runs(cfg):

@@ -61,7 +61,7 @@ def shipped_dir(cfg: Config | None = None) -> Path:
 def read_manifest(folder: Path) -> dict:
     mp = Path(folder) / MANIFEST
     if not mp.is_file():
-        raise ShippedBaseError(f"no shipped base at {folder} (manifest.json missing): derive it with `{REDERIVE}` "
+        raise ShippedBaseError(f"no shipped base at {_display(folder)} (manifest.json missing): derive it with `{REDERIVE}` "
                                f"or set base.source: pretrain")
     try:
         m = json.loads(mp.read_text())
@@ -84,7 +84,7 @@ def check_shipped_base(cfg: Config, folder: Path | None = None) -> dict:
     fp = world_fingerprint()
     if m.get("world_fingerprint") != fp:
         raise ShippedBaseError(
-            f"the shipped base at {folder} was trained on world {m.get('world_fingerprint')}, but this code "
+            f"the shipped base at {_display(folder)} was trained on world {m.get('world_fingerprint')}, but this code "
             f"generates world {fp} (the world changed): re-derive it with `{REDERIVE}` and commit the folder, "
             f"or set base.source: pretrain")
     shape = {k: getattr(cfg.model.tiny, k) for k in _SHAPE_KEYS}
@@ -95,8 +95,8 @@ def check_shipped_base(cfg: Config, folder: Path | None = None) -> dict:
                                f"({m.get('recipe', RECIPE)}) or set base.source: pretrain")
     tok = folder / "tokenizer.json"
     if not tok.is_file() or file_sha256(tok) != m.get("tokenizer_sha256"):
-        raise ShippedBaseError(f"the shipped tokenizer {tok} is missing or differs from its manifest: restore it "
-                               f"(git checkout {folder}) or re-derive the base with `{REDERIVE}`")
+        raise ShippedBaseError(f"the shipped tokenizer {_display(tok)} is missing or differs from its manifest: restore it "
+                               f"(git checkout {_display(folder)}) or re-derive the base with `{REDERIVE}`")
     return m
 
 
