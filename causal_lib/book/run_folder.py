@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,30 @@ def write_text_atomic(path: Path, text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_folder(tmp: Path, dest: Path) -> Path:
+    """Rename the finished folder `tmp` over `dest`: the old `dest` is moved to `<dest>.old-<pid>` for the instant
+    between two renames (a folder cannot be renamed over a non-empty one), then deleted. A crash never leaves a
+    half-written `dest`."""
+    old = dest.parent / f"{dest.name}.old-{os.getpid()}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old.exists():
+        shutil.rmtree(old)
+    return dest
+
+
+def copy_folder_atomic(src: Path, dest: Path, ignore=None) -> Path:
+    """Copy the folder `src` to `dest` through `<dest>.tmp-<pid>` and replace_folder (`ignore` as shutil.copytree's)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f"{dest.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp, ignore=ignore)
+    return replace_folder(tmp, dest)
 
 
 def write_json(path: Path, obj) -> Path:

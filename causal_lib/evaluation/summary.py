@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from causal_lib.data.world import GOALS
 from causal_lib.evaluation.generate import ATTACK_KINDS
 from causal_lib.evaluation.scoring import ItemResult
 from causal_lib.verification.intervals import rate as _rate
@@ -31,7 +32,7 @@ def _grouped(items, key, flag, alpha) -> dict:
 
 # The items each held-out axis applies to (DESIGN.md s.4): payloads only to output hijacks, the held-out task
 # only to task hijacks; phrasings and wrapper families to every built-in attack.
-_AXIS_APPLIES = {"phrasing": lambda r: r.goal in ("output_hijack", "task_hijack", "prompt_leak", "refusal"),
+_AXIS_APPLIES = {"phrasing": lambda r: r.goal in GOALS,
                  "payload": lambda r: r.goal == "output_hijack", "task": lambda r: r.goal == "task_hijack",
                  "family": lambda r: (r.source or "builtin") == "builtin"}
 
@@ -45,17 +46,11 @@ def asr_by_axis(inj, alpha: float = 0.05) -> dict:
     on that axis is seen in training and those whose content is held out; plus "all seen" (no held-out
     content on any axis) and "any held out"."""
     builtin = [r for r in inj if (r.source or "builtin") == "builtin"]
-    out = {}
-    for axis, applies in _AXIS_APPLIES.items():
-        rows = [r for r in builtin if applies(r)]
-        out[axis] = {"seen": rate_dict(sum(bool(r.success) for r in rows if axis not in _axes_of(r)),
-                                       sum(axis not in _axes_of(r) for r in rows), alpha),
-                     "held_out": rate_dict(sum(bool(r.success) for r in rows if axis in _axes_of(r)),
-                                           sum(axis in _axes_of(r) for r in rows), alpha)}
-    out["all"] = {"seen": rate_dict(sum(bool(r.success) for r in builtin if not _axes_of(r)),
-                                    sum(not _axes_of(r) for r in builtin), alpha),
-                  "held_out": rate_dict(sum(bool(r.success) for r in builtin if _axes_of(r)),
-                                        sum(bool(_axes_of(r)) for r in builtin), alpha)}
+    empty = {"seen": rate_dict(0, 0, alpha), "held_out": rate_dict(0, 0, alpha)}  # a side without items: n = 0
+    out = {axis: {**empty, **_grouped([r for r in builtin if applies(r)],
+                                      lambda r, a=axis: "held_out" if a in _axes_of(r) else "seen", "success", alpha)}
+           for axis, applies in _AXIS_APPLIES.items()}
+    out["all"] = {**empty, **_grouped(builtin, lambda r: "held_out" if _axes_of(r) else "seen", "success", alpha)}
     return out
 
 

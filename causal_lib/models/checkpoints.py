@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from causal_lib.book.run_folder import file_sha256
+from causal_lib.book.run_folder import file_sha256, replace_folder
 from causal_lib.config import ModelConfig
 from causal_lib.models.load import (
     DTYPES,
@@ -106,13 +106,7 @@ def save_checkpoint(model, tokenizer, path, extra: dict | None = None, save_base
             "arch": _arch(model), "base_name_or_path": base_name, "base_saved": bool(peft and save_base),
             "files": files, "extra": extra or {}}
     (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    old = path.parent / f"{path.name}.old-{os.getpid()}"
-    if path.exists():
-        os.replace(path, old)  # a folder cannot be renamed over a non-empty one: move the old aside first
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
-    return path
+    return replace_folder(tmp, path)
 
 
 def _corrupt(path: Path, why: str) -> CheckpointError:

@@ -27,6 +27,8 @@ from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.training import shipped_base
 from causal_lib.training.pretrain import base_checkpoint, curriculum_runs, train_base
 from causal_lib.training.trainer import read_train_log
+
+
 def base_metrics(summary: dict) -> dict:
     """The shipped base's measured figures (each rate with its 95% interval), for its manifest and README."""
     keys = ("benign_accuracy", "benign_accuracy_by_task", "asr", "asr_by_goal", "asr_by_axis", "asr_by_split",

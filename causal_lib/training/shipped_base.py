@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from causal_lib.book.run_folder import file_sha256, write_json
+from causal_lib.book.run_folder import copy_folder_atomic, file_sha256, replace_folder, write_json
 from causal_lib.config import PROJECT_ROOT, Config
 from causal_lib.data.build import world_fingerprint
 
@@ -100,17 +100,6 @@ def check_shipped_base(cfg: Config, folder: Path | None = None) -> dict:
     return m
 
 
-def _copy_atomic(src: Path, dest: Path, ignore=None) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f"{dest.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp, ignore=ignore)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-
-
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
@@ -122,11 +111,11 @@ def install(cfg: Config, tokenizer_dest: Path, checkpoint_dest: Path, metrics_di
     m = check_shipped_base(cfg, folder)
     if not (tokenizer_dest / "tokenizer.json").is_file() or \
             file_sha256(tokenizer_dest / "tokenizer.json") != m["tokenizer_sha256"]:
-        _copy_atomic(folder, tokenizer_dest,
+        copy_folder_atomic(folder, tokenizer_dest,
                      ignore=lambda d, names: [n for n in names if n not in TOKENIZER_FILES])
     ckpt = checkpoint_dest / "checkpoint.json"
     if not ckpt.is_file() or file_sha256(ckpt) != file_sha256(folder / "checkpoint.json"):
-        _copy_atomic(folder, checkpoint_dest, ignore=lambda d, names: [MANIFEST] if MANIFEST in names else [])
+        copy_folder_atomic(folder, checkpoint_dest, ignore=lambda d, names: [MANIFEST] if MANIFEST in names else [])
     write_json(Path(metrics_dir) / "base_manifest.json", {**m, "installed_from": _display(folder)})
     return m
 
@@ -152,10 +141,4 @@ def write_shipped(checkpoint: Path, out: Path, manifest: dict) -> Path:
         shutil.rmtree(tmp)
     shutil.copytree(checkpoint, tmp)
     write_json(tmp / MANIFEST, manifest)
-    old = out.parent / f"{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
-    return out
+    return replace_folder(tmp, out)

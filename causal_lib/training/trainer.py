@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from causal_lib.book import progress
+from causal_lib.book.run_folder import copy_folder_atomic
 from causal_lib.config import Config
 from causal_lib.models.checkpoints import checkpoint_json, save_checkpoint
 from causal_lib.training.examples import make_collator
@@ -294,13 +295,7 @@ def set_best_model(root: Path, epoch: int) -> Path:
     """Copy `root`/epoch_<epoch> to `root`/best_model (through a temporary folder, then a rename, so a crash
     never leaves half a best_model) -> the best_model folder."""
     root = Path(root)
-    best = root / "best_model"
-    tmp = root / "best_model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(root / f"epoch_{epoch}", tmp)
-    shutil.rmtree(best, ignore_errors=True)
-    os.replace(tmp, best)
-    return best
+    return copy_folder_atomic(root / f"epoch_{epoch}", root / "best_model")
 
 
 def read_train_log(paths, name: str) -> list[dict]:
