@@ -33,6 +33,7 @@ from causal_lib.book import run_folder
 from causal_lib.data import build
 from causal_lib.data import records
 from causal_lib.data import checks
+from causal_lib.data import world
 from causal_lib.book import reports
 from causal_lib.book import report_text
 
@@ -109,7 +110,7 @@ print(report_text.contamination_line(con))
 print("documents shared between files:", report["document_overlap"])
 test_inj = [r for r in splits["test"] if r.kind == "injected" and r.source == "builtin"]
 display(pd.DataFrame([{"axis": a, "test attacks with held-out content": sum(a in (r.novel or "").split(",") for r in test_inj)}
-                      for a in ("phrasing", "payload", "task")]
+                      for a in world.CONTENT_AXES]
                      + [{"axis": "family", "test attacks with held-out content": sum(r.held_out for r in test_inj)}]))
 pd.DataFrame(con["hits"]) if con["hits"] else "no contamination"
 

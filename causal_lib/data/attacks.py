@@ -163,23 +163,22 @@ def inject(clean, template: AttackTemplate, goal: str, position: str, rng: rando
         raise ValueError(f"inject needs a clean record, got kind={clean.kind!r} ({clean.id})")
     custom = {}
     if template.instruction is not None:  # its own injected text and judge: O_inj = the judge's argument
-        goal, z0, o_inj = CUSTOM, template.instruction, template.judge_args
+        goal, z0, o_inj, used = CUSTOM, template.instruction, template.judge_args, ()
         custom = dict(judge=template.judge, instruction_type=template.instruction_type)
     elif clean.task == CUSTOM:  # a user's document: only the goals that need no world document
         if goal == "task_hijack":
             raise ValueError(f"goal task_hijack needs the world's documents, not {clean.id}")
         z0, o_inj, used = world.goal_request(goal, None, clean.system, clean.target, rng, novel)
-        custom["novel"] = ",".join(used) or None
     else:
         doc = world.parse_document(clean.clean_data)
         z0, o_inj, used = world.goal_request(goal, doc, clean.system, clean.target, rng, novel)
-        custom["novel"] = ",".join(used) or None
     z = template.render(z0, answer=clean.target)
     data = world.insert(clean.clean_data, z, position, rng, copies=template.copies)
     return replace(clean, id=id, kind="injected", data=data, family=template.family, goal=goal, position=position,
                    injection=z, injected_target=o_inj, held_out=held_out,
                    template_id=template.id if template.source == "builtin" else f"{template.source}:{template.id}",
-                   source=source or template.source, answer_match=clean.answer_match, **custom)
+                   source=source or template.source, answer_match=clean.answer_match, novel=",".join(used) or None,
+                   **custom)
 
 
 class AttackFileError(ValueError):

@@ -308,7 +308,7 @@ def build_base_corpus(n: int, rng: random.Random, seen_docs: set[str], split: st
 def world_fingerprint() -> str:
     """A hash of what the world generates: every task, phrase pool, note and attack template, and a small
     seeded dataset built by this code. It changes whenever the generator's output changes (for any seed,
-    as far as the sample shows), so a base trained on an older world is detected (models/shipped_base.py)."""
+    as far as the sample shows), so a base trained on an older world is detected (training/shipped_base.py)."""
     from causal_lib.config import Config, DataConfig
 
     cfg = Config(data=DataConfig(seed=0, n_base_corpus=400, n_train=40, n_val=16, n_test=48,

@@ -67,8 +67,8 @@ def contamination_check(splits: dict[str, list[Record]], held_out_families, n: i
     slots (fragments shorter than n words, but >= 3, are matched whole); a phrase that yields no n-gram could
     not be caught and is listed under `uncheckable` (the check then fails). A held-out wrapper without words
     (obfuscation's transforms, bare quote marks) is listed apart: only its family name is checked, by the
-    record counts below. Generated strings (payloads,
-    witness words, order codes) are matched whole, as words; documents exactly. Hits name the axis, the
+    record counts below. Generated strings (payloads, witness words, order codes) are matched whole, as words;
+    documents exactly. Hits name the axis, the
     held-out string, the n-gram and the file. Also counts training records of a held-out family, of a test-only
     template, or marked with held-out content.
     """
@@ -235,9 +235,8 @@ def validate_dataset(data_dir, held_out_families=None) -> dict:
     # split hygiene
     docs = {name: {r.clean_data for r in v} for name, v in splits.items()}
     rep["document_overlap"] = {f"{a}&{b}": len(docs[a] & docs[b]) for a, b in itertools.combinations(docs, 2)}
-    train_like = [r for n_ in TRAINING_FILES for r in splits.get(n_, [])]
-    rep["held_out_in_train"] = sum(r.family in held for r in train_like)
     rep["contamination"] = contamination_check(splits, held)
+    rep["held_out_in_train"] = rep["contamination"]["held_out_family_records_in_training"]
 
     # attack diversity (test split; train for comparison)
     test_inj = [r for r in splits.get("test", []) if r.kind == "injected"]

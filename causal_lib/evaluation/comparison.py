@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from causal_lib.book import criteria
 from causal_lib.book.run_folder import RunPaths
+from causal_lib.data.world import CONTENT_AXES
 from causal_lib.defenses import registry
 from causal_lib.verification import paired
 
@@ -33,7 +34,7 @@ def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None) 
                "capability floor (clean twin passes)": _ci(s.get("capability_floor")),
                "ASR seen families": _ci(split.get("seen")), "ASR held-out families": _ci(split.get("held_out")),
                **{f"ASR held-out {axis}": _ci(s.get("asr_by_axis", {}).get(axis, {}).get("held_out"))
-                  for axis in ("phrasing", "payload", "task")},
+                  for axis in CONTENT_AXES},
                "ASR all content seen": _ci(s.get("asr_by_axis", {}).get("all", {}).get("seen")),
                "ASR max over families": _ci(s.get("asr_max_family")) + f" {s.get('asr_max_family', {}).get('family') or ''}",
                "ASR per-sample union": _ci(s.get("asr_union")),
