@@ -82,6 +82,10 @@ class DataConfig:
     n_train: int = field(default=6000, metadata=_range(10, MAX_ITEMS))  # counterfactual pairs for defense training
     n_val: int = field(default=400, metadata=_range(4, MAX_ITEMS))
     n_test: int = field(default=600, metadata=_range(4, MAX_ITEMS))
+    # injected variants of each clean test item (family, goal and position drawn per variant, all twin-controlled
+    # against the one clean item): with more than one, the per-sample union ("any attack succeeds", the plan's
+    # worst case) differs from the mean ASR. Test split only: training data and the base are unchanged.
+    attacks_per_clean: int = field(default=1, metadata=_range(1, 16))
     n_base_corpus: int = field(default=20000, metadata=_range(10, MAX_ITEMS))  # instruction-following examples for the base
     n_benign_lookalikes: int = field(default=300, metadata=_range(0, MAX_ITEMS))
     n_sep_probes: int = field(default=300, metadata=_range(0, MAX_ITEMS))

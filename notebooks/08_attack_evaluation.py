@@ -23,7 +23,7 @@ from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.defenses.load import load_model, records_for
-from causal_lib.evaluation.comparison import comparison_rows, paired_comparison, seed_spread_rows
+from causal_lib.evaluation.comparison import comparison_rows, paired_comparison, seed_spread_rows, training_families
 from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.data.records import load_split
 from causal_lib.defenses import registry
@@ -64,7 +64,7 @@ for d in defenses:
 # ## The comparison
 
 # %%
-rows = comparison_rows(evals, gcg)
+rows = comparison_rows(evals, gcg, training_families(paths, evals))
 comparison = pd.DataFrame(rows)
 comparison
 

@@ -25,6 +25,7 @@ from causal_lib.defenses.filters import (
     train_classifier,
 )
 from causal_lib.defenses.secalign import secalign_pairs
+from causal_lib.defenses import registry
 from causal_lib.defenses.struq import (
     DATA_TOKEN,
     INST_TOKEN,
@@ -37,6 +38,7 @@ from causal_lib.defenses.struq import (
     strip_reserved,
     struq_format,
     struq_prompt,
+    matched_records,
     struq_training_records,
 )
 from causal_lib.evaluation.generate import BLOCKED_OUTPUT
@@ -199,6 +201,25 @@ def test_mixtures_inject_the_worlds_own_training_templates(make_record):
         assert r.injection in r.data and r.clean_data == c.clean_data
     # each document once: clean or injected, never both (StruQ injects a sample instead of copying it)
     assert len({r.pair_id for r in mix}) == 80
+
+
+def test_data_matched_baselines_train_on_the_causal_methods_pairs(make_record, struq):
+    from causal_lib.training.examples import make_pairs
+
+    recs = world(make_record, 40)
+    mix, stats = matched_records(recs)
+    pairs = make_pairs(recs)  # what defenses/causal.py trains on
+    assert {r.id for r in mix} == {r.id for p in pairs for r in p} and len(mix) == len({r.id for r in mix})
+    assert stats["families"] == sorted(FAMILIES) and stats["n_injected"] == 40 and stats["n_clean"] == 40
+    assert all(r.target == by.target for r in mix for by in [next(c for c, i in pairs if c.pair_id == r.pair_id)])
+    _, t = struq
+    sp, sstats = secalign_pairs(recs, t, max_length=96, seed=0, data="matched")
+    assert sorted(p["id"] for p in sp) == sorted(i.id for _, i in pairs) and sstats["source"] == "matched"
+    with pytest.raises(ValueError, match="unknown training data 'mine'"):
+        secalign_pairs(recs, t, max_length=96, data="mine")
+    for name in ("struq_matched", "secalign_matched"):
+        d = registry.get(name)
+        assert d.trains and dict(d.train_options) == {"name": name, "data": "matched"}
 
 
 # ------------------------------------------------------------------ SecAlign preference pairs

@@ -63,4 +63,6 @@ def failure_cases(paths: RunPaths, model: str = "causal", k: int = 5) -> dict:
                          for it in items if pred(it)][:k]
     return {"successful_attacks": pick(lambda it: it["kind"] == "injected" and it.get("success")),
             "benign_errors": pick(lambda it: it["kind"] == "clean" and not it.get("correct")),
-            "over_defense": pick(lambda it: it["kind"] == "lookalike" and not it.get("correct"))}
+            # a look-alike whose clean twin was answered: the note caused the error (an ordinary error otherwise)
+            "over_defense": pick(lambda it: it["kind"] == "lookalike" and not it.get("correct")
+                                 and it.get("twin_correct") is not False)}

@@ -102,14 +102,18 @@ def attack_plan(n: int, families, rng: random.Random) -> list[tuple[str, str, st
     return plan[:n]
 
 
-def build_pairs(clean: list[Record], families, held_out: set[str], rng: random.Random) -> list[Record]:
-    """Each clean item followed by its injected twin."""
+def build_pairs(clean: list[Record], families, held_out: set[str], rng: random.Random, k: int = 1) -> list[Record]:
+    """Each clean item followed by its k injected twins (ids <pair>-inj, <pair>-inj2, ...), the (family, goal,
+    position) of all n * k variants drawn from one balanced plan."""
     out = []
-    for rec, (fam, goal, pos) in zip(clean, attack_plan(len(clean), families, rng)):
-        tpl = rng.choice(attacks.templates_for(fam, rec.split))
-        inj = attacks.inject(rec, tpl, goal, pos, rng, id=f"{rec.pair_id}-inj", held_out=fam in held_out,
-                             novel=draw_novel(rng, rec.split))
-        out += [rec, inj]
+    plan = iter(attack_plan(len(clean) * k, families, rng))
+    for rec in clean:
+        out.append(rec)
+        for j in range(k):
+            fam, goal, pos = next(plan)
+            tpl = rng.choice(attacks.templates_for(fam, rec.split))
+            out.append(attacks.inject(rec, tpl, goal, pos, rng, id=f"{rec.pair_id}-inj{j + 1 if j else ''}",
+                                      held_out=fam in held_out, novel=draw_novel(rng, rec.split)))
     return out
 
 
@@ -170,7 +174,8 @@ def build_dataset(cfg) -> dict[str, list[Record]]:
         rng = _rng(seed, split)
         # validation: training families and content only, so recipe and epoch choices never see test content
         families = attacks.FAMILIES if split == "test" else attacks.training_families(held)
-        out[split] = build_pairs(build_clean(n, rng, seen, split), families, held, rng)
+        out[split] = build_pairs(build_clean(n, rng, seen, split), families, held, rng,
+                                 k=dc.attacks_per_clean if split == "test" else 1)
     rng = _rng(seed, "test-extra")
     out["test"] += build_lookalikes(dc.n_benign_lookalikes, rng, seen) + build_probes(dc.n_sep_probes, rng, seen)
     test_clean = [r for r in out["test"] if r.kind == "clean"]
@@ -195,8 +200,10 @@ def data_hash(cfg) -> str:
         p = resolve_attack_file(f)
         files.append([p.name, hashlib.sha256(p.read_bytes()).hexdigest()])
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "seed"}  # seed resolved above
+    if data.get("attacks_per_clean") == 1:
+        data.pop("attacks_per_clean")  # the default: the same hash as before the option existed
     if data.get("documents_file") is None:
-        data.pop("documents_file", None)  # unset: the same hash as before the option existed
+        data.pop("documents_file", None)  # unset: likewise
     else:
         p = resolve_attack_file(data["documents_file"], "data.documents_file")
         files.append(["documents", p.name, hashlib.sha256(p.read_bytes()).hexdigest()])

@@ -108,5 +108,6 @@ def train(cfg: Config, paths, resume: bool = False, name: str = "causal", **loss
                         epochs=cfg.train.epochs,
                         learning_rate=cfg.train.learning_rate, score_fn=score, select_by="causal_stability",
                         resume=resume, extra_meta={"defense": name, **loss_weights,
+                                                   "train_families": sorted({i.family for _, i in pairs if i.family}),
                                                          # relative to the run folder: a shared run stays readable
                                                          "base": base_checkpoint(paths).relative_to(paths.root).as_posix()})

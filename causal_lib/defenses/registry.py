@@ -60,6 +60,13 @@ REGISTRY: dict[str, Defense] = {d.name: d for d in (
             description="DPO with chosen = original answer, rejected = the injection's answer (Chen et al. 2025)"),
     Defense("causal", "causal (ours)", "causal_lib.defenses.causal", trains=True,
             description="L_task + counterfactual invariance + HSIC d-separation on counterfactual pairs (DESIGN.md s.3)"),
+    # the baselines on the causal method's data: every (clean, injected) pair of the train split, its families
+    Defense("struq_matched", "StruQ, data-matched", "causal_lib.defenses.struq", trains=True,
+            description="StruQ's recipe on the causal method's training pairs (every training family)",
+            train_options=(("name", "struq_matched"), ("data", "matched"))),
+    Defense("secalign_matched", "SecAlign, data-matched", "causal_lib.defenses.secalign", trains=True,
+            description="SecAlign's DPO on the causal method's training pairs (every training family)",
+            train_options=(("name", "secalign_matched"), ("data", "matched"))),
     # ablations of the causal method: the same pairs, data, schedule and epoch selection, parts of the loss off
     Defense("causal_sft", "adversarial SFT (causal, both weights 0)", "causal_lib.defenses.causal", trains=True,
             description="the causal recipe with lambda_causal = lambda_spurious = 0: L_task on the same pairs",

@@ -27,8 +27,10 @@ from causal_lib.config import Config
 from causal_lib.defenses.cards import write_model_card
 from causal_lib.defenses.struq import (
     RESERVED_TOKENS,
+    check_data_recipe,
     injected_mixture,
     load_base,
+    matched_records,
     prepare_struq_model,
     struq_prompt,
     train_records,
@@ -50,18 +52,23 @@ def _has_rejected(r) -> bool:
 
 
 def secalign_pairs(records: Sequence, tokenizer, max_length: int, seed: int = 0,
-                   completion_share: float = SECALIGN_COMPLETION_SHARE) -> tuple[list[dict], dict]:
+                   completion_share: float = SECALIGN_COMPLETION_SHARE, data: str = "paper") -> tuple[list[dict], dict]:
     """Preference samples over the TRAIN records -> (pairs, stats).
 
     One injected input per clean training item (SecAlign injects every training sample; see
     struq.injected_mixture) whose injection has an answer of its own, different from O*. Each pair:
     prompt_ids (the StruQ prompt of the injected input, its data cut so that prompt + the longer completion
-    fit `max_length`), chosen_ids / rejected_ids (O* / O_inj + eos), and the texts for inspection."""
-
+    fit `max_length`), chosen_ids / rejected_ids (O* / O_inj + eos), and the texts for inspection.
+    data="matched": every injected record of the causal method's pairs (struq.matched_records) instead."""
+    check_data_recipe(data)
     clean = [r for r in records if r.kind == "clean" and not r.held_out]
     if not clean:
         raise ValueError("SecAlign: no clean training records (kind='clean') in the records given")
-    picked, stats = injected_mixture(records, clean, completion_share, seed, require=_has_rejected)
+    if data == "matched":
+        mix, stats = matched_records(records)
+        picked = [r for r in mix if r.kind == "injected" and _has_rejected(r)]
+    else:
+        picked, stats = injected_mixture(records, clean, completion_share, seed, require=_has_rejected)
     if not picked:
         raise ValueError("SecAlign: no injected training records with an injected target (O_inj) different from O*")
     eos = [tokenizer.eos_token_id]
@@ -138,28 +145,31 @@ def dpo_epochs(cfg: Config) -> float:
     return cfg.train.dpo_epochs or cfg.train.epochs
 
 
-def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = False):
+def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = False, name: str = "secalign",
+          data: str = "paper"):
     """Train SecAlign on the same base: StruQ front-end + DPO (beta = train.dpo_beta, lr =
     train.dpo_learning_rate or train.learning_rate, epochs = train.dpo_epochs or train.epochs) on the TRAIN
-    records (default: the run's train split). -> training.trainer.TrainResult; checkpoints/secalign/{epoch_N,
-    best_model} (best = the last epoch), metrics/train_secalign_log.jsonl, best_model/model_card.json."""
+    records (default: the run's train split; data="matched": the causal method's pairs). -> TrainResult;
+    checkpoints/<name>/{epoch_N, best_model} (best = the last epoch), metrics/train_<name>_log.jsonl,
+    best_model/model_card.json."""
 
     model, tok, source = load_base(cfg, paths, base_model_dir)
     model, tok = prepare_struq_model(cfg, model, tok)
     records = train_records(cfg, paths, records)
-    pairs, stats = secalign_pairs(records, tok, cfg.model.max_seq_length, seed=cfg.run.seed)
+    pairs, stats = secalign_pairs(records, tok, cfg.model.max_seq_length, seed=cfg.run.seed, data=data)
     ds = preference_dataset(pairs)
     lr, epochs = dpo_learning_rate(cfg), dpo_epochs(cfg)
-    meta = {"defense": "secalign", "base": source, "reserved_tokens": list(RESERVED_TOKENS), "mixture": stats,
+    meta = {"defense": name, "data": data, "train_families": sorted({p["family"] for p in pairs if p["family"]}),
+            "base": source, "reserved_tokens": list(RESERVED_TOKENS), "mixture": stats,
             "dpo_beta": cfg.train.dpo_beta, "dpo_sft_weight": cfg.train.dpo_sft_weight}
     result = run_training(
-        cfg, paths, "secalign", model, tok, ds, trainer_cls=_make_trainer_cls(), epochs=epochs,
+        cfg, paths, name, model, tok, ds, trainer_cls=_make_trainer_cls(), epochs=epochs,
         learning_rate=lr, score_fn=validation_score_fn(cfg, paths, tok), resume=resume, extra_meta=meta,
         trainer_kwargs={"processing_class": tok, "beta": cfg.train.dpo_beta, "ref_model": None,
                         "precompute_ref": True, "max_length": cfg.model.max_seq_length,
                         "sft_weight": cfg.train.dpo_sft_weight})
     if result.best_epoch is not None:
-        write_model_card(paths.checkpoints / "secalign" / "best_model", cfg, {
+        write_model_card(paths.checkpoints / name / "best_model", cfg, {
             **meta, "method": "SecAlign (Chen et al. 2025): StruQ front-end + DPO, chosen O*, rejected O_inj",
             "epochs": epochs, "learning_rate": lr, "best_epoch": result.best_epoch,
             "train_seconds": result.train_seconds, "steps": result.steps, "n_train_pairs": len(ds),

@@ -43,7 +43,7 @@ from causal_lib.models.load import apply_lora, base_model_of, is_peft_model
 from causal_lib.models.prompts import ensure_chat_template, prompt_text
 from causal_lib.models.tokens import SPECIAL_TOKENS
 from causal_lib.training.epoch_selection import mean_task_loss
-from causal_lib.training.examples import SFTDataset
+from causal_lib.training.examples import SFTDataset, make_pairs
 from causal_lib.training.pretrain import base_checkpoint
 from causal_lib.training.trainer import SFTTrainer, run_training
 
@@ -312,6 +312,31 @@ def struq_training_records(records: Sequence, seed: int = 0, clean_fraction: flo
     return keep + inj, stats
 
 
+# Training data of a baseline: "paper" = its own recipe (StruQ: naive + completion-style injections; SecAlign
+# likewise), "matched" = the causal method's examples (every (clean, injected) pair of the train split, all its
+# training families), so that a difference between them and the causal method is the loss, not the data.
+DATA_RECIPES = ("paper", "matched")
+
+
+def matched_records(records: Sequence) -> tuple[list, dict]:
+    """The causal method's training examples as a baseline's mixture: the clean item and every injected twin of
+    each (clean, injected) pair of `records` (training.examples.make_pairs, as defenses/causal.py trains on),
+    every target O*. -> (records, stats)."""
+    pairs = make_pairs(records)
+    if not pairs:
+        raise ValueError("data-matched baseline: no (clean, injected) pairs in the training records")
+    clean = list({c.id: c for c, _ in pairs}.values())
+    inj = [r for _, r in pairs]
+    fams = sorted({r.family for r in inj if r.family})
+    return clean + inj, {"source": "matched", "n_clean": len(clean), "n_injected": len(inj),
+                         "n_total": len(clean) + len(inj), "families": fams}
+
+
+def check_data_recipe(data: str) -> None:
+    if data not in DATA_RECIPES:
+        raise ValueError(f"unknown training data {data!r} for a baseline; choose from {DATA_RECIPES}")
+
+
 def struq_dataset(records: Sequence, tokenizer, max_length: int):
     """training.examples.SFTDataset over `records` in the StruQ format, target always O* (record.target)."""
 
@@ -390,22 +415,25 @@ def validation_score_fn(cfg: Config, paths, tokenizer, limit: int = 200):
     return score
 
 
-def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = False):
+def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = False, name: str = "struq",
+          data: str = "paper"):
     """Train StruQ on the same base: reserved delimiters + SFT on the StruQ mixture of the TRAIN records
-    (default: the run's train split). -> training.trainer.TrainResult; checkpoints/struq/{epoch_N,best_model}
-    (best = the last epoch), metrics/train_struq_log.jsonl, best_model/model_card.json."""
-
+    (default: the run's train split; data="matched": the causal method's pairs, matched_records).
+    -> training.trainer.TrainResult; checkpoints/<name>/{epoch_N,best_model} (best = the last epoch),
+    metrics/train_<name>_log.jsonl, best_model/model_card.json."""
+    check_data_recipe(data)
     model, tok, source = load_base(cfg, paths, base_model_dir)
     model, tok = prepare_struq_model(cfg, model, tok)
     records = train_records(cfg, paths, records)
-    mix, stats = struq_training_records(records, seed=cfg.run.seed)
+    mix, stats = matched_records(records) if data == "matched" else struq_training_records(records, seed=cfg.run.seed)
     ds = struq_dataset(mix, tok, cfg.model.max_seq_length)
-    meta = {"defense": "struq", "base": source, "reserved_tokens": list(RESERVED_TOKENS), "mixture": stats}
-    result = run_training(cfg, paths, "struq", model, tok, ds, trainer_cls=SFTTrainer, epochs=cfg.train.epochs,
+    meta = {"defense": name, "base": source, "reserved_tokens": list(RESERVED_TOKENS), "mixture": stats, "data": data,
+            "train_families": sorted({r.family for r in mix if r.kind == "injected" and r.family})}
+    result = run_training(cfg, paths, name, model, tok, ds, trainer_cls=SFTTrainer, epochs=cfg.train.epochs,
                           learning_rate=cfg.train.learning_rate, score_fn=validation_score_fn(cfg, paths, tok),
                           resume=resume, extra_meta=meta)
     if result.best_epoch is not None:
-        write_model_card(paths.checkpoints / "struq" / "best_model", cfg, {
+        write_model_card(paths.checkpoints / name / "best_model", cfg, {
             **meta, "method": "StruQ (Chen et al. 2025): reserved delimiters stripped from data + SFT, target O*",
             "epochs": cfg.train.epochs, "learning_rate": cfg.train.learning_rate, "best_epoch": result.best_epoch,
             "train_seconds": result.train_seconds, "steps": result.steps, "n_train_examples": len(ds),

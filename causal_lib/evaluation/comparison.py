@@ -13,6 +13,7 @@ from causal_lib.book.run_folder import RunPaths
 from causal_lib.data.world import CONTENT_AXES
 from causal_lib.defenses import registry
 from causal_lib.verification import paired
+from causal_lib.verification.intervals import rate
 
 
 
@@ -23,14 +24,56 @@ def _ci(r: dict | None) -> str:
     return f"{r['rate']:.1%} [{r['lo']:.1%}, {r['hi']:.1%}] (n={r['n']})"
 
 
-def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None) -> list[dict]:
-    """One row per defense: measured rates with 95% Clopper-Pearson intervals, the reference column apart."""
+def _paired_ci(r: dict | None) -> str:
+    """A paired difference: points with Newcombe's interval and the McNemar p."""
+    if not r or r.get("n", 0) == 0:
+        return "n/a"
+    return f"{r['rate']:+.1%} [{r['lo']:+.1%}, {r['hi']:+.1%}] (n={r['n']}, p={r['p']:.2g})"
+
+
+def conditional_asr(evals: dict[str, dict], reference: str = "none", alpha: float = 0.05) -> dict[str, dict]:
+    """Per defense, its ASR on the attacked items that hijacked the `reference` model (the undefended base): what
+    the defense stopped of the attacks that work, on the same items. Empty without the reference's items."""
+    ref = attack_outcomes(evals.get(reference, {}))
+    hit = {i for i, ok in ref.items() if ok}
+    out = {}
+    for d, ev in evals.items():
+        mine = attack_outcomes(ev)
+        ids = hit & set(mine)
+        if ids:
+            out[d] = rate(sum(mine[i] for i in ids), len(ids), alpha).to_dict()
+    return out
+
+
+def training_families(paths: RunPaths, defenses) -> dict[str, list[str]]:
+    """The attack families each trained defense saw in training (its checkpoint's train_families): the "seen"
+    families of the comparison are the world's training families, which a baseline's own recipe may not cover."""
+    from causal_lib.defenses.load import model_dir
+
+    out = {}
+    for d in defenses:
+        if d in registry.REGISTRY and registry.get(d).trains:
+            p = model_dir(paths, d) / "checkpoint.json"
+            fams = json.loads(p.read_text()).get("train_families") if p.exists() else None
+            if fams is not None:
+                out[d] = fams
+    return out
+
+
+def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None,
+                    trained_on: dict[str, list[str]] | None = None) -> list[dict]:
+    """One row per defense: measured rates with 95% Clopper-Pearson intervals, the reference column apart;
+    `trained_on` (training_families) adds the attack families each defense was trained on."""
 
     rows = []
+    cond = conditional_asr(evals)
     for d, ev in evals.items():
         s = ev["summary"]
         split = s.get("asr_by_split", {})
-        row = {"defense": registry.label(d), "ASR (all attacks)": _ci(s["asr"]),
+        row = {"defense": registry.label(d)}
+        if trained_on is not None:
+            row["attack families trained on"] = ", ".join(trained_on[d]) if d in trained_on else "none"
+        row |= {"ASR (all attacks)": _ci(s["asr"]),
                "capability floor (clean twin passes)": _ci(s.get("capability_floor")),
                "ASR seen families": _ci(split.get("seen")), "ASR held-out families": _ci(split.get("held_out")),
                **{f"ASR held-out {axis}": _ci(s.get("asr_by_axis", {}).get(axis, {}).get("held_out"))
@@ -38,7 +81,11 @@ def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None) 
                "ASR all content seen": _ci(s.get("asr_by_axis", {}).get("all", {}).get("seen")),
                "ASR max over families": _ci(s.get("asr_max_family")) + f" {s.get('asr_max_family', {}).get('family') or ''}",
                "ASR per-sample union": _ci(s.get("asr_union")),
-               "benign accuracy": _ci(s["benign_accuracy"]), "over-defense": _ci(s["over_defense"]),
+               "ASR where the base was hijacked": _ci(cond.get(d)),
+               "deviation from O* (clean twin correct)": _ci(s.get("deviation")),
+               "benign accuracy": _ci(s["benign_accuracy"]),
+               "over-defense (look-alike minus clean twin, paired)": _paired_ci(s.get("over_defense_paired")),
+               "look-alike errors": _ci(s["over_defense"]),
                "SEP separation": _ci(s["sep"])}
         if gcg is not None:
             row["ASR adaptive (GCG)"] = _ci(gcg.get(d, {}).get("asr"))
@@ -49,7 +96,8 @@ def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None) 
 
 
 SEED_METRICS = {"ASR (all attacks)": ("asr",), "ASR held-out families": ("asr_by_split", "held_out"),
-                "benign accuracy": ("benign_accuracy",), "over-defense": ("over_defense",), "SEP separation": ("sep",)}
+                "benign accuracy": ("benign_accuracy",), "over-defense (look-alike minus clean twin, paired)": ("over_defense_paired",),
+                "SEP separation": ("sep",)}
 
 
 def _dig(d: dict, keys: tuple):

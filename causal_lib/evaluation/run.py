@@ -4,6 +4,7 @@ under metrics/ (eval_<defense>.json and its per-item jsonl) and reused while mod
 settings are unchanged."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -11,7 +12,7 @@ from typing import Callable, Sequence
 
 from causal_lib.book.run_folder import RunPaths, write_json
 from causal_lib.config import Config
-from causal_lib.data.records import load_split
+from causal_lib.data.records import Record, load_split
 from causal_lib.defenses.load import block_for, load_model, model_dir, records_for
 from causal_lib.evaluation import scoring
 from causal_lib.evaluation.generate import (
@@ -121,6 +122,8 @@ def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Calla
     """
     checks = checks or _checks()
     records = select_attacked(list(records), getattr(cfg_eval, "n_attacked", 0), seed)
+    n_records = len(records)
+    records += lookalike_twins(records)  # scored like clean items, then folded into their look-alikes
     blocked = [False] * len(records)
     if block is not None and records:
         blocked = [bool(b) for b in block(records)]
@@ -167,5 +170,20 @@ def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Calla
             r.outputs_pass_k = outs
             r.success_pass_k = False if outs is None else any(bool(checks[0](rec, o)) for o in outs)
         results.append(r)
+    results, twins = results[:n_records], results[n_records:]
+    records = records[:n_records]
+    twin_correct = {t.pair_id: t.correct for t in twins}
+    for r in results:
+        if r.kind == "lookalike":
+            r.twin_correct = twin_correct.get(r.pair_id)
     scoring.apply_twin_control(records, results, checks[0])  # not counted where the clean twin passes too
     return results
+
+
+def lookalike_twins(records: Sequence) -> list:
+    """The clean twin of every look-alike (same S and D, without the note) as a clean record of its own pair
+    id: over-defense is the paired difference between the two (summary.over_defense_paired), so ordinary
+    errors on the document are not counted as over-defense."""
+    return [dataclasses.replace(r, id=f"{r.id}-twin", kind="clean", data=r.clean_data, position=None, injection=None,
+                                template_id=None)
+            for r in records if r.kind == "lookalike" and isinstance(r, Record)]

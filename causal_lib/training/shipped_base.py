@@ -41,7 +41,9 @@ def base_recipe(cfg: Config) -> dict:
     """Every params key that shapes the embedded base: the run seed, the data, the model and the base's
     training keys (not the defenses', the evaluation's or the run's name)."""
     train = dataclasses.asdict(cfg.train)
-    return {"seed": cfg.run.seed, "data": dataclasses.asdict(cfg.data), "model": dataclasses.asdict(cfg.model),
+    # attacks_per_clean only adds attacked variants to the test split: no training text changes with it
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "attacks_per_clean"}
+    return {"seed": cfg.run.seed, "data": data, "model": dataclasses.asdict(cfg.model),
             "train": {k: v for k, v in sorted(train.items()) if k.startswith("base_") or k in TRAIN_KEYS}}
 
 

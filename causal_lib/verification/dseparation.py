@@ -34,8 +34,14 @@ class Sample:
 
 
 def test_pairs(records, n: int, seed: int) -> list[tuple]:
-    """A fixed, seeded sample of at most n (clean, injected) test pairs (the same for every model)."""
-    pairs = make_pairs(records)
+    """A fixed, seeded sample of at most n (clean, injected) test pairs (the same for every model), one per clean
+    item: with several attacks per clean item (data.attacks_per_clean) its first variant, so that no clean row
+    enters a test twice."""
+    pairs, seen = [], set()
+    for c, i in make_pairs(records):
+        if c.id not in seen:
+            seen.add(c.id)
+            pairs.append((c, i))
     idx = np.random.default_rng(seed).permutation(len(pairs))[:n]
     return [pairs[i] for i in sorted(idx)]
 

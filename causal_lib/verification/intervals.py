@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import inspect
 import os
 from dataclasses import asdict, dataclass
@@ -72,6 +73,36 @@ def rate(k: int, n: int, alpha: float = 0.05) -> Rate:
     """Rate(k, n, k/n, Clopper-Pearson lo, hi); rate is NaN when n == 0."""
     lo, hi = clopper_pearson(k, n, alpha)
     return Rate(int(k), int(n), (k / n) if n > 0 else float("nan"), lo, hi, alpha)
+
+
+def wilson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval for k / n ((0, 1) when n == 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = float(sps.norm.ppf(1 - alpha / 2))
+    p = k / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference_ci(both: int, only_a: int, only_b: int, neither: int, alpha: float = 0.05) -> tuple[float, float, float]:
+    """(difference, lo, hi): the difference p_a - p_b of two rates measured on the same n items, where `both`
+    items have the event under A and B, `only_a` under A alone, `only_b` under B alone, `neither` under neither;
+    Newcombe's (1998) hybrid score interval for paired proportions (his method 10: Wilson intervals of each
+    margin combined with the pairs' correlation). Chosen over Wald because the rates here are often near 0,
+    where Wald's interval collapses to a point."""
+    n = both + only_a + only_b + neither
+    if n <= 0:
+        return float("nan"), -1.0, 1.0
+    pa, pb = (both + only_a) / n, (both + only_b) / n
+    la, ua = wilson(both + only_a, n, alpha)
+    lb, ub = wilson(both + only_b, n, alpha)
+    denom = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = (both * neither - only_a * only_b) / math.sqrt(denom) if denom > 0 else 0.0
+    d = pa - pb
+    dl = math.sqrt(max(0.0, (pa - la) ** 2 - 2 * phi * (pa - la) * (ub - pb) + (ub - pb) ** 2))
+    du = math.sqrt(max(0.0, (ua - pa) ** 2 - 2 * phi * (ua - pa) * (pb - lb) + (pb - lb) ** 2))
+    return d, max(-1.0, d - dl), min(1.0, d + du)
 
 
 @dataclass
