@@ -23,9 +23,9 @@ NEG = {"hate", "waste", "never", "not", "stopped", "flimsy", "noisy", "broken", 
 
 def oracle(instruction: str, doc: str) -> str:
     s = instruction.lower()
-    m = re.search(r"Items: ([^.]+)\.", doc)
+    m = re.search(r"Items: ([^.]+) and (\w+)\.", doc)
     if m:
-        items = m.group(1).split(", ")
+        items = m.group(1).split(", ") + [m.group(2)]
         if "code" in s or "reference" in s:
             codes = re.findall(r"Order code: ([A-Z0-9 -]+)\.", doc)
             assert len(codes) == 1, doc
@@ -42,7 +42,8 @@ def oracle(instruction: str, doc: str) -> str:
             return m.group(1)
         assert any(w in s for w in ("who", "author", "reviewer", "person")), instruction
         return m.group(2)
-    fields = {k.lower(): v for k, v in re.findall(r"(Name|Age|City|Colour|Product): ([^.]+)\.", doc)}
+    fields = {k.lower(): v for k, v in re.findall(r"(Name|Age|Colour|Product): ([^.]+)\.", doc)}
+    fields["city"] = re.search(r"(?:record|details|file|card|customer) from ([^.]+)\.", doc).group(1)
     assert len(fields) == 5, doc
     if any(re.search(rf"\b{w}\b", s) for w in ("city", "live", "town")):
         return fields["city"]
@@ -51,14 +52,14 @@ def oracle(instruction: str, doc: str) -> str:
 
 
 def all_answers(doc: str) -> set:
-    m = re.search(r"Items: ([^.]+)\.", doc)
+    m = re.search(r"Items: ([^.]+) and (\w+)\.", doc)
     if m:
         items = m.group(1).split(", ")
-        return {items[0], items[-1], *re.findall(r"Order code: ([A-Z0-9 -]+)\.", doc)}
+        return {items[0], m.group(2), *re.findall(r"Order code: ([A-Z0-9 -]+)\.", doc)}
     m = re.search(r"Review of the (\w+) by (\w+)", doc)
     if m:
         return {m.group(1), m.group(2), "positive", "negative"}
-    return {v for k, v in re.findall(r"(Name|Age|City|Colour|Product): ([^.]+)\.", doc) if k in ("Name", "City")}
+    return {*re.findall(r"Name: ([^.]+)\.", doc), *re.findall(r"(?:record|details|file|card|customer) from ([^.]+)\.", doc)}
 
 
 @pytest.fixture(scope="module")
