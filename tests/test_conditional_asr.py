@@ -47,7 +47,7 @@ def test_families_trained_on_come_from_each_checkpoint(tmp_path):
 
     paths = SimpleNamespace(checkpoints=tmp_path)
     (tmp_path / "struq" / "best_model").mkdir(parents=True)
-    (tmp_path / "struq" / "best_model" / "checkpoint.json").write_text(json.dumps({"train_families": ["naive"]}))
+    (tmp_path / "struq" / "best_model" / "checkpoint.json").write_text(json.dumps({"extra": {"train_families": ["naive"]}}))
     fams = training_families(paths, ["none", "struq", "causal"])  # causal: no checkpoint here, left out
     assert fams == {"struq": ["naive"]}
     base = _ev({"a": True})

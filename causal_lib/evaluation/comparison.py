@@ -54,7 +54,7 @@ def training_families(paths: RunPaths, defenses) -> dict[str, list[str]]:
     for d in defenses:
         if d in registry.REGISTRY and registry.get(d).trains:
             p = model_dir(paths, d) / "checkpoint.json"
-            fams = json.loads(p.read_text()).get("train_families") if p.exists() else None
+            fams = json.loads(p.read_text()).get("extra", {}).get("train_families") if p.exists() else None
             if fams is not None:
                 out[d] = fams
     return out
