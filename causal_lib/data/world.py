@@ -192,7 +192,8 @@ class Document:
 
 
 # The record's city is in its header, after the one "from" of the document: a field looked up by its label
-# ("City: Paris." after the name) stayed at chance on the 2M base in every recipe tried (README "The base model").
+# ("City: Paris." after the name) stayed at chance on the 2M base in every recipe tried. In the header it is still
+# at 8% on the shipped base (README "The base model"): the cue alone did not make the copy form.
 _RECORD_HEADERS = ("Customer record from {city}.", "Account details from {city}.", "Client file from {city}.",
                    "Member card from {city}.", "Profile of a customer from {city}.")
 
@@ -344,7 +345,7 @@ class TaskSpec:
 # stayed near chance on the 2M model in budget (DESIGN.md s.9), so every answer follows a cue of its own that
 # occurs once in the document: the record's city its header's "from", the name "Name:", the first item "Items:",
 # the last item the list's "and", the order code "code:" (and is the document's one capitalised string), the
-# product "Review of the", the author "by".
+# product "Review of the", the author "by". City and last item still do not form on the shipped 2M base (issue 16).
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("customer_name", "record",
              ("What is the customer's name?", "Give the name from the record.", "Reply with the customer's name.",
