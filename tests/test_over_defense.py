@@ -6,7 +6,7 @@ import pytest
 
 from causal_lib.evaluation.scoring import ItemResult
 from causal_lib.evaluation.summary import over_defense_paired, summarise
-from causal_lib.verification.intervals import paired_difference_ci
+from causal_lib.verification.intervals import paired_difference_ci, wilson
 from causal_lib.verification.paired import mcnemar_exact
 
 
@@ -50,6 +50,15 @@ def test_newcombe_interval_limits_and_coverage():
     d, lo, hi = paired_difference_ci(3, 10, 2, 85)
     d2, lo2, hi2 = paired_difference_ci(3, 2, 10, 85)  # swapping the arms mirrors the interval
     assert (d2, lo2, hi2) == pytest.approx((-d, -hi, -lo))
+    # the pairs' correlation enters with its sign: narrower than the unpaired square-and-add interval (Newcombe's
+    # method 10 for independent samples, same Wilson margins) when the two rates move together, wider when opposed
+    def unpaired_width(ka, kb, n):
+        (la, ua), (lb, ub), pa, pb = wilson(ka, n), wilson(kb, n), ka / n, kb / n
+        return ((pa - la) ** 2 + (ub - pb) ** 2) ** 0.5 + ((ua - pa) ** 2 + (pb - lb) ** 2) ** 0.5
+    _, lo, hi = paired_difference_ci(40, 4, 1, 55)  # concordant pairs: phi > 0
+    assert hi - lo < 0.8 * unpaired_width(44, 41, 100)
+    _, lo, hi = paired_difference_ci(0, 44, 41, 15)  # opposed pairs: phi < 0
+    assert hi - lo > unpaired_width(44, 41, 100)
     # coverage of the 95% interval near the rates the book sees (a few points of over-defense), seeded
     rng, n, cells, covered, sims = random.Random(0), 150, (0.02, 0.06, 0.02, 0.90), 0, 2000
     true = cells[1] - cells[2]

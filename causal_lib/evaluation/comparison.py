@@ -13,7 +13,7 @@ from causal_lib.book.run_folder import RunPaths
 from causal_lib.data.world import CONTENT_AXES
 from causal_lib.defenses import registry
 from causal_lib.verification import paired
-from causal_lib.verification.intervals import rate
+from causal_lib.evaluation.summary import rate_dict
 
 
 
@@ -41,14 +41,14 @@ def conditional_asr(evals: dict[str, dict], reference: str = "none", alpha: floa
         mine = attack_outcomes(ev)
         ids = hit & set(mine)
         if ids:
-            out[d] = rate(sum(mine[i] for i in ids), len(ids), alpha).to_dict()
+            out[d] = rate_dict(sum(mine[i] for i in ids), len(ids), alpha)
     return out
 
 
 def training_families(paths: RunPaths, defenses) -> dict[str, list[str]]:
     """The attack families each trained defense saw in training (its checkpoint's train_families): the "seen"
     families of the comparison are the world's training families, which a baseline's own recipe may not cover."""
-    from causal_lib.defenses.load import model_dir
+    from causal_lib.defenses.load import model_dir  # here: it imports the model stack, which tables do not need
 
     out = {}
     for d in defenses:

@@ -4,6 +4,7 @@ flat results table the reports show (`results_table`)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Sequence
 
 from causal_lib.data.world import GOALS
@@ -181,12 +182,10 @@ def over_defense_paired(look: Sequence[ItemResult], alpha: float = 0.05) -> dict
     note minus share wrong without it (negative = the note helped), [lo, hi] Newcombe's paired interval,
     p = exact McNemar on the discordant pairs (note_only: wrong only with the note; twin_only: wrong only
     without it)."""
-    wrong = [(not r.correct) or r.blocked for r in look]
-    twin_wrong = [not r.twin_correct for r in look]
-    both = sum(a and b for a, b in zip(wrong, twin_wrong))
-    note_only = sum(a and not b for a, b in zip(wrong, twin_wrong))
-    twin_only = sum(b and not a for a, b in zip(wrong, twin_wrong))
-    d, lo, hi = paired_difference_ci(both, note_only, twin_only, len(look) - both - note_only - twin_only, alpha)
+    # (wrong with the note, wrong without it) per pair
+    cells = Counter(((not r.correct) or r.blocked, not r.twin_correct) for r in look)
+    note_only, twin_only = cells[True, False], cells[False, True]
+    d, lo, hi = paired_difference_ci(cells[True, True], note_only, twin_only, cells[False, False], alpha)
     return {"rate": d, "lo": lo, "hi": hi, "n": len(look), "note_only": note_only, "twin_only": twin_only,
             "p": mcnemar_exact(note_only, twin_only)}
 

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import functools
-import math
 import inspect
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
@@ -76,13 +76,11 @@ def rate(k: int, n: int, alpha: float = 0.05) -> Rate:
 
 
 def wilson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Wilson score interval for k / n ((0, 1) when n == 0)."""
+    """Wilson score interval for k / n (scipy's, without continuity correction; (0, 1) when n == 0)."""
     if n <= 0:
         return 0.0, 1.0
-    z = float(sps.norm.ppf(1 - alpha / 2))
-    p = k / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = sps.binomtest(int(k), int(n)).proportion_ci(confidence_level=1.0 - alpha, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def paired_difference_ci(both: int, only_a: int, only_b: int, neither: int, alpha: float = 0.05) -> tuple[float, float, float]:
