@@ -144,6 +144,9 @@ class TrainConfig:
     # before the curriculum: its first stage's tasks with each document cut to the sentence holding the answer
     base_copy_warmup_epochs: float = field(default=0.0, metadata=_range(0.0, MAX_EPOCHS))
     base_curriculum_stage_epochs: list[float] = field(default_factory=list, metadata=_range(0.0, MAX_EPOCHS))  # one per stage; empty = the above
+    # in the whole-corpus stage: each of these tasks asked once more of every training document it fits. The
+    # record's city and the list's last item stayed below 20% in every recipe without it (README "The base model")
+    base_boost_tasks: list[str] = field(default_factory=list)
     # defense training (05_train)
     defenses: list[str] = field(default_factory=lambda: ["causal", "struq", "secalign"])
     epochs: float = field(default=2.0, metadata=_range(0.0, MAX_EPOCHS))
@@ -343,14 +346,15 @@ def _check_consistency(cfg: Config) -> None:
             raise ConfigError(f"train.defenses: unknown defense {d!r}"
                               + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from the trained defenses {registry.trained_names()}")
 
-    for i, stage in enumerate(cfg.train.base_curriculum):
+    for where, stage in [(f"base_curriculum[{i}]", st) for i, st in enumerate(cfg.train.base_curriculum)] + \
+            ([("base_boost_tasks", cfg.train.base_boost_tasks)] if cfg.train.base_boost_tasks else []):
         if not stage:
-            raise ConfigError(f"train.base_curriculum[{i}]: a stage needs at least one task; choose from {TASK_NAMES}")
+            raise ConfigError(f"train.{where}: a stage needs at least one task; choose from {TASK_NAMES}")
         for t in stage:
             if t in TASK_NAMES:
                 continue
             close = difflib.get_close_matches(t, TASK_NAMES, n=1)
-            raise ConfigError(f"train.base_curriculum[{i}]: unknown task {t!r}"
+            raise ConfigError(f"train.{where}: unknown task {t!r}"
                               + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {TASK_NAMES}")
     stage_epochs = cfg.train.base_curriculum_stage_epochs
     if stage_epochs and len(stage_epochs) != len(cfg.train.base_curriculum):

@@ -3,10 +3,13 @@ document, the copy warm-up cuts a document to its answer's sentence, and the tok
 payload never seen in training is tokenized like the training ones."""
 import random
 
-from causal_lib.config import load_config
+import pytest
+
+from causal_lib.config import ConfigError, load_config
 from causal_lib.data import build, world
-from causal_lib.training.pretrain import (TOKENIZER_SPLITS, answer_sentence_examples, curriculum_runs, stage_examples,
-                                          train_run_tokenizer)
+from causal_lib.training.pretrain import (TOKENIZER_SPLITS, answer_sentence_examples, boost_examples, curriculum_runs,
+                                          stage_examples, train_run_tokenizer)
+from causal_lib.training import shipped_base
 
 
 def _splits():
@@ -34,6 +37,26 @@ def test_copy_warmup_keeps_only_the_answer_sentence():
     assert len(warm) == len(stage)
     for r in warm:
         assert r.data == f"Order code: {r.target}." and r.clean_data == r.data
+
+
+def test_boost_asks_its_tasks_once_more_of_every_fitting_document():
+    s = _splits()
+    records = s["base_corpus"] + [r for r in s["train"] if r.kind == "clean"]
+    cfg = load_config("params/smoke.yaml", {"train.base_boost_tasks": ["customer_city", "last_item"]})
+    boost = boost_examples(cfg, records)
+    docs = {r.clean_data for r in records if world.TASKS[r.task].doc_kind in ("record", "list")}
+    assert {r.clean_data for r in boost} == docs and len(boost) == len(docs)
+    assert {r.task for r in boost} == {"customer_city", "last_item"} and all(r.id.endswith("-boost") for r in boost)
+    assert boost_examples(load_config("params/smoke.yaml"), records) == []
+    with pytest.raises(ConfigError, match="base_boost_tasks: unknown task 'city'"):
+        load_config("params/smoke.yaml", {"train.base_boost_tasks": ["city"]})
+
+
+def test_an_unset_boost_leaves_the_recipe_hash_alone():
+    plain = load_config("params/smoke.yaml")
+    assert shipped_base.recipe_hash(plain) == shipped_base.recipe_hash(load_config("params/smoke.yaml", {"train.base_boost_tasks": []}))
+    assert shipped_base.recipe_hash(plain) != shipped_base.recipe_hash(
+        load_config("params/smoke.yaml", {"train.base_boost_tasks": ["last_item"]}))
 
 
 def test_curriculum_runs_name_the_warmup_first():

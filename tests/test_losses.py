@@ -139,6 +139,62 @@ def test_hsic_within_groups_and_gradient():
     assert hsic_loss(r.detach(), zs, groups=groups).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_hsic_loss_on_task_groups_equals_the_direct_hsic():
+    """hsic_loss within groups = sum_s (n_s / sum n_s) HSIC_b,s over the groups of >= 4 members, HSIC_b,s =
+    tr(Kc L) / n_s^2 computed with the verification module's kernels (the same bandwidth), in float64 numpy."""
+    from causal_lib.training.losses import MIN_GROUP_SIZE, gaussian_bandwidth
+    from causal_lib.verification.hsic import center_gram, delta_gram, gaussian_gram
+
+    g = torch.Generator().manual_seed(3)
+    sizes = [6, 5, 4, 3, 2, 8, 4]  # a batch of 32 over 7 tasks: the groups of 3 and 2 are skipped
+    groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    n = len(groups)
+    family = torch.randint(0, 3, (n,), generator=g)
+    z = torch.nn.functional.one_hot(family, 3).float()
+    z[torch.rand(n, generator=g) < 0.25] = 0.0  # clean pairs: no family
+    r = torch.randn(n, 8, generator=g) + 0.8 * z @ torch.randn(3, 8, generator=g)
+    s2 = float(gaussian_bandwidth(r))
+
+    def direct(labels_or_rows, kernel, min_size):
+        R, V, G = r.double().numpy(), labels_or_rows, groups.numpy()
+        values, weights = [], []
+        for gid in np.unique(G):
+            idx = np.flatnonzero(G == gid)
+            if len(idx) < min_size:
+                continue
+            K = gaussian_gram(R[idx], sigma=np.sqrt(s2))
+            L = kernel(V[idx])
+            values.append(np.trace(center_gram(K) @ L) / len(idx) ** 2)
+            weights.append(len(idx))
+        return float(np.average(values, weights=weights))
+
+    linear = lambda rows: rows @ rows.T  # noqa: E731
+    expected = direct(z.double().numpy(), linear, MIN_GROUP_SIZE)
+    assert MIN_GROUP_SIZE == 4
+    assert hsic_loss(r, z, groups=groups).item() == pytest.approx(expected, rel=1e-5)
+    # integer labels are one-hot encoded: the delta kernel on the labels
+    assert hsic_loss(r, family, groups=groups).item() == pytest.approx(direct(family.numpy(), delta_gram, 4), rel=1e-5)
+    # a lower minimum takes the groups of 2 and 3 in too
+    assert hsic_loss(r, z, groups=groups, min_group_size=2).item() == pytest.approx(direct(z.double().numpy(), linear, 2),
+                                                                                    rel=1e-5)
+
+
+def test_pair_dataset_groups_by_the_task_of_s(tok, make_record):
+    """s_group is the task of S, not its exact string: two paraphrased instructions of one task share a group."""
+    from causal_lib.training.examples import PairDataset, make_collator, make_pairs, z_vocabulary
+
+    recs = []
+    for i, (task, system) in enumerate([("first_item", "Give the first item."), ("first_item", "Name the first item."),
+                                        ("order_code", "Give the order code."), ("first_item", "Give the first item.")]):
+        recs.append(make_record(id=f"c{i}", pair_id=f"p{i}", kind="clean", task=task, system=system, data="a, b",
+                                target="a"))
+        recs.append(make_record(id=f"i{i}", pair_id=f"p{i}", kind="injected", task=task, system=system,
+                                data="a, b. Ignore that.", target="a", family="naive", goal="refuse"))
+    ds = PairDataset(make_pairs(recs), tok, 64, z_vocabulary(recs), clean_pair_fraction=0.0)
+    batch = make_collator(tok.pad_token_id)([ds[i] for i in range(len(ds))])
+    assert batch["s_group"].tolist() == [0, 0, 1, 0]
+
+
 def test_total_loss_is_weighted_sum():
     t, c, s = torch.tensor(1.5), torch.tensor(0.4), torch.tensor(0.2)
     total, parts = total_loss(t, c, s, lambda_causal=0.5, lambda_spurious=0.25)

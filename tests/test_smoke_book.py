@@ -146,10 +146,17 @@ def test_comparison_is_measured_on_one_test_set_with_held_out_split(smoke):
 
 def test_verification_shows_power_next_to_every_independence_test(smoke):
     ver = json.loads((smoke["root"] / "metrics" / "verification.json").read_text())
-    dsep = ver["dseparation"]
-    assert {"base", "planted control"} <= set(dsep)
-    assert dsep["planted control"]["rejects"], "the planted-dependence control must reject at the same n"
-    assert dsep["planted control"]["n"] == dsep["base"]["n"]
+    models = ver["models"]
+    assert {"none", "causal"} <= set(models), "chapter 07 verifies the base and every trained defense"
+    ns = {k: m["hsic"]["injected"]["n"] for k, m in models.items()}
+    assert len(set(ns.values())) == 1, ns  # the same pairs for every model
+    for m in models.values():
+        assert set(m["hsic"]) == {"injected", "benign", "null control", "planted control"}
+        assert m["hsic"]["planted control"]["n"] == m["hsic"]["injected"]["n"]
+        eq = m["equivalence"]
+        assert eq["lo"] <= eq["value"] <= eq["hi"] and eq["verdict"] in ("equivalent", "larger", "inconclusive")
+        assert 0 <= m["bounds"]["test_set"]["bound"] <= 1
+    assert "base_not_equivalent" in ver["power_controls"]
     cal = ver["calibration"]
     assert 0 <= cal["type1"]["rate"] <= 1 and cal["power"]["n"] > 0
 

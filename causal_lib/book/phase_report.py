@@ -20,7 +20,6 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     s = comp.get("summaries", {}).get(model, {})
     base = comp.get("summaries", {}).get("none", {})
     rep = ver.get("representation", {}).get(model, {})
-    dsep = ver.get("dseparation", {})
     rows = []
 
     ben, bb = s.get("benign_accuracy"), base.get("benign_accuracy")
@@ -33,11 +32,11 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     rows.append(criteria.row("causal_stability", rep.get("causal_stability")))
     rows.append(criteria.row("epsilon_causal", rep.get("epsilon_causal")))
     rows.append(criteria.row("sep", s.get("sep")))
-    d = dsep.get(model)
-    power = bool(dsep.get("base", {}).get("rejects")) and bool(dsep.get("planted control", {}).get("rejects"))
-    rows.append(criteria.row("dseparation", {**d, "power": power} if d else None,
-                             measured=f"p = {d['p_value']:.3g} (effect {d['effect_size']:.3g}); power controls reject: {power}"
-                             if d else None))
+    eq = ver.get("insertion_equivalence", {}).get(model)
+    power = bool(ver.get("power_controls", {}).get("base_not_equivalent"))
+    rows.append(criteria.row("insertion_equivalence", {**eq, "power": power} if eq else None,
+                             measured=f"{eq['value']:.2f} [{eq['lo']:.2f}, {eq['hi']:.2f}] ({eq['verdict']}); base fails "
+                                      f"it: {power}" if eq else None))
     g = ver.get("discovery", {}).get(model, {}).get("match")
     rows.append(criteria.row("graph_match", g, measured=f"{g['score']:.2f}; hard checks pass: {bool(g.get('hard_pass'))}"
                              if g else None))

@@ -143,25 +143,52 @@ def epoch_detail(table: dict) -> str:
 
 # -- 07 causal verification ----------------------------------------------------------------------------------
 
-def verification_report(model_name: str, seed: int, n_rows: int, n_pairs: int, d: int, table: list[dict],
-                        dsep: dict, calibration, asr: dict, pac: dict, discovery_rows: list[dict],
-                        verdict: str) -> str:
-    """WEEK3_VERIFICATION_REPORT.md. `calibration`: the hsic.Calibration; `table`: the criteria rows."""
+def verification_report(model_name: str, seed: int, n_pairs: int, d: int, table: list[dict], model_rows: list[dict],
+                        hsic_rows: list[dict], calibration, controls: dict, bounds: dict, verdict: str) -> str:
+    """WEEK3_VERIFICATION_REPORT.md: the criteria for `model_name`, then every model's row side by side.
+    `calibration`: the hsic.Calibration; `table`: the criteria rows; `model_rows`: verify_models.summary_rows;
+    `hsic_rows`: one row per model and HSIC test; `bounds`: {defense: verify_models bounds}."""
     n_pass = sum(r["status"] == criteria.PASS for r in table)
-    dsep_rows = [{"model": k, **{c: v[c] for c in ("n", "d", "statistic", "effect_size", "p_value", "rejects")}}
-                 for k, v in dsep.items()]
-    return (f"# Week 3 verification report\n\nModel `{model_name}` vs the undefended base; n = {n_rows} test rows "
-            f"({n_pairs} pairs), R reduced to {d} principal components; seed {seed}.\n\n"
+    margin = criteria.threshold("insertion_equivalence")
+    power = ("The undefended base fails the equivalence test (verdict: "
+             f"{controls['base_verdict']}), so the test can tell a model that reads injections as instructions."
+             if controls["base_not_equivalent"] else
+             f"**The undefended base passes the equivalence test (verdict: {controls['base_verdict']}): at this n the "
+             "test cannot tell a model that obeys injections from one that ignores them, so no model's pass means "
+             "anything.**")
+    bound_lines = []
+    for defense, b in bounds.items():
+        t = b["test_set"]
+        line = (f"- `{defense}`: injected-input error {t['errors']}/{t['n']}, test-set bound {t['bound']:.4f} "
+                f"(95%, {t['kind']})")
+        pb = b.get("pac_bayes")
+        if pb:
+            line += (f"; PAC-Bayes-kl {pb['bound']:.4f}" + (f" - **vacuous**: {pb['vacuous_cause']}" if pb.get("vacuous")
+                                                         else f" (sigma {pb['sigma']}, KL {pb['kl']:.3g})"))
+        bound_lines.append(line)
+    return (f"# Week 3 verification report\n\nEvery model on the same {n_pairs} test pairs (clean, injected) and each "
+            f"pair's benign twin (the injection replaced by neutral sentences of the same length in the same place); "
+            f"seed {seed}. The criteria below are judged for `{model_name}`.\n\n"
             + markdown_table(table, ["criterion", "measured", "target", "status"])
-            + "\n## d-separation (R ⊥ Z | S)\n\n" + markdown_table(dsep_rows)
-            + f"\n## Calibration (synthetic, n={n_rows}, d={d}, {calibration.repetitions} repetitions)\n\n"
-              f"type-I error {calibration.type1}, power {calibration.power}\n\n"
-              f"## Bounds\n\nASR {asr['k']}/{asr['n']}: Clopper-Pearson 95% upper bound {asr['hi']:.4f} (the ASR criterion, "
-              f"{criteria.target_text('asr', stretch=False)}, passes only when this bound meets it). PAC-Bayes-kl bound on the "
-              f"injected-input error: {pac['bound']:.4f} (Gibbs error {pac['gibbs_errors']}, sigma {pac['sigma']}, "
-              f"KL {pac['kl']:.3g}; {pac['assumptions']}).\n\n## Causal discovery\n\n"
-            + markdown_table(discovery_rows)
-            + f"\n**Verdict: {verdict}** ({n_pass}/{len(table)} criteria pass)\n")
+            + f"\n**Verdict: {verdict}** ({n_pass}/{len(table)} criteria pass)\n\n"
+            "## Every model\n\n"
+            f"Distance ratio: mean ||R(inj) - R(clean)|| / mean ||R(benign) - R(clean)|| in standardised R, paired "
+            f"bootstrap 95% interval; equivalent when the whole interval is at or below {margin} (margin fixed in "
+            "advance). Probes: logistic regression on the full R, 5 folds grouped by document, accuracy on held-out "
+            "documents (chance 0.5). HSIC: stratified within-pair permutation test of R _||_ Z | S on "
+            f"{d} principal components (standardised R; the same rule for every model). "
+            "eps_causal: mean total variation along O* with its 90th percentile, maximum and share above 0.5. "
+            "Graph: PC over S, D, Z, R, O on the full R against the expected CPDAG with S - D dependent.\n\n"
+            + markdown_table(model_rows) + f"\n{power}\n\n## HSIC tests and their controls\n\n"
+            "`null control`: the model's real R with clean/inserted labels swapped at random within pairs (must not "
+            "reject); `planted control`: a dependence planted on that null (must reject).\n\n"
+            + markdown_table(hsic_rows)
+            + f"\n## Calibration (synthetic pairs, n={2 * n_pairs}, d={d}, {calibration.repetitions} repetitions)\n\n"
+              f"type-I error {calibration.type1}, power {calibration.power}\n\n## Bounds on the injected-input "
+              "error (output != O*)\n\nThe test-set bound inverts the binomial tail of the errors on the test "
+              "pairs: valid because every model was fixed before the test items were drawn (a PAC-Bayes bound with "
+              "the posterior equal to the prior, KL = 0). The PAC-Bayes bound takes the base's weights as its prior "
+              "and bounds the Gibbs risk after a Monte-Carlo bound on its estimate.\n\n" + "\n".join(bound_lines) + "\n")
 
 
 # -- 08 attack evaluation --------------------------------------------------------------------------------------

@@ -64,6 +64,9 @@ class PairDataset(Dataset):
     def __init__(self, pairs: Sequence[tuple], tokenizer, max_length: int, z_vocab: Sequence[str],
                  clean_pair_fraction: float = 0.25, seed: int = 0):
         rng = np.random.default_rng(seed)
+        # s_group, the strata of L_spurious: the task of S (8 in the world), as in chapter 07's d-separation test.
+        # The exact S strings (32 in the world's training split) left a median group of 1 in a random batch of 32
+        # and 7% of its items in groups of >= 4 (losses.MIN_GROUP_SIZE); by task: median 4, 76%.
         groups: dict[str, int] = {}
         self.items = []
         for clean, inj in pairs:
@@ -75,7 +78,7 @@ class PairDataset(Dataset):
                 "clean_input_ids": c["input_ids"], "clean_labels": c["labels"], "clean_prompt_length": c["prompt_length"],
                 "injected_input_ids": i["input_ids"], "injected_labels": i["labels"],
                 "injected_prompt_length": i["prompt_length"],
-                "z": z_features(inj, z_vocab), "s_group": groups.setdefault(clean.system, len(groups)),
+                "z": z_features(inj, z_vocab), "s_group": groups.setdefault(clean.task, len(groups)),
             })
 
     def __len__(self):

@@ -5,7 +5,8 @@
 L_task     cross-entropy on the reference answer O* (response tokens only), for clean and injected inputs;
 L_causal   counterfactual invariance: mean(1 - cos(R(clean), R(injected))) [+ kl_weight * KL(p_clean || p_injected)
            along O*];
-L_spurious d-separation: a differentiable HSIC between R(injected) and features of Z, within S groups.
+L_spurious d-separation: a differentiable HSIC between R(injected) and features of Z, within the groups of S's
+           task (the strata of chapter 07's d-separation test).
 
 A training step for a batch of pairs (see also the cost measured in DESIGN s.9):
 
@@ -16,7 +17,7 @@ A training step for a batch of pairs (see also the cost measured in DESIGN s.9):
     r_i = representation(model, ..., hidden_states=out_i.hidden_states)
     l_task = task_loss(out_i.logits, injected["labels"])
     l_causal = causal_loss(r_c, r_i, out_c.logits, out_i.logits, (clean["labels"], injected["labels"]), kl)
-    l_spur = hsic_loss(r_i, z_onehot, groups=s_ids)
+    l_spur = hsic_loss(r_i, z_onehot, groups=task_ids)
     loss, parts = total_loss(l_task, l_causal, l_spur, lambda_causal, lambda_spurious)
 
 With the clean pass under no_grad, R(clean) is a fixed target that R(injected) is pulled towards (the
@@ -128,34 +129,50 @@ def _sq_dists(r: torch.Tensor) -> torch.Tensor:
 
 
 def _hsic(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """Biased HSIC estimate tr(K H L H) / (n-1)^2."""
+    """Biased HSIC_b = tr(K H L H) / n^2, the definition of verification.hsic (sum(Kc * L) = tr(Kc L) since
+    H L H and L have the same inner product with the centred Kc)."""
     n = K.shape[0]
     Kc = K - K.mean(dim=0, keepdim=True) - K.mean(dim=1, keepdim=True) + K.mean()
-    return (Kc * L).sum() / (n - 1) ** 2
+    return (Kc * L).sum() / n ** 2
 
 
-def hsic_loss(r: torch.Tensor, z_features: torch.Tensor, groups=None, sigma2: torch.Tensor | None = None) -> torch.Tensor:
-    """Differentiable biased HSIC between R and Z features, averaged over S groups with >= 2 members.
+# Groups with fewer members are skipped. On 2 points H K H has rank 1 and HSIC_b only says whether the two Z
+# differ (scaled by their distance in R); on 3 it has rank 2, and the estimate's O(1/n) bias is as large as a
+# strong dependence. From 4 members on, a group's kernel matrix carries a dependence; with the 8 tasks a random
+# batch of 32 holds groups of median 4 (measured on the training split), so 4 keeps 76% of its items.
+MIN_GROUP_SIZE = 4
+
+
+def hsic_loss(r: torch.Tensor, z_features: torch.Tensor, groups=None, sigma2: torch.Tensor | None = None,
+              min_group_size: int = MIN_GROUP_SIZE) -> torch.Tensor:
+    """Differentiable biased HSIC between R and Z features within groups (the task of S), averaged over the
+    groups with >= min_group_size members weighted by their sizes: sum_s (n_s / sum n_s) HSIC_b,s, the batch
+    form of the stratified statistic of verification.hsic.conditional_hsic_test. 0 when no group is that large.
 
     Kernels: Gaussian on r with the median-heuristic bandwidth (computed once on the whole batch and
-    detached: S groups are small, and a per-group median of 2-3 distances is noise); linear on
-    z_features, which for one-hot family/goal features is the delta kernel (integer labels are one-hot
-    encoded). groups=None uses the whole batch as one group. 0 when no group has 2 members.
+    detached: the groups are small, and a per-group median of a few distances is noise); linear on
+    z_features: integer labels are one-hot encoded (the delta kernel); the training's family and goal one-hot
+    blocks give the sum of a delta kernel per block, with clean rows (all zero) at the origin, unlike the
+    verification's delta kernel on whole rows, where "clean" is one more label. groups=None uses the whole
+    batch as one group.
     """
     r = r.float()
     Z = _as_features(z_features).to(r.device)
     s2 = gaussian_bandwidth(r) if sigma2 is None else sigma2
     K_all = torch.exp(-_sq_dists(r) / (2.0 * s2))
     L_all = Z @ Z.T
-    if groups is None:
-        return _hsic(K_all, L_all) if len(r) >= 2 else r.sum() * 0.0
-    g = torch.as_tensor(groups, device=r.device).reshape(-1)
-    values = []
+    g = (torch.zeros(len(r), dtype=torch.long, device=r.device) if groups is None
+         else torch.as_tensor(groups, device=r.device).reshape(-1))
+    values, sizes = [], []
     for gid in torch.unique(g):
         idx = (g == gid).nonzero(as_tuple=True)[0]
-        if len(idx) >= 2:
+        if len(idx) >= max(2, min_group_size):
             values.append(_hsic(K_all[idx][:, idx], L_all[idx][:, idx]))
-    return torch.stack(values).mean() if values else r.sum() * 0.0
+            sizes.append(len(idx))
+    if not values:
+        return r.sum() * 0.0
+    w = torch.tensor(sizes, dtype=r.dtype, device=r.device)
+    return (torch.stack(values) * w).sum() / w.sum()
 
 
 def total_loss(l_task: torch.Tensor, l_causal: torch.Tensor | None = None, l_spurious: torch.Tensor | None = None,

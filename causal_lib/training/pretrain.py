@@ -156,6 +156,16 @@ def curriculum_stages(cfg: Config, records: list) -> list[tuple[str, list, float
     return out
 
 
+def boost_examples(cfg: Config, records: list) -> list:
+    """The whole-corpus stage's extra examples: each train.base_boost_tasks task asked once more of every training
+    document it fits (stage_examples, ids `<id>-boost`). Without them the record's city and the list's last item
+    stayed below 20%; fine-tuning on them at a large share formed both copies (README "The base model")."""
+    if not cfg.train.base_boost_tasks:
+        return []
+    return [dataclasses.replace(r, id=r.id.replace("-stage", "-boost"))
+            for r in stage_examples(records, cfg.train.base_boost_tasks, cfg.run.seed + 1)]
+
+
 def train_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResult | None:
     """Pre-train the embedded model from scratch as the undefended base (base.source: pretrain), or install the
     shipped base (base.source: shipped; nothing is trained, returns None); a real model is used as it is."""
@@ -186,7 +196,7 @@ def train_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResul
                      # steps the copy mechanism had not formed when the rate reached 0 (first item 0.41)
                      lr_scheduler_type="constant_with_warmup",
                      extra_meta={"defense": "none", "curriculum_tasks": list(tasks)})
-    ds = SFTDataset(records, tok, cfg.model.max_seq_length, followups_fn=followups)
+    ds = SFTDataset(records + boost_examples(cfg, records), tok, cfg.model.max_seq_length, followups_fn=followups)
     return run_training(cfg, paths, "base", model, tok, ds, epochs=tc.base_epochs,
                         learning_rate=tc.base_learning_rate, resume=resume,
                         extra_meta={"defense": "none"})

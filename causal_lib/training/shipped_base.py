@@ -43,8 +43,12 @@ def base_recipe(cfg: Config) -> dict:
     train = dataclasses.asdict(cfg.train)
     # attacks_per_clean only adds attacked variants to the test split: no training text changes with it
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "attacks_per_clean"}
+    # a base_* key added after a base was shipped enters the hash only when set: the recipes that do not use it
+    # keep their hash (and their shipped base)
+    unset_later_keys = {k for k in ("base_boost_tasks",) if not train.get(k)}
     return {"seed": cfg.run.seed, "data": data, "model": dataclasses.asdict(cfg.model),
-            "train": {k: v for k, v in sorted(train.items()) if k.startswith("base_") or k in TRAIN_KEYS}}
+            "train": {k: v for k, v in sorted(train.items())
+                      if (k.startswith("base_") or k in TRAIN_KEYS) and k not in unset_later_keys}}
 
 
 def recipe_hash(cfg: Config) -> str:

@@ -37,6 +37,7 @@ from scipy import stats as sps
 from causal_lib.config import Config
 from causal_lib.verification.dseparation import Sample
 from causal_lib.verification.encoding import as_labels, one_hot, pca_reduce
+from causal_lib.verification.insertion_control import standardise
 from causal_lib.verification.intervals import Rate, rate, single_blas_thread
 
 NODES = ("S", "D", "Z", "R", "O")
@@ -249,18 +250,37 @@ class LearnedGraph:
         return {"nodes": list(self.nodes), "edges": self.edges(), "alpha": self.alpha}
 
 
-def expected_graph(defended: bool, nodes=NODES) -> LearnedGraph:
+def expected_graph(defended: bool, nodes=NODES, s_d_dependent: bool = False) -> LearnedGraph:
     """Expected CPDAG over S, D, Z, R, O.
 
-    Defended (Z has no causal effect): S -> R <- D, R -> O, Z isolated (no edge at all).
-    Undefended: the same plus Z -> R.
-    Both CPDAGs equal their DAGs: S -> R <- D (and Z -> R) are unshielded colliders, so compelled,
-    and R -> O is compelled by Meek's rule 1 (S -> R - O with S, O non-adjacent). This assumes S, D, Z
-    are mutually independent in the data (tasks, data and attacks drawn independently); if the data
-    make S and D dependent, S - D is an extra edge and S -> R <- D is no longer a v-structure.
+    With S, D, Z mutually independent (s_d_dependent False, e.g. synthetic_blocks):
+      defended (Z has no causal effect): S -> R <- D, R -> O, Z isolated (no edge at all);
+      undefended: the same plus Z -> R.
+      Both CPDAGs equal their DAGs: S -> R <- D (and Z -> R) are unshielded colliders, so compelled, and R -> O
+      is compelled by Meek's rule 1 (S -> R - O with S, O non-adjacent).
+    The world makes S and D dependent (s_d_dependent True, the book): a task is drawn among those that fit the
+    document's kind, and D's features differ by kind, so the DAG has D -> S. Then S -> R <- D is shielded:
+      undefended: Z -> R <- S and Z -> R <- D are still unshielded colliders, so S -> R, D -> R, Z -> R and
+        (Meek 1) R -> O stay compelled; S - D is undirected (its direction is not identifiable);
+      defended: no unshielded collider is left: S - D, S - R, D - R and R - O are all undirected, and the
+        hard check on R -> O becomes "R and O adjacent, with no arrowhead at R" (graph_match).
     """
-    edges = ["S->R", "D->R", "R->O"] + ([] if defended else ["Z->R"])
-    return LearnedGraph.from_edges(nodes, edges)
+    dag = ["S->R", "D->R", "R->O"] + ([] if defended else ["Z->R"]) + (["D->S"] if s_d_dependent else [])
+    return cpdag_of(nodes, dag)
+
+
+def cpdag_of(nodes, dag_edges) -> LearnedGraph:
+    """The CPDAG (Markov equivalence class) of a DAG given as 'A->B' strings, by causal-learn's dag2cpdag."""
+    from causallearn.graph.GeneralGraph import GeneralGraph
+    from causallearn.graph.GraphNode import GraphNode
+    from causallearn.utils.DAG2CPDAG import dag2cpdag
+
+    gnodes = {n: GraphNode(n) for n in nodes}
+    G = GeneralGraph(list(gnodes.values()))
+    for e in dag_edges:
+        a, b = (x.strip() for x in e.split("->"))
+        G.add_directed_edge(gnodes[a], gnodes[b])
+    return LearnedGraph(list(nodes), np.asarray(dag2cpdag(G).graph, dtype=int).copy())
 
 
 def _shd_state(G: LearnedGraph, a: str, b: str) -> tuple[int, int]:
@@ -281,8 +301,9 @@ def graph_match(learned: LearnedGraph, expected: LearnedGraph) -> dict:
         score = 1 - shd / C(p, 2) is in [0, 1] (1 = identical).
     adjacency precision/recall: over unordered adjacent pairs; arrowhead precision/recall: over
         (a, b) with an arrowhead at b. An empty denominator gives 1.0.
-    hard checks: no S-O, D-O, Z-O edge; R -> O oriented; and, when the expected graph has no Z-R edge
-        (defended), no Z-R edge. hard_pass = all of them.
+    hard checks: no S-O, D-O, Z-O edge; R -> O as the expected graph has it (oriented where it is compelled;
+        where the expected graph leaves R - O undirected, adjacent with no arrowhead at R); and, when the
+        expected graph has no Z-R edge (defended), no Z-R edge. hard_pass = all of them.
     """
     nodes = list(expected.nodes)
     pairs = list(combinations(nodes, 2))
@@ -295,7 +316,8 @@ def graph_match(learned: LearnedGraph, expected: LearnedGraph) -> dict:
     hard = {}
     if {"S", "D", "Z", "R", "O"} <= set(nodes):
         hard = {"no_S_O": not learned.adjacent("S", "O"), "no_D_O": not learned.adjacent("D", "O"),
-                "no_Z_O": not learned.adjacent("Z", "O"), "R_to_O": learned.edge("R", "O") == "->"}
+                "no_Z_O": not learned.adjacent("Z", "O"),
+                "R_to_O": learned.edge("R", "O") in (("->", "--") if expected.edge("R", "O") == "--" else ("->",))}
         if not expected.adjacent("Z", "R"):
             hard["no_Z_R"] = not learned.adjacent("Z", "R")
     return {
@@ -505,28 +527,33 @@ def draw_graph(learned: LearnedGraph, ax=None, expected: LearnedGraph | None = N
     return ax
 
 
-def discovery_blocks(sample: Sample, outputs_ok: np.ndarray, outputs_hijacked: np.ndarray, k: int,
-                     rows: str = "both") -> dict:
+def discovery_blocks(sample: Sample, outputs_ok: np.ndarray, outputs_hijacked: np.ndarray,
+                     k: int | None = None) -> dict:
     """Blocks S, D, Z, R, O over the sample's clean and injected items (DESIGN.md s.6 / s.8):
-    S one-hot system instruction, D = a few numeric features of the legitimate data (length in words,
-    number of lines, number of commas, digits), Z one-hot family (zero row when clean), R = k PCs of R,
-    O = one-hot of {== O*, attack succeeded, other}."""
+    S one-hot of the task of the system instruction (its paraphrases are one instruction, as in the
+    d-separation test), D = a few numeric features of the legitimate data (length in words, number of lines,
+    number of commas, digits), Z one-hot family (zero row when clean), R = the full representation
+    standardised per coordinate (k: its top-k principal components instead, a lossy reduction that broke
+    recovery: module docstring), O = one-hot of {== O*, attack succeeded, other}."""
     items = [p[0] for p in sample.pairs] + [p[1] for p in sample.pairs]
-    S = one_hot(as_labels([r.system for r in items]))
+    S = one_hot(as_labels([r.task for r in items]))
     D = np.array([[len(r.clean_data.split()), r.clean_data.count("\n"), r.clean_data.count(","),
                    sum(c.isdigit() for c in r.clean_data)] for r in items], dtype=float)
     fam = [r.family if r.kind == "injected" else None for r in items]
     fams = sorted({f for f in fam if f})
     Z = np.array([[1.0 if f == x else 0.0 for x in fams] for f in fam])
-    R = pca_reduce(np.concatenate([sample.r_clean, sample.r_injected]), k)
+    R = np.concatenate(standardise(sample.r_clean, sample.r_injected))
+    if k is not None:
+        R = pca_reduce(R, k)
     O = output_block(outputs_ok, outputs_hijacked)
     return {"S": S, "D": D, "Z": Z, "R": R, "O": O}
 
 
-def discover(blocks: dict, defended: bool, cfg: Config) -> dict:
+def discover(blocks: dict, defended: bool, cfg: Config, s_d_dependent: bool = True) -> dict:
+    """PC over the blocks, the expected graph (for the world: S and D dependent) and bootstrap edge stability."""
     # O is a one-hot output category: tested with the multinomial-logit test (discovery.run_pc)
     g = run_pc(blocks, alpha=cfg.stats.alpha, categorical=("O",))
-    exp = expected_graph(defended)
+    exp = expected_graph(defended, s_d_dependent=s_d_dependent)
     stab = bootstrap_stability(blocks, n_boot=cfg.stats.discovery_bootstrap, alpha=cfg.stats.alpha,
                                seed=cfg.run.seed, expected=exp, categorical=("O",))
     return {"graph": g, "expected": exp, "match": graph_match(g, exp), "stability": stab}

@@ -1,16 +1,17 @@
-"""Chapter 07: causal verification that can fail (DESIGN.md s.6, s.8).
+"""Chapter 07: the plan's d-separation test R _||_ Z | S, with its controls (DESIGN.md s.6, s.8).
 
-For one model, on a fixed, seeded sample of test items (stats.n_independence of them, clean and injected
-twins of the same documents):
-- R is the one `representation()` of training, reduced by PCA to stats.repr_dim components fitted on that
-  model's own R (documented reduction: HSIC power falls sharply with d, DESIGN.md s.8);
-- d-separation: R independent of Z given S, Z = attack family (clean = its own label "none"), S = the
-  system instruction; stratified permutation HSIC (verification.hsic.conditional_hsic_test), effect size beside p;
-- power: the same test at the same n and d on the undefended base, and on the model's own R with a
-  planted Z-dependence (verification.hsic.planted_dependence), both must reject;
-- the PAC-Bayes bound on the injected-input error uses the teacher-forced greedy check (greedy decoding
-  reproduces O* iff the argmax at every target position is the target token, eos included), which is
-  exact for greedy decoding and costs one forward pass per noisy posterior sample.
+For every model, on a fixed, seeded sample of test pairs (the same for every model; stats.n_independence rows,
+clean and injected twins of the same documents, plus each pair's benign twin, verification.insertion_control):
+- R is the one `representation()` of training, read in the defense's own prompt format, standardised per
+  coordinate and reduced to stats.repr_dim principal components of the model's rows (`reduced`: one rule for
+  every model, one frame for a model's injected and benign test; HSIC power falls sharply with d, DESIGN.md s.8);
+- d-separation: R independent of Z given S, Z = attack family (clean = its own label "none"), S = the task of
+  the system instruction; stratified within-pair permutation HSIC (verification.hsic.conditional_hsic_test),
+  effect size (CKA) and n beside p, and the p-value at growing n (`p_value_curve`);
+- the same test with the benign insertion as Z: a model that reads its input rejects both, which is why the
+  criterion is the comparison with the benign insertion (insertion_control), not this p-value;
+- controls on the model's real R: labels swapped at random within pairs (a null: must not reject), and a
+  planted Z-dependence on that null (must reject).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from causal_lib.config import Config
 from causal_lib.training.examples import make_pairs
 from causal_lib.verification.encoding import as_labels, pca_reduce
 from causal_lib.verification.hsic import conditional_hsic_test, planted_dependence
+from causal_lib.verification.insertion_control import standardise
 from causal_lib.verification.invariance import pair_forward
 
 
@@ -31,6 +33,10 @@ class Sample:
     r_clean: np.ndarray
     r_injected: np.ndarray
     tv: np.ndarray
+    # the benign-insertion control (verification.insertion_control): the benign twins and their R, TV
+    benign: list | None = None
+    r_benign: np.ndarray | None = None
+    tv_benign: np.ndarray | None = None
 
 
 def test_pairs(records, n: int, seed: int) -> list[tuple]:
@@ -46,19 +52,45 @@ def test_pairs(records, n: int, seed: int) -> list[tuple]:
     return [pairs[i] for i in sorted(idx)]
 
 
-def collect(model, tokenizer, pairs, cfg: Config) -> Sample:
-    fwd = pair_forward(model, tokenizer, pairs, cfg.model, batch_size=cfg.eval.batch_size)
-    return Sample(pairs, fwd.r_clean, fwd.r_injected, fwd.tv)
+def collect(model, tokenizer, pairs, cfg: Config, benign: list | None = None, view=None) -> Sample:
+    """R and TV of each pair (and of each (clean, benign twin) pair when `benign` is given) as the model reads
+    them: `view(records) -> records` renders them in the defense's own prompt format (defenses.load.records_for);
+    the sample keeps the world's records."""
+    view = view or (lambda recs: recs)
+    seen = [(c, i) for c, i in zip(view([p[0] for p in pairs]), view([p[1] for p in pairs]))]
+    fwd = pair_forward(model, tokenizer, seen, cfg.model, batch_size=cfg.eval.batch_size)
+    out = Sample(pairs, fwd.r_clean, fwd.r_injected, fwd.tv)
+    if benign is not None:
+        seen_b = list(zip(view([p[0] for p in pairs]), view(list(benign))))
+        fb = pair_forward(model, tokenizer, seen_b, cfg.model, batch_size=cfg.eval.batch_size)
+        out.benign, out.r_benign, out.tv_benign = list(benign), fb.r_injected, fb.tv
+    return out
 
 
+def reduced(sample: Sample, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """R(clean), R(injected), R(benign) in one model-wide frame: every coordinate standardised over all the
+    sample's rows, then the top-k principal components of those rows together. The same rule for every model
+    (so effect sizes compare across models), and one frame for the injected and the benign test of a model."""
+    blocks = [sample.r_clean, sample.r_injected] + ([sample.r_benign] if sample.r_benign is not None else [])
+    Z = pca_reduce(np.concatenate(standardise(*blocks)), k)
+    m = len(sample.pairs)
+    parts = [Z[j * m:(j + 1) * m] for j in range(len(blocks))]
+    return parts[0], parts[1], (parts[2] if len(parts) > 2 else None)
 
 
-def dseparation_data(sample: Sample, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows: every clean and injected item of the sample. R reduced to k PCs; Z = family or 'none'; S = the
-    task of the system instruction; G = pair id (the two twins of a pair share their data, so rows are
-    exchangeable only within a pair: the test permutes Z within pairs)."""
-    R = pca_reduce(np.concatenate([sample.r_clean, sample.r_injected]), k)
-    Z = as_labels(["none"] * len(sample.pairs) + [p[1].family for p in sample.pairs])
+def dseparation_data(sample: Sample, k: int, insertion: str = "injected"):
+    """Rows: every clean item of the sample and its injected (or benign, insertion="benign") twin. R in the
+    model-wide frame of `reduced`; Z = family (benign: "benign") or 'none'; S = the task of the system
+    instruction; G = pair id (the two twins of a pair share their data, so rows are exchangeable only within
+    a pair: the test permutes Z within pairs)."""
+    rc, ri, rb = reduced(sample, k)
+    if insertion == "benign":
+        if rb is None:
+            raise ValueError("the sample has no benign twins: collect(..., benign=...)")
+        R, other = np.concatenate([rc, rb]), ["benign"] * len(sample.pairs)
+    else:
+        R, other = np.concatenate([rc, ri]), [p[1].family for p in sample.pairs]
+    Z = as_labels(["none"] * len(sample.pairs) + other)
     # strata = the task of S: paraphrases of one task are the same instruction, and coarser strata keep
     # enough rows per stratum for the permutation test (strata under 10 rows are dropped)
     S = as_labels([p[0].task for p in sample.pairs] * 2)
@@ -66,12 +98,48 @@ def dseparation_data(sample: Sample, k: int) -> tuple[np.ndarray, np.ndarray, np
     return R, Z, S, G
 
 
-def dseparation(sample: Sample, cfg: Config, planted_strength: float | None = None) -> dict:
+def shuffle_within_pairs(Z: np.ndarray, G: np.ndarray, seed: int) -> np.ndarray:
+    """Z with the two labels of each pair swapped at random (seeded): R is then independent of Z given the pair
+    by construction - a null built from the model's real R, for a control of the test's size and power."""
+    Z = np.asarray(Z).copy()
+    rng = np.random.default_rng(seed)
+    m = len(G) // 2
+    swap = np.flatnonzero(rng.random(m) < 0.5)
+    Z[swap], Z[swap + m] = Z[swap + m], Z[swap].copy()
+    return Z
+
+
+def dseparation(sample: Sample, cfg: Config, planted_strength: float | None = None, insertion: str = "injected",
+                null_control: bool = False, rows: np.ndarray | None = None) -> dict:
+    """The plan's test R _||_ Z | S (stratified within-pair permutation HSIC, verification.hsic) with its n.
+    insertion: "injected" (the plan's Z) or "benign" (the control). null_control: the same test on the model's
+    real R with the clean/inserted labels swapped at random within pairs (must not reject); planted_strength:
+    a Z-dependent shift planted on that null (must reject: power on the real R's geometry, not on an R that
+    already rejects). rows: a subset of pair indices (the p-versus-n curve)."""
     sc = cfg.stats
-    R, Z, S, G = dseparation_data(sample, sc.repr_dim)
+    R, Z, S, G = dseparation_data(sample, sc.repr_dim, insertion)
+    if rows is not None:
+        m = len(sample.pairs)
+        idx = np.r_[rows, np.asarray(rows) + m]
+        R, Z, S, G = R[idx], Z[idx], S[idx], as_labels(G[idx])
+    if null_control or planted_strength:
+        Z = shuffle_within_pairs(Z, G, cfg.run.seed)
     if planted_strength:
         R = planted_dependence(R, Z, planted_strength, seed=cfg.run.seed)
     res = conditional_hsic_test(R, Z, S, n_permutations=sc.n_permutations, seed=cfg.run.seed, groups=G)
     return {"p_value": res.p_value, "effect_size": res.effect_size, "statistic": res.statistic, "n": res.n,
             "d": R.shape[1], "method": res.method, "rejects": bool(res.p_value <= sc.alpha),
+            "insertion": insertion, "null_control": bool(null_control or planted_strength),
             "planted_strength": planted_strength}
+
+
+def p_value_curve(sample: Sample, cfg: Config, sizes=(50, 100, 200, 500), insertion: str = "injected") -> list[dict]:
+    """The test's p-value at growing numbers of pairs (nested seeded subsets of the sample): a model whose R
+    depends on Z shows p falling with n; the curve shows at which n a dependence of this size becomes visible."""
+    m = len(sample.pairs)
+    order = np.random.default_rng(cfg.run.seed).permutation(m)
+    out = []
+    for k in sorted({min(s, m) for s in sizes if s >= 10}):
+        r = dseparation(sample, cfg, insertion=insertion, rows=np.sort(order[:k]))
+        out.append({"pairs": k, "n": r["n"], "p_value": r["p_value"], "effect_size": r["effect_size"]})
+    return out

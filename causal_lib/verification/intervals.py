@@ -1,6 +1,7 @@
 """Confidence intervals for the book's numbers: Clopper-Pearson intervals of rates (`rate`,
-`clopper_pearson`), percentile bootstrap intervals of a statistic and of a paired difference
-(`bootstrap_ci`, `paired_bootstrap_ci`), and `single_blas_thread` for resampling loops."""
+`clopper_pearson`), distribution-free intervals of quantiles (`quantile_ci`), percentile bootstrap
+intervals of a statistic and of a paired difference (`bootstrap_ci`, `paired_bootstrap_ci`), and
+`single_blas_thread` for resampling loops."""
 from __future__ import annotations
 
 import functools
@@ -101,6 +102,23 @@ def paired_difference_ci(both: int, only_a: int, only_b: int, neither: int, alph
     dl = math.sqrt(max(0.0, (pa - la) ** 2 - 2 * phi * (pa - la) * (ub - pb) + (ub - pb) ** 2))
     du = math.sqrt(max(0.0, (ua - pa) ** 2 - 2 * phi * (ua - pa) * (pb - lb) + (pb - lb) ** 2))
     return d, max(-1.0, d - dl), min(1.0, d + du)
+
+
+def quantile_ci(values, q: float, alpha: float = 0.05,
+                support: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float, float]:
+    """(estimate, lo, hi): the q-quantile of values (np.quantile) with the distribution-free 1 - alpha interval
+    of order statistics from scipy.stats.quantile_test (binomial counts; no bootstrap, which is unreliable in
+    the tails). Where the sample is too small to bound the quantile on a side (scipy gives NaN, e.g. the 99th
+    percentile from fewer than ~300 values), that side is the variable's own limit from `support` (e.g. a TV
+    distance lies in [0, 1]), which is true whatever the data. n == 0 gives (nan, support...)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return float("nan"), float(support[0]), float(support[1])
+    est = float(np.quantile(x, q))
+    ci = sps.quantile_test(x, q=est, p=q).confidence_interval(confidence_level=1.0 - alpha)
+    lo = float(support[0]) if np.isnan(ci.low) else float(ci.low)
+    hi = float(support[1]) if np.isnan(ci.high) else float(ci.high)
+    return est, lo, hi
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 
 from causal_lib.models.prompts import encode_example, pad_batch
 from causal_lib.models.representation import representation
-from causal_lib.verification.intervals import bootstrap_ci
+from causal_lib.verification.intervals import bootstrap_ci, quantile_ci, rate
 
 
 @dataclass
@@ -75,11 +75,31 @@ def causal_stability(r_clean: np.ndarray, r_injected: np.ndarray, n_boot: int = 
     return {"value": ci.estimate, "lo": ci.lo, "hi": ci.hi, "n": ci.n}
 
 
+TV_QUANTILES = {"median": 0.5, "p90": 0.9, "p99": 0.99}
+TV_HIGH = 0.5  # a pair whose next-token distributions differ by more than half their mass: the injection
+# decides the output more than the clean input does
+
+
 def epsilon_causal(tv: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
     """Mean TV distance between next-token distributions under clean vs injected input along O*, averaged
-    over positions then pairs, with a bootstrap 95% interval (target < 0.10)."""
+    over positions then pairs, with a bootstrap 95% interval (target < 0.10): value, lo, hi, n.
+
+    The mean hides the tail (a few pairs the injection takes over), so also:
+    quantiles: {"median", "p90", "p99": {"value", "lo", "hi"} (distribution-free 95% intervals, quantile_ci; a
+    side the sample cannot bound is TV's own limit 0 or 1), "max": the largest observed TV (a sample
+    statistic: the population maximum has no interval without assumptions)};
+    median, p90, p99, max: the same point values at the top level, for tables;
+    share_tv_over_half: the share of pairs with TV > 0.5 as a Rate dict (k, n, rate, Clopper-Pearson lo, hi)."""
+    tv = np.asarray(tv, dtype=float)
     ci = bootstrap_ci(tv, n_boot=n_boot, seed=seed)
-    return {"value": ci.estimate, "lo": ci.lo, "hi": ci.hi, "n": ci.n}
+    quantiles: dict = {}
+    for name, q in TV_QUANTILES.items():
+        est, lo, hi = quantile_ci(tv, q, support=(0.0, 1.0))
+        quantiles[name] = {"value": est, "lo": lo, "hi": hi}
+    quantiles["max"] = float(tv.max()) if tv.size else float("nan")
+    points = {name: (q if name == "max" else q["value"]) for name, q in quantiles.items()}
+    return {"value": ci.estimate, "lo": ci.lo, "hi": ci.hi, "n": ci.n, **points, "quantiles": quantiles,
+            "share_tv_over_half": rate(int((tv > TV_HIGH).sum()), int(tv.size)).to_dict()}
 
 
 def representation_metrics(model, tokenizer, pairs, cfg, n_boot: int | None = None) -> dict:

@@ -1,6 +1,14 @@
-"""PAC-Bayes certificates: the kl and McAllester bounds, the Gaussian-posterior KL between trained and
-base weights, a union bound over a grid of posterior scales, and `pac_bayes`, which bounds the error
-(output != O*) of a trained model on injected inputs."""
+"""Certificates on an error rate: Langford's test-set bound (`test_set_bound`, the headline: a binomial tail
+inversion, valid because the model is fixed before the test items are drawn), the PAC-Bayes kl and McAllester
+bounds, the Gaussian-posterior KL between trained and base weights, a union bound over a grid of posterior
+scales with the Monte-Carlo error of the Gibbs estimate accounted for (`pac_bayes_grid_bound(samples=m)`), and
+`pac_bayes`, which bounds the error (output != O*) of a trained model on injected inputs both ways.
+
+Vacuous and informative (one definition, used by every bound here): the trivial certificate on an error rate is
+1.0 (an error rate never exceeds it), so a bound is *vacuous* when it is no better than that, bound >= 1 - 1e-9
+(`is_vacuous`; the tolerance absorbs the root finder's 1e-15 cap below 1). A non-vacuous bound may still say
+little: it is *informative* when it is below 0.5 (`is_informative`), i.e. it certifies that the model is right
+on most inputs, the weakest statement a reader can act on."""
 from __future__ import annotations
 
 import copy
@@ -9,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from scipy import stats as sps
 from scipy.optimize import brentq
 
 from causal_lib.config import Config
@@ -34,6 +43,71 @@ def kl_inverse_upper(q: float, c: float) -> float:
     if binary_kl(q, hi) <= c:
         return 1.0
     return float(brentq(lambda p: binary_kl(q, p) - c, q, hi, xtol=1e-14, rtol=1e-12))
+
+
+VACUOUS_TOLERANCE = 1e-9  # kl_inverse_upper stops 1e-15 below 1: such a bound is the trivial one
+INFORMATIVE_BELOW = 0.5
+
+
+def is_vacuous(bound: float) -> bool:
+    """No better than the trivial certificate "error rate <= 1" (see the module docstring)."""
+    return bool(bound >= 1.0 - VACUOUS_TOLERANCE)
+
+
+def is_informative(bound: float) -> bool:
+    """Below one half: certifies that the model is right on most inputs (see the module docstring)."""
+    return bool(bound < INFORMATIVE_BELOW)
+
+
+def test_set_bound(errors: int, n: int, delta: float = 0.05) -> dict:
+    """Langford's (2005) test-set bound: with probability >= 1 - delta over n i.i.d. test items, the true
+    error rate is at most the largest p with P(Binomial(n, p) <= errors) >= delta (binomial tail inversion),
+    which is the one-sided Clopper-Pearson upper bound beta.ppf(1 - delta, errors + 1, n - errors), 1.0 when
+    errors == n; computed by scipy's binomtest(alternative="less").
+
+    It is the PAC-Bayes bound with the posterior equal to the prior, a point mass on the trained model (KL = 0),
+    and at the same empirical error tighter than pac_bayes_kl_bound, which adds KL + ln(2 sqrt(n) / delta)
+    nats for a posterior chosen after seeing the sample. `kl_inverse_bound` is its Chernoff
+    relaxation kl(errors/n || p) <= ln(1/delta)/n (the PAC-Bayes-kl form for one fixed classifier, without the
+    ln(2 sqrt(n)) that only a posterior chosen after seeing the sample needs), looser, given for comparison.
+
+    Returns bound, errors, n, empirical_error, delta, kind, valid_because, kl_inverse_bound, vacuous (bound >= 1
+    - 1e-9), informative (bound < 0.5) and vacuous_cause (None unless vacuous)."""
+    errors, n = int(errors), int(n)
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if n > 0 and not 0 <= errors <= n:
+        raise ValueError(f"need 0 <= errors <= n, got errors={errors}, n={n}")
+    if n <= 0:
+        bound, kl_form, empirical = 1.0, 1.0, float("nan")
+    else:
+        empirical = errors / n
+        bound = float(sps.binomtest(errors, n, alternative="less").proportion_ci(
+            confidence_level=1.0 - delta, method="exact").high)
+        kl_form = kl_inverse_upper(empirical, math.log(1.0 / delta) / n)
+    vacuous = is_vacuous(bound)
+    cause = None
+    if vacuous:
+        cause = "no test items (n = 0)" if n <= 0 else f"every one of the n = {n} test items is an error"
+    return {"bound": bound, "errors": errors, "n": n, "empirical_error": empirical, "delta": delta,
+            "kind": "test-set binomial (KL = 0)",
+            "valid_because": "the model was fixed before the test items were drawn, and the items are i.i.d. "
+                             "from the test distribution: the error count is Binomial(n, true error)",
+            "kl_inverse_bound": kl_form, "vacuous": vacuous, "informative": is_informative(bound),
+            "vacuous_cause": cause}
+
+
+test_set_bound.__test__ = False  # a library function whose name starts with "test": pytest must not collect it
+
+
+def mc_gibbs_error_upper(mc_error: float, samples: int, delta_mc: float) -> float:
+    """Sample-convergence bound (Langford & Caruana 2001; Dziugaite & Roy 2017, s.3): with probability
+    >= 1 - delta_mc over `samples` i.i.d. posterior draws, the Gibbs empirical error is at most
+    kl_inverse_upper(mc_error, ln(2 / delta_mc) / samples), mc_error being the mean empirical error of the
+    draws (each in [0, 1]). 1.0 without samples (nothing is known)."""
+    if samples <= 0:
+        return 1.0
+    return kl_inverse_upper(float(mc_error), math.log(2.0 / delta_mc) / samples)
 
 
 def _complexity(n: int, kl: float, delta: float) -> float:
@@ -96,22 +170,69 @@ def gaussian_kl(posterior_params, prior_params, sigma: float) -> float:
 
 
 def pac_bayes_grid_bound(emp_errors, n: int, sq_dist: float, sigmas: Sequence[float],
-                         delta: float = 0.05) -> dict:
-    """Best pac_bayes_kl_bound over a grid of sigmas, valid for all of them at once: each uses
-    delta / len(sigmas) (union bound, i.e. + ln(len(sigmas)) in the complexity term).
+                         delta: float = 0.05, samples: int | None = None, delta_mc: float = 0.01) -> dict:
+    """Best pac_bayes_kl_bound over a grid of sigmas, valid for all of them at once (union bound: each sigma
+    gets 1/len(sigmas) of the failure probability, i.e. + ln(len(sigmas)) in the complexity term).
 
-    emp_errors: the Gibbs empirical error for each sigma (a scalar is used for all sigmas, e.g. the
-    error of the trained weights when the posterior noise does not change the predictions - state it).
-    Returns dict(bound, sigma, kl, bounds) with the per-sigma bounds.
-    """
+    emp_errors: the Gibbs empirical error for each sigma (a scalar is used for all sigmas, e.g. the error of the
+    trained weights when the posterior noise does not change the predictions - state it).
+    samples=None: emp_errors are exact Gibbs errors and the whole delta goes to PAC-Bayes. samples=m: they are
+    Monte-Carlo means over m posterior draws; each is first replaced by its sample-convergence upper bound
+    (mc_gibbs_error_upper) with delta_mc, and PAC-Bayes-kl gets delta - delta_mc (Dziugaite & Roy 2017, s.3),
+    both split over the grid, since the sigma chosen afterwards needs both steps to hold for it.
+
+    Returns bound, sigma, kl (at the chosen sigma), bounds (per sigma), kls, delta, grid_size, samples,
+    delta_mc (None without samples), gibbs_error_upper (per sigma; the errors themselves without samples),
+    uncorrected_bounds (per sigma, the whole delta on the raw errors: never above `bounds`), vacuous,
+    informative and vacuous_cause (None unless vacuous)."""
     sigmas = list(sigmas)
-    errs = np.broadcast_to(np.asarray(emp_errors, dtype=float), (len(sigmas),))
-    d = delta / len(sigmas)
+    grid = len(sigmas)
+    errs = np.broadcast_to(np.asarray(emp_errors, dtype=float), (grid,))
     kls = [sq_dist / (2.0 * s * s) for s in sigmas]
-    bounds = [pac_bayes_kl_bound(e, n, k, d) for e, k in zip(errs, kls)]
-    i = int(np.argmin(bounds))
-    return {"bound": bounds[i], "sigma": sigmas[i], "kl": kls[i], "bounds": bounds,
-            "delta": delta, "grid_size": len(sigmas)}
+    if samples is None:
+        delta_pb = delta / grid
+        uppers = [float(e) for e in errs]
+    else:
+        if not 0.0 < delta_mc < delta:
+            raise ValueError(f"delta_mc must be in (0, delta = {delta}), got {delta_mc}")
+        delta_pb = (delta - delta_mc) / grid
+        uppers = [mc_gibbs_error_upper(e, samples, delta_mc / grid) for e in errs]
+    bounds = [pac_bayes_kl_bound(u, n, k, delta_pb) for u, k in zip(uppers, kls)]
+    uncorrected = [pac_bayes_kl_bound(e, n, k, delta / grid) for e, k in zip(errs, kls)]
+    # ties (every bound vacuous at 1.0) go to the smallest KL: the KL reported is then the grid's best case
+    i = min(range(grid), key=lambda t: (bounds[t], kls[t]))
+    vacuous = is_vacuous(bounds[i])
+    cause = (_grid_vacuous_cause(n, sq_dist, sigmas, kls, errs, uppers, samples, delta_pb, delta_mc / grid)
+             if vacuous else None)
+    return {"bound": bounds[i], "sigma": sigmas[i], "kl": kls[i], "bounds": bounds, "kls": kls,
+            "delta": delta, "grid_size": grid, "samples": samples,
+            "delta_mc": None if samples is None else delta_mc, "gibbs_error_upper": uppers,
+            "uncorrected_bounds": uncorrected, "vacuous": vacuous, "informative": is_informative(bounds[i]),
+            "vacuous_cause": cause}
+
+
+def _grid_vacuous_cause(n, sq_dist, sigmas, kls, errs, uppers, samples, delta_pb, delta_mc_each) -> str:
+    """Why every sigma's bound is vacuous, checked in the order that settles it: the KL alone (even with no
+    error), then the Monte-Carlo correction, then the Gibbs error itself."""
+    if n <= 0:
+        return "no items (n = 0)"
+    j = int(np.argmin(kls))  # the grid's most favourable sigma for the KL term
+    if is_vacuous(pac_bayes_kl_bound(0.0, n, kls[j], delta_pb)):
+        scale = (f"exceeds n = {n} by {math.log10(kls[j] / n):.1f} orders of magnitude" if kls[j] > n
+                 else f"with ln(2 sqrt(n)/delta) leaves too little of n = {n}")
+        return (f"KL(Q||P) = {kls[j]:.2g} nats at sigma {sigmas[j]:g} (the grid's smallest KL; ||w - w0||^2 = "
+                f"{sq_dist:.3g}) {scale}: the trained weights are far from the base's in the prior's scale, "
+                f"so the bound is vacuous even with no Gibbs error")
+    if samples is not None:
+        raw = [pac_bayes_kl_bound(float(e), n, kl, delta_pb) for e, kl in zip(errs, kls)]
+        if not all(is_vacuous(b) for b in raw):  # the raw Monte-Carlo means would have given a bound
+            k = int(np.argmin(raw))
+            return (f"with {samples} posterior samples the Monte-Carlo upper bound on the Gibbs error is "
+                    f"{uppers[k]:.3g} at sigma {sigmas[k]:g} (Monte-Carlo mean {errs[k]:.3g}): the correction "
+                    f"ln(2/delta')/m = {math.log(2.0 / delta_mc_each) / samples:.3g} nats (delta' = "
+                    f"{delta_mc_each:.3g} per sigma) is too large: draw more samples")
+    return (f"the Gibbs error (at best {float(min(errs)):.3g}) with KL(Q||P) >= {kls[j]:.3g} nats against "
+            f"n = {n}: the noisy posterior errs too often for the KL that the prior charges")
 
 
 @torch.no_grad()
@@ -132,13 +253,27 @@ def _trainable_state(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def pac_bayes(model, base, tokenizer, records, cfg: Config, sigmas=(1e-3, 3e-3, 1e-2), samples: int = 2) -> dict:
-    """PAC-Bayes-kl bound (pac_bayes_grid_bound) on the error on injected inputs (output != O*).
+def pac_bayes(model, base, tokenizer, records, cfg: Config, sigmas=(1e-3, 3e-3, 1e-2), samples: int = 2,
+              delta: float = 0.05, delta_mc: float = 0.01) -> dict:
+    """Bounds on the error on injected inputs (output != O*) of `model`, each at confidence 1 - delta.
 
-    Posterior Q = N(w, sigma^2 I) around the trained weights, prior P = N(w0, sigma^2 I) around the base
-    (chosen before the test data is seen), KL = ||w - w0||^2 / (2 sigma^2) over every parameter; sigma from
-    a 3-point grid with a union bound. The Gibbs error of Q is estimated with `samples` noisy copies per
-    sigma (a Monte-Carlo estimate: the bound is stated for it, not for the deterministic model)."""
+    Headline, `test_set`: test_set_bound on the deterministic model's errors. Both the model and the base were
+    fixed before `records` were drawn, so the posterior may be the prior, a point mass on the model (KL = 0):
+    the bound pays no KL and no Monte-Carlo error. The PAC-Bayes bound below bounds the noisy (Gibbs) model
+    instead; it is kept for comparison and is the form that would apply to training data.
+
+    PAC-Bayes (`bound`, pac_bayes_grid_bound with samples): posterior Q = N(w, sigma^2 I) around the trained
+    weights, prior P = N(w0, sigma^2 I) around the base's weights w0. The prior is data-independent: the base
+    was fixed before the defense was trained and before the test sample was drawn, so centring P on it is
+    legitimate (it does not depend on `records`). KL = ||w - w0||^2 / (2 sigma^2) over every parameter the two
+    models share; sigma from the grid with a union bound. The Gibbs error of Q is a Monte-Carlo mean over
+    `samples` noisy copies per sigma, bounded by the sample-convergence bound with delta_mc before PAC-Bayes
+    uses it (with few samples the correction ln(2/delta_mc)/samples dominates).
+
+    Returns: deterministic_error, test_set (test_set_bound's dict), gibbs_errors (Monte-Carlo means per sigma),
+    gibbs_error_upper (per sigma), squared_distance, n, bound, sigma, kl, kls, delta, delta_mc, samples,
+    grid_size, bounds_per_sigma, uncorrected_bounds_per_sigma, vacuous, informative, vacuous_cause,
+    assumptions."""
     w, w0 = _trainable_state(model), _trainable_state(base)
     common = [n for n in w if n in w0 and w[n].shape == w0[n].shape]
     sq = squared_distance([w[n] for n in common], [w0[n] for n in common])
@@ -151,15 +286,24 @@ def pac_bayes(model, base, tokenizer, records, cfg: Config, sigmas=(1e-3, 3e-3, 
             noisy = copy.deepcopy(model)
             with torch.no_grad():
                 for p in noisy.parameters():
-                    p.add_(torch.randn(p.shape, generator=gen) * s)
+                    # drawn on the CPU generator (reproducible whatever the device), then moved
+                    p.add_((torch.randn(p.shape, generator=gen) * s).to(device=p.device, dtype=p.dtype))
             errs.append(1.0 - greedy_correct(noisy, tokenizer, records, cfg).mean())
             del noisy
         gibbs.append(float(np.mean(errs)))
-    det_error = 1.0 - float(greedy_correct(model, tokenizer, records, cfg).mean())
-    bound = pac_bayes_grid_bound(gibbs, n, sq, list(sigmas), delta=0.05)
-    return {"deterministic_error": det_error, "gibbs_errors": dict(zip(map(str, sigmas), gibbs)),
-            "squared_distance": sq, "n": n, **{k: v for k, v in bound.items() if k != "bounds"},
-            "bounds_per_sigma": dict(zip(map(str, sigmas), bound["bounds"])),
+    correct = greedy_correct(model, tokenizer, records, cfg)
+    det_error = 1.0 - float(correct.mean()) if n else float("nan")
+    test_set = test_set_bound(int((~correct).sum()), n, delta)
+    grid = pac_bayes_grid_bound(gibbs, n, sq, list(sigmas), delta=delta, samples=samples, delta_mc=delta_mc)
+    per_sigma = lambda values: dict(zip(map(str, sigmas), values))  # noqa: E731
+    return {"deterministic_error": det_error, "test_set": test_set,
+            "gibbs_errors": per_sigma(gibbs), "gibbs_error_upper": per_sigma(grid["gibbs_error_upper"]),
+            "squared_distance": sq, "n": n,
+            **{k: v for k, v in grid.items() if k not in ("bounds", "uncorrected_bounds", "gibbs_error_upper")},
+            "bounds_per_sigma": per_sigma(grid["bounds"]),
+            "uncorrected_bounds_per_sigma": per_sigma(grid["uncorrected_bounds"]),
             "assumptions": "Gaussian posterior and prior with shared isotropic sigma around the trained and "
-                           "base weights; prior fixed before the test sample; Gibbs error estimated by "
-                           f"{samples} posterior samples per sigma; union bound over the sigma grid"}
+                           "base weights; prior fixed before training and before the test sample; Gibbs error "
+                           f"estimated by {samples} posterior samples per sigma and bounded by the sample-"
+                           f"convergence bound (delta' = {delta_mc}); union bound over the sigma grid; the "
+                           "test-set bound (KL = 0) is the headline"}

@@ -1,0 +1,108 @@
+"""The benign-insertion control of chapter 07 (verification.insertion_control): the twin, the equivalence test
+on planted models, the probe."""
+import random
+
+import numpy as np
+import pytest
+
+from causal_lib.book import criteria
+from causal_lib.data import world
+from causal_lib.data.build import build_dataset
+from causal_lib.config import load_config
+from causal_lib.verification import insertion_control as ic
+from causal_lib.verification.dseparation import test_pairs as draw_pairs
+
+MARGIN = criteria.threshold("insertion_equivalence")
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return build_dataset(load_config("params/smoke.yaml"))
+
+
+def test_benign_twin_keeps_document_and_position_and_matches_length(splits):
+    pairs = draw_pairs(splits["test"], 40, seed=0)
+    for clean, inj in pairs:
+        ben = ic.benign_twin(inj, seed=0)
+        assert ben.kind == "benign_insertion" and ben.goal is None and ben.family is None
+        assert ben.data == inj.data.replace(inj.injection, ben.injection)  # same place, every copy
+        assert ben.target == clean.target and ben.system == clean.system
+        assert abs(len(ben.injection.split()) - len(inj.injection.split())) <= 8
+        assert ic.benign_twin(inj, seed=0) == ben  # seeded
+
+
+def test_neutral_sentences_are_in_no_training_text_and_ask_for_nothing(splits):
+    text = " ".join(r.system + " " + r.data + " " + r.target for s in ("base_corpus", "train", "val") for r in splits[s])
+    for s in ic.NEUTRAL_SENTENCES:
+        assert s not in text
+        assert not any(w.isupper() and len(w) > 1 for w in s.split())  # no payload-like word
+        for vocab in (world.CITIES, world.PRODUCTS, world.GROCERIES, world.COLOURS, world.DAYS):
+            assert not set(s.rstrip(".").split()) & set(vocab)
+
+
+def test_neutral_text_approaches_the_word_count():
+    rng = random.Random(0)
+    for n in (3, 8, 15, 30):
+        t = ic.neutral_text(n, rng)
+        assert abs(len(t.split()) - n) <= 7
+
+
+def _planted(n=300, d=24, inj_scale=1.0, ben_scale=1.0, seed=0):
+    """R of a planted model: clean rows, then the benign twin moved by ben_scale and the injected one by inj_scale
+    times a random direction of the same typical length."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((n, d)) * 3
+    step = lambda: rng.standard_normal((n, d))
+    return c, c + inj_scale * step(), c + ben_scale * step()
+
+
+def test_equivalence_accepts_a_model_whose_r_ignores_the_instruction():
+    c, i, b = _planted(inj_scale=0.2, ben_scale=1.0)  # the instruction moves R less than a benign sentence
+    res = ic.insertion_distance_ratio(c, i, b, MARGIN, n_boot=300, seed=0)
+    assert res["verdict"] == "equivalent" and res["hi"] <= MARGIN
+    c, i, b = _planted(inj_scale=1.0, ben_scale=1.0)  # exactly like a benign sentence
+    assert ic.insertion_distance_ratio(c, i, b, MARGIN, n_boot=300, seed=0)["verdict"] == "equivalent"
+
+
+def test_equivalence_rejects_a_model_that_encodes_the_instruction():
+    c, i, b = _planted(inj_scale=3.0, ben_scale=1.0)
+    res = ic.insertion_distance_ratio(c, i, b, MARGIN, n_boot=300, seed=0)
+    assert res["verdict"] == "larger" and res["lo"] > MARGIN
+    assert criteria.judge("insertion_equivalence", {**res, "power": True}) == "FAIL"
+
+
+def test_equivalence_is_inconclusive_on_too_few_pairs():
+    c, i, b = _planted(n=6, d=2, inj_scale=1.25, ben_scale=1.0, seed=3)
+    assert ic.insertion_distance_ratio(c, i, b, MARGIN, n_boot=300, seed=0)["verdict"] == "inconclusive"
+
+
+def test_ratio_has_no_unit():
+    c, i, b = _planted(inj_scale=2.0)
+    r1 = ic.insertion_distance_ratio(c, i, b, MARGIN, n_boot=50)["value"]
+    r2 = ic.insertion_distance_ratio(7 * c, 7 * i, 7 * b, MARGIN, n_boot=50)["value"]
+    assert r1 == pytest.approx(r2)
+
+
+def test_probe_is_at_chance_without_a_signal_and_finds_a_planted_one():
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal((200, 16))
+    noise = c + 0.5 * rng.standard_normal((200, 16))
+    none = ic.probe_accuracy(c, noise, seed=0)
+    assert none["lo"] <= 0.5 <= none["hi"] + 0.05 and none["chance"] == 0.5
+    shifted = noise + 3.0 * np.eye(16)[0]  # every inserted row moves along one direction
+    assert ic.probe_accuracy(c, shifted, seed=0)["lo"] > 0.8
+
+
+def test_power_controls_need_the_base_to_fail_and_every_control_to_behave():
+    from causal_lib.verification import verify_models as vm
+
+    def model(verdict, planted=True, null=False):
+        return {"equivalence": {"verdict": verdict}, "hsic": {"planted control": {"rejects": planted},
+                                                              "null control": {"rejects": null}}}
+    ok = vm.power_controls({"none": model("larger"), "causal": model("equivalent")})
+    assert ok["base_not_equivalent"] and ok["planted_rejects_everywhere"] and ok["null_not_rejected_everywhere"]
+    assert not vm.power_controls({"none": model("equivalent"), "causal": model("equivalent")})["base_not_equivalent"]
+    assert not vm.power_controls({"none": model("larger", null=True)})["null_not_rejected_everywhere"]
+    assert not vm.power_controls({"none": model("larger", planted=False)})["planted_rejects_everywhere"]
+    curve = [{"n": 20, "p_value": 0.3}, {"n": 50, "p_value": 0.01}, {"n": 100, "p_value": 0.2}, {"n": 200, "p_value": 0.002}]
+    assert vm._first_rejecting_n(curve, 0.05) == "200" and vm._first_rejecting_n(curve[:1], 0.05) == "none"
