@@ -190,6 +190,8 @@ class EvalConfig:
     gcg_suffix_tokens: int = field(default=10, metadata=_range(1, 4096))
     gcg_topk: int = field(default=64, metadata=_range(1, 262144))
     gcg_candidates: int = field(default=64, metadata=_range(1, MAX_BATCH))
+    # chapter 08 also runs gradient-free random search at the same budget (evaluation.adaptive)
+    random_search: bool = True
 
 
 @dataclass

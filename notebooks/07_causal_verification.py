@@ -68,7 +68,7 @@ for defense in defenses:
     evaluation = evaluate_defense(cfg, paths, defense)
     results[defense] = verify_models.verify_model(cfg, paths, defense, pairs, benign, evaluation,
                                                   base_model=None if defense == "none" else base_model)
-controls = verify_models.power_controls(results)
+controls = verify_models.power_controls(results, sc.alpha)
 table_df = pd.DataFrame(verify_models.summary_rows(results, sc.alpha))
 table_df
 

@@ -44,21 +44,27 @@ filter_rates = detector_report(cfg, paths)
 pd.DataFrame(filter_rates["rows"])
 
 # %% [markdown]
-# ## Adaptive attack (GCG)
-# Greedy coordinate gradient over an adversarial token string appended to the injection inside the data,
-# per item, budget `eval.gcg_steps` steps of `eval.gcg_candidates` candidates over `eval.gcg_items` items.
+# ## Adaptive attacks: GCG, random search, transfer
+# Greedy coordinate gradient over an adversarial token string placed after the injection inside the data, per
+# item, budget `eval.gcg_steps` steps of `eval.gcg_candidates` candidates over `eval.gcg_items` items; random
+# search spends the same queries without a gradient; the strings GCG found on the base and on StruQ are also
+# tried on every other model (transfer). Where those beat GCG on a model, its gradients mislead the attack
+# (gradient masking) and its GCG ASR understates what an attacker gets.
 
 # %%
-from causal_lib.evaluation.gcg import run_gcg
-gcg = {}
-for d in defenses:
-    if d == "filter":
-        continue  # the filter wraps the base model; its adaptive row would attack the base plus detector
-    m, tok = load_model(cfg, paths, d)
-    test = records_for(d, load_split(paths.data, "test"), tok)
-    gcg[d] = run_gcg(m, tok, test, cfg.eval, seed=cfg.run.seed)
-    print(f"{registry.label(d)}: GCG ASR {gcg[d]['asr']['rate']:.1%} over {gcg[d]['asr']['n']} items, "
-          f"{gcg[d].get('mean_seconds_per_item', float('nan')):.1f} s/item")
+from causal_lib.evaluation import adaptive
+adaptive_result = adaptive.run_adaptive(cfg, paths, defenses, seed=cfg.run.seed)
+gcg = adaptive_result["gcg"]
+adaptive_df = pd.DataFrame(adaptive.adaptive_rows(adaptive_result))
+adaptive_df
+
+# %%
+budget = pd.DataFrame(adaptive.budget_rows(adaptive_result))
+fig, ax = plt.subplots(figsize=(7, 3.5))
+for (model, search), g in budget.groupby(["model", "search"], sort=False):
+    ax.plot(g["queries"], g["asr"], marker="o", ls="-" if search == "GCG" else "--", label=f"{model}, {search}")
+ax.set_xlabel("queries per item (steps x candidates)"); ax.set_ylabel("ASR"); ax.set_title("Adaptive ASR against budget")
+ax.legend(fontsize=7); plt.tight_layout(); plt.show()
 
 # %% [markdown]
 # ## The comparison
@@ -108,7 +114,8 @@ plt.show()
 
 # %%
 comparison_payload = {"defenses": defenses, "summaries": {d: evals[d]["summary"] for d in defenses},
-                      "gcg": gcg, "filter_detectors": filter_rates, "table": rows, "paired": paired_result,
+                      "gcg": gcg, "adaptive": {k: v for k, v in adaptive_result.items() if k != "gcg"},
+                      "filter_detectors": filter_rates, "table": rows, "paired": paired_result,
                       "seed": cfg.run.seed}
 spread = None
 if cfg.run.seeds:
@@ -139,7 +146,9 @@ gcg_rows = [{"defense": registry.label(d), **{k: g["asr"][k] for k in ("k", "n",
              "seconds_per_item": g.get("mean_seconds_per_item")} for d, g in gcg.items()]
 reports.write_report(paths, "WEEK4_EVALUATION_REPORT.md", report_text.evaluation_report(
     evals[defenses[0]]["summary"]["counts"], cfg.run.seed, rows, asr_by, filter_rates["rows"], gcg_rows,
-    twin={registry.label(d): evals[d]["summary"].get("twin_control") for d in defenses}))
+    twin={registry.label(d): evals[d]["summary"].get("twin_control") for d in defenses},
+    adaptive_rows=adaptive_df.to_dict("records"), adaptive_budget=adaptive_result["budget"],
+    adaptive_paired=adaptive_result["paired"]))
 # the verdict: the causal model's ASR against the criteria module's target (its 95% interval decides)
 causal = evals.get("causal", {}).get("summary")
 verdict = criteria.judge("asr", causal["asr"]) if causal else criteria.FAIL

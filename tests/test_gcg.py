@@ -202,3 +202,35 @@ def test_run_gcg_does_not_count_what_the_clean_twin_already_does(make_record, to
     assert by["r0"]["twin_passed"] is True and by["r0"]["success_found"] and not by["r0"]["success"]
     assert by["r1"]["twin_passed"] is False and by["r1"]["success"]
     assert out["asr"]["k"] == 1 and out["capability_floor"]["k"] == 1 and out["capability_floor"]["n"] == 2
+
+
+def test_random_search_spends_the_same_queries_and_finds_the_trigger(make_record, tok, planted):
+    rec = _record(make_record)
+    res = gcg_attack(planted, tok, rec, "B", n_steps=40, suffix_tokens=4, topk=16, n_candidates=32, seed=0,
+                     search="random")
+    assert res.search == "random" and res.steps <= 40 and len(res.loss_curve) == res.steps + 1
+    assert _monotone(res.loss_curve)
+    assert res.success and "zebra" in res.adv_string and res.success_step is not None
+    _real_text(tok, res, rec)
+    with pytest.raises(ValueError, match="search"):
+        gcg_attack(planted, tok, rec, "B", n_steps=1, search="genetic")
+
+
+def test_budget_curve_and_transfer(make_record, tok, planted):
+    from causal_lib.evaluation.gcg import budget_curve, transfer
+
+    recs = [_record(make_record, i) for i in range(3)]
+    cfg = EvalConfig(gcg_items=3, gcg_steps=10, gcg_suffix_tokens=4, gcg_topk=16, gcg_candidates=32,
+                     max_new_tokens=4)
+    ok = lambda r: (lambda data, o: o.strip() == r.injected_target)
+    out = run_gcg(planted, tok, recs, cfg, success_for=ok)
+    curve = out["budget_curve"]
+    assert curve[0]["steps"] == 0 and curve[-1]["steps"] == 10 and curve[-1]["k"] == out["asr"]["k"]
+    assert all(a["k"] <= b["k"] for a, b in zip(curve, curve[1:]))
+    assert curve[1]["queries"] == curve[1]["steps"] * 32
+    assert budget_curve([{"success": True, "success_step": 7}], 10, 8)[-1]["k"] == 1
+    # the strings found on a model transfer to that same model: every success is reproduced
+    same = transfer(planted, tok, out, recs, max_new_tokens=4, success_for=ok)
+    assert same["asr"]["k"] == out["asr"]["k"] and len(same["items"]) == 3
+    other = transfer(build_tiny_model(_cfg(32), tok, seed=1), tok, out, recs, max_new_tokens=4, success_for=ok)
+    assert other["asr"]["n"] == 3

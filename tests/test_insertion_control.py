@@ -98,11 +98,14 @@ def test_power_controls_need_the_base_to_fail_and_every_control_to_behave():
 
     def model(verdict, planted=True, null=False):
         return {"equivalence": {"verdict": verdict}, "hsic": {"planted control": {"rejects": planted},
-                                                              "null control": {"rejects": null}}}
+                                                              "null control": {"p_value": 0.001 if null else 0.5}}}
     ok = vm.power_controls({"none": model("larger"), "causal": model("equivalent")})
     assert ok["base_not_equivalent"] and ok["planted_rejects_everywhere"] and ok["null_not_rejected_everywhere"]
     assert not vm.power_controls({"none": model("equivalent"), "causal": model("equivalent")})["base_not_equivalent"]
     assert not vm.power_controls({"none": model("larger", null=True)})["null_not_rejected_everywhere"]
     assert not vm.power_controls({"none": model("larger", planted=False)})["planted_rejects_everywhere"]
+    one_of_four = {k: model("larger") for k in ("none", "a", "b")} | {"c": {**model("larger"), "hsic": {
+        "planted control": {"rejects": True}, "null control": {"p_value": 0.03}}}}
+    assert vm.power_controls(one_of_four, 0.05)["null_not_rejected_everywhere"]  # 0.03 > 0.05 / 4 is not an alarm
     curve = [{"n": 20, "p_value": 0.3}, {"n": 50, "p_value": 0.01}, {"n": 100, "p_value": 0.2}, {"n": 200, "p_value": 0.002}]
     assert vm._first_rejecting_n(curve, 0.05) == "200" and vm._first_rejecting_n(curve[:1], 0.05) == "none"

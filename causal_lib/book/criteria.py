@@ -97,7 +97,7 @@ CRITERIA: dict[str, Criterion] = {c.key: c for c in [
               "verification", (0.02, 0.08), "in", min_n=200),
     Criterion("hsic_power", "HSIC test on the models' real R: rejects a planted dependence, not the null",
               "on every model's R with clean/inserted labels swapped at random within pairs: the test does not "
-              "reject, and rejects once a 0.3-SD label-dependent shift is planted", "verification", True, "==",
+              "reject (at alpha / number of models), and rejects once a 0.3-SD label-dependent shift is planted", "verification", True, "==",
               fmt="bool", target_label="planted rejects, null does not, on every model"),
     # -- the undefended base (chapter 04): accurate, yet vulnerable
     Criterion("base_benign_accuracy", "base benign accuracy", "benign accuracy of the undefended base",

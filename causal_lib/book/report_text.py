@@ -244,15 +244,29 @@ def twin_control_text(twin: dict) -> str:
 
 
 def evaluation_report(counts: dict, seed: int, rows: list[dict], asr_by: dict[str, list[dict]],
-                      filter_rows: list[dict], gcg_rows: list[dict], twin: dict | None = None) -> str:
+                      filter_rows: list[dict], gcg_rows: list[dict], twin: dict | None = None,
+                      adaptive_rows: list[dict] | None = None, adaptive_budget: dict | None = None,
+                      adaptive_paired: dict | None = None) -> str:
     """WEEK4_EVALUATION_REPORT.md. asr_by: group type (family, goal, ...) -> long-format ASR records; twin:
     defense label -> summary["twin_control"] (only when attack files with their own judge were evaluated)."""
     text = f"# Week 4 evaluation report\n\nTest items: {counts}; seed {seed}.\n\n## Comparison\n\n" + markdown_table(rows)
     for group, title in ASR_GROUPS:
         text += f"\n## {title}\n\n" + markdown_table(asr_by.get(group, []))
     text += twin_control_text(twin)
-    return (text + "\n## Input-filter detectors\n\n" + markdown_table(filter_rows)
-            + "\n## Adaptive attack (GCG)\n\n" + markdown_table(gcg_rows))
+    text += "\n## Input-filter detectors\n\n" + markdown_table(filter_rows)
+    text += "\n## Adaptive attack (GCG)\n\n" + markdown_table(gcg_rows)
+    if adaptive_rows:
+        b = adaptive_budget or {}
+        text += ("\n## Adaptive attacks at one budget\n\n"
+                 f"{b.get('items')} items per model, {b.get('steps')} steps x {b.get('candidates')} candidates, "
+                 f"{b.get('suffix_tokens')} adversarial tokens after the injection. Random search spends the same "
+                 "queries without a gradient; transfer places the strings GCG found on the source model in the same "
+                 "items. Gradient masking is suspected where another attack broke more items GCG missed than the "
+                 "reverse (exact McNemar on the same items).\n\n" + markdown_table(adaptive_rows))
+        for attack, res in (adaptive_paired or {}).items():
+            if res.get("pairs"):
+                text += (f"\n### Paired comparison, {attack}\n\n" + "".join(f"- {p['sentence']}\n" for p in res["pairs"]))
+    return text
 
 
 def attack_detail(causal: dict | None, none: dict) -> str:

@@ -1,0 +1,115 @@
+"""Chapter 08's adaptive attacks on every model, at one budget (eval.gcg_*), on the same seeded items:
+
+* **GCG** (evaluation.gcg, gradient-guided token swaps) and **random search** (the same swaps drawn without a
+  gradient, the same queries), each with its ASR-versus-budget curve;
+* **transfer**: the strings found by GCG on the base and on StruQ placed in the same items for every other model;
+* a **gradient-masking check**: where random search or a transferred string succeeds on items GCG failed on the
+  same model more often than the reverse, the model's gradients mislead the attack, and its GCG ASR understates
+  what an attacker achieves (exact McNemar on the same items);
+* **paired comparisons** of the models for each attack (exact McNemar, Holm), as for the static attacks.
+"""
+from __future__ import annotations
+
+from causal_lib.data.records import load_split
+from causal_lib.defenses import registry
+from causal_lib.defenses.load import load_model, records_for
+from causal_lib.evaluation.comparison import paired_comparison
+from causal_lib.evaluation.gcg import run_gcg, transfer
+from causal_lib.evaluation.summary import rate_dict
+from causal_lib.verification.paired import mcnemar_exact
+
+TRANSFER_SOURCES = ("none", "struq")  # the undefended base and the first published defense
+
+
+def attacked_models(defenses) -> list[str]:
+    """The models an adaptive attack targets: every evaluated defense but the input filter (which wraps the base
+    model: its adaptive row would attack the base plus a detector, a different threat model)."""
+    return [d for d in defenses if d != "filter"]
+
+
+def run_adaptive(cfg, paths, defenses, seed: int = 0) -> dict:
+    """GCG, random search and transfer on every attacked model; the masking check and the paired comparisons."""
+    world_test = load_split(paths.data, "test")
+    models = attacked_models(defenses)
+    gcg, rand = {}, {}
+    for d in models:
+        m, tok = load_model(cfg, paths, d)
+        test = records_for(d, world_test, tok)
+        gcg[d] = run_gcg(m, tok, test, cfg.eval, seed=seed)
+        if cfg.eval.random_search:
+            rand[d] = run_gcg(m, tok, test, cfg.eval, seed=seed, search="random")
+    transfers: dict[str, dict] = {}
+    for tgt in models:
+        sources = [s for s in TRANSFER_SOURCES if s in gcg and s != tgt]
+        if not sources:
+            continue
+        m, tok = load_model(cfg, paths, tgt)
+        view = lambda recs, tgt=tgt, tok=tok: records_for(tgt, recs, tok)
+        for src in sources:
+            transfers.setdefault(tgt, {})[src] = transfer(m, tok, gcg[src], world_test, view=view,
+                                                         max_new_tokens=cfg.eval.max_new_tokens)
+    masking = {d: masking_check(gcg[d], rand.get(d), transfers.get(d, {})) for d in models}
+    paired = {"gcg": paired_comparison({d: as_evaluation(r) for d, r in gcg.items()}, cfg.stats.alpha)}
+    if rand:
+        paired["random search"] = paired_comparison({d: as_evaluation(r) for d, r in rand.items()}, cfg.stats.alpha)
+    return {"gcg": gcg, "random_search": rand, "transfer": transfers, "masking": masking, "paired": paired,
+            "budget": {"items": cfg.eval.gcg_items, "steps": cfg.eval.gcg_steps, "candidates": cfg.eval.gcg_candidates,
+                       "suffix_tokens": cfg.eval.gcg_suffix_tokens, "topk": cfg.eval.gcg_topk}}
+
+
+def as_evaluation(result: dict) -> dict:
+    """An attack's per-item outcomes in the shape of an evaluation's items (for the paired tests)."""
+    return {"items": [{"id": d["id"], "kind": "injected", "success": d["success"]} for d in result["items"]]}
+
+
+def _outcomes(result: dict) -> dict[str, bool]:
+    return {d["id"]: bool(d["success"]) for d in result["items"]}
+
+
+def masking_check(gcg: dict, random_search: dict | None, transfers: dict) -> dict:
+    """GCG against each other attack on the same items of one model: the items only the other attack broke, only
+    GCG broke, and the exact McNemar p. `masking_suspected` when some other attack broke more items that GCG did
+    not than the reverse (the point comparison; `significant` when its p < 0.05 too)."""
+    g = _outcomes(gcg)
+    rows = {}
+    others = ({"random search": random_search} if random_search else {}) | {f"transfer from {s}": t for s, t in transfers.items()}
+    for name, res in others.items():
+        o = _outcomes(res)
+        ids = sorted(set(g) & set(o))
+        only_other = sum(o[i] and not g[i] for i in ids)
+        only_gcg = sum(g[i] and not o[i] for i in ids)
+        rows[name] = {"n": len(ids), "asr": rate_dict(sum(o[i] for i in ids), len(ids)),
+                      "only_other": only_other, "only_gcg": only_gcg, "p_value": mcnemar_exact(only_other, only_gcg)}
+    beaten = [k for k, r in rows.items() if r["only_other"] > r["only_gcg"]]
+    return {"against": rows, "masking_suspected": bool(beaten), "beaten_by": beaten,
+            "significant": any(rows[k]["p_value"] < 0.05 for k in beaten)}
+
+
+def adaptive_rows(adaptive: dict) -> list[dict]:
+    """One row per model: GCG, random search and transfer ASR (95% intervals) and the masking verdict."""
+    def ci(r):
+        return f"{r['k']}/{r['n']} ({r['rate']:.0%} [{r['lo']:.0%}, {r['hi']:.0%}])" if r else "-"
+    rows = []
+    for d, g in adaptive["gcg"].items():
+        rs = adaptive["random_search"].get(d)
+        row = {"model": registry.label(d), "GCG": ci(g["asr"]), "random search": ci(rs["asr"]) if rs else "-"}
+        for src in TRANSFER_SOURCES:
+            t = adaptive["transfer"].get(d, {}).get(src)
+            row[f"transfer from {registry.label(src)}"] = ci(t["asr"]) if t else "-"
+        m = adaptive["masking"][d]
+        row["gradient masking"] = (("suspected: " + ", ".join(m["beaten_by"]) + (" (p < 0.05)" if m["significant"] else
+                                                                               " (not significant)"))
+                                   if m["masking_suspected"] else "not seen")
+        rows.append(row)
+    return rows
+
+
+def budget_rows(adaptive: dict) -> list[dict]:
+    """ASR against budget (steps x candidates) per model and search, for a table or a plot."""
+    rows = []
+    for search, results in (("GCG", adaptive["gcg"]), ("random search", adaptive["random_search"])):
+        for d, r in results.items():
+            for p in r["budget_curve"]:
+                rows.append({"model": registry.label(d), "search": search, "steps": p["steps"],
+                             "queries": p["queries"], "asr": p["rate"], "lo": p["lo"], "hi": p["hi"]})
+    return rows
