@@ -155,6 +155,13 @@ def test_pac_bayes_on_a_tiny_model_reports_both_bounds(tiny_model, make_record):
     assert ts["n"] == 12 and ts["errors"] == round(out["deterministic_error"] * 12)
     assert ts["bound"] == pytest.approx(pac_bayes.test_set_bound(ts["errors"], 12)["bound"])
     assert out["vacuous"] and out["bound"] >= 1 - 1e-9 and "KL(Q||P)" in out["vacuous_cause"]
+    # the KL alone makes it vacuous: no posterior sample is drawn, since no Gibbs error could change that
+    assert out["gibbs_errors"] is None and out["samples"] == 0 and set(out["bounds_per_sigma"]) == {"0.001", "0.01"}
+    near = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in near.parameters():
+            p.add_(1e-6)  # close to the base: the Monte-Carlo Gibbs error is estimated and corrected
+    out = pac_bayes.pac_bayes(near, base, tok, records, cfg, sigmas=(1e-3, 1e-2), samples=2)
     assert set(out["gibbs_errors"]) == set(out["bounds_per_sigma"]) == {"0.001", "0.01"}
     assert out["samples"] == 2 and out["delta_mc"] == 0.01 and out["kl"] == pytest.approx(min(out["kls"]))
     assert all(out["bounds_per_sigma"][s] >= out["uncorrected_bounds_per_sigma"][s] for s in out["bounds_per_sigma"])

@@ -62,7 +62,7 @@ def verify_model(cfg: Config, paths, defense: str, pairs: list, benign: list, ev
     correct = pac_bayes.greedy_correct(model, tok, injected_seen, cfg)
     bounds = {"test_set": pac_bayes.test_set_bound(int((~correct).sum()), len(correct))}
     if base_model is not None:
-        bounds["pac_bayes"] = pac_bayes.pac_bayes(model, base_model, tok, injected_seen, cfg)
+        bounds["pac_bayes"] = pac_bayes.pac_bayes(model, base_model, tok, injected_seen, cfg, correct=correct)
 
     items = {r["id"]: r for r in evaluation["items"]}
     recs = [p[0] for p in pairs] + [p[1] for p in pairs]
