@@ -33,7 +33,6 @@ import pandas as pd
 from causal_lib.book import criteria, report_text, reports, run_folder
 from causal_lib.data.records import load_split
 from causal_lib.defenses.load import load_model
-from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.verification import dseparation, insertion_control, verify_models
 from causal_lib.verification.hsic import calibrate, conditional_hsic_test
 
@@ -65,7 +64,7 @@ pd.DataFrame([{"quantity": "type-I error (independent)", **cal.type1.to_dict()},
 base_model = load_model(cfg, paths, "none")[0]
 results = {}
 for defense in defenses:
-    evaluation = evaluate_defense(cfg, paths, defense)
+    evaluation = verify_models.outputs_on_pairs(cfg, paths, defense, pairs, full=(defense == model_name))
     results[defense] = verify_models.verify_model(cfg, paths, defense, pairs, benign, evaluation,
                                                   base_model=None if defense == "none" else base_model)
 controls = verify_models.power_controls(results, sc.alpha)

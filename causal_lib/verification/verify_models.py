@@ -29,6 +29,17 @@ def label(defense: str) -> str:
     return "base" if defense == "none" else defense
 
 
+def outputs_on_pairs(cfg: Config, paths, defense: str, pairs: list, full: bool = False) -> dict:
+    """The model's evaluated outputs that chapter 07 needs: on the pairs' clean and injected rows (discovery's O),
+    or, with full=True, the whole test split (evaluate_defense, cached for chapter 08), for the model whose SEP
+    and ASR the chapter's criteria judge. Evaluating every model on the whole split is chapter 08's work."""
+    from causal_lib.evaluation.run import evaluate_defense
+
+    if full:
+        return evaluate_defense(cfg, paths, defense)
+    return evaluate_defense(cfg, paths, defense, records=[r for p in pairs for r in p])
+
+
 def verify_model(cfg: Config, paths, defense: str, pairs: list, benign: list, evaluation: dict,
                  base_model=None) -> dict:
     """Every chapter-07 measurement of one model on the shared pairs and their benign twins.
@@ -56,7 +67,7 @@ def verify_model(cfg: Config, paths, defense: str, pairs: list, benign: list, ev
     rep = {"causal_stability": invariance.causal_stability(sample.r_clean, sample.r_injected, sc.n_bootstrap, cfg.run.seed),
            "epsilon_causal": invariance.epsilon_causal(sample.tv, sc.n_bootstrap, cfg.run.seed),
            "epsilon_causal_benign": invariance.epsilon_causal(sample.tv_benign, sc.n_bootstrap, cfg.run.seed),
-           "sep": evaluation["summary"]["sep"], "asr": evaluation["summary"]["asr"]}
+           "sep": evaluation["summary"].get("sep"), "asr": evaluation["summary"]["asr"]}
 
     injected_seen = view([p[1] for p in pairs])
     correct = pac_bayes.greedy_correct(model, tok, injected_seen, cfg)
