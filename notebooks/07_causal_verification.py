@@ -10,7 +10,7 @@
 #    any inserted sentence moves R. So each pair gets a third item, its *benign twin*: the injection replaced by
 #    neutral sentences of the same length in the same place. An injection should move R no more than that:
 #    the distance ratio ‖R(inj) − R(clean)‖ / ‖R(ben) − R(clean)‖ with its 95% interval, held to a margin fixed
-#    in advance. The base must fail it, or the test has no power. Beside it, a cross-validated linear probe on
+#    in advance. The base must be shown above the margin, or the test has no power. Beside it, a linear probe on
 #    the full R for "instruction inserted" and "benign text inserted" (chance 0.5).
 # 3. **The plan's HSIC test** R ⊥ Z | S with its n and effect size, for the injection and for the benign
 #    insertion, its p-value at growing n, and two controls on each model's real R (labels shuffled within pairs:
@@ -101,7 +101,7 @@ pd.DataFrame([{"model": r["model"], "edges": ", ".join(r["discovery"]["graph"].e
 mine = results[model_name]
 eqm = mine["equivalence"]
 match = mine["discovery"]["match"]
-power = controls["base_not_equivalent"]
+power = controls["base_above_margin"]
 criteria_rows = {
     "hsic_type1": criteria.row("hsic_type1", calibration["type1"]),
     "hsic_power": criteria.row("hsic_power", controls["planted_rejects_everywhere"] and controls["null_not_rejected_everywhere"],

@@ -189,7 +189,7 @@ def test_success_criteria_rows_come_from_the_criteria_module(tmp_path):
         "representation": {"causal": {"causal_stability": {"value": 0.9, "lo": 0.85, "hi": 0.95},
                                       "epsilon_causal": {"value": 0.05, "lo": 0.03, "hi": 0.07}}},
         "insertion_equivalence": {"causal": {"value": 0.8, "lo": 0.7, "hi": 0.9, "verdict": "equivalent"}},
-        "power_controls": {"base_not_equivalent": True},
+        "power_controls": {"base_above_margin": True},
         "discovery": {"causal": {"match": {"score": 0.9, "hard_pass": False}}}})
     _write(paths, "chapters", {"01": {"wall_s": 60, "peak_rss_gb": 1.0}})
     _write(paths, "train_causal", {"nan_free": True})

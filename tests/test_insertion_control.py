@@ -100,8 +100,10 @@ def test_power_controls_need_the_base_to_fail_and_every_control_to_behave():
         return {"equivalence": {"verdict": verdict}, "hsic": {"planted control": {"rejects": planted},
                                                               "null control": {"p_value": 0.001 if null else 0.5}}}
     ok = vm.power_controls({"none": model("larger"), "causal": model("equivalent")})
-    assert ok["base_not_equivalent"] and ok["planted_rejects_everywhere"] and ok["null_not_rejected_everywhere"]
-    assert not vm.power_controls({"none": model("equivalent"), "causal": model("equivalent")})["base_not_equivalent"]
+    assert ok["base_above_margin"] and ok["planted_rejects_everywhere"] and ok["null_not_rejected_everywhere"]
+    assert not vm.power_controls({"none": model("equivalent"), "causal": model("equivalent")})["base_above_margin"]
+    # an inconclusive base (its interval straddles the margin) shows no power either
+    assert not vm.power_controls({"none": model("inconclusive"), "causal": model("equivalent")})["base_above_margin"]
     assert not vm.power_controls({"none": model("larger", null=True)})["null_not_rejected_everywhere"]
     assert not vm.power_controls({"none": model("larger", planted=False)})["planted_rejects_everywhere"]
     one_of_four = {k: model("larger") for k in ("none", "a", "b")} | {"c": {**model("larger"), "hsic": {

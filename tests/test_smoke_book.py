@@ -156,7 +156,7 @@ def test_verification_shows_power_next_to_every_independence_test(smoke):
         eq = m["equivalence"]
         assert eq["lo"] <= eq["value"] <= eq["hi"] and eq["verdict"] in ("equivalent", "larger", "inconclusive")
         assert 0 <= m["bounds"]["test_set"]["bound"] <= 1
-    assert "base_not_equivalent" in ver["power_controls"]
+    assert "base_above_margin" in ver["power_controls"]
     cal = ver["calibration"]
     assert 0 <= cal["type1"]["rate"] <= 1 and cal["power"]["n"] > 0
 
