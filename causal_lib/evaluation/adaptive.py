@@ -43,21 +43,16 @@ def run_adaptive(cfg, paths, defenses, seed: int = 0) -> dict:
         if cfg.eval.random_search:
             rand[d] = run_gcg(m, tok, test, cfg.eval, seed=seed, search="random")
     transfers: dict[str, dict] = {}
-    for tgt in models:
-        sources = [s for s in TRANSFER_SOURCES if s in gcg and s != tgt]
-        if not sources:
-            continue
-        m, tok = load_model(cfg, paths, tgt)
-        view = lambda recs, tgt=tgt, tok=tok: records_for(tgt, recs, tok)
-        for src in sources:
-            transfers.setdefault(tgt, {})[src] = transfer(m, tok, gcg[src], world_test, view=view,
-                                                         max_new_tokens=cfg.eval.max_new_tokens)
     completion = {}
     items = template_completion_items(world_test, cfg.eval.gcg_items * 5, seed)
-    for d in models:
-        m, tok = load_model(cfg, paths, d)
-        completion[d] = template_completion(m, tok, items, world_test, view=lambda recs, d=d, tok=tok: records_for(d, recs, tok),
-                                            max_new_tokens=cfg.eval.max_new_tokens, alpha=cfg.stats.alpha)
+    for tgt in models:  # each model loaded once more for the attacks that need every source's GCG strings
+        m, tok = load_model(cfg, paths, tgt)
+        view = lambda recs, tgt=tgt, tok=tok: records_for(tgt, recs, tok)
+        for src in (s for s in TRANSFER_SOURCES if s in gcg and s != tgt):
+            transfers.setdefault(tgt, {})[src] = transfer(m, tok, gcg[src], world_test, view=view,
+                                                         max_new_tokens=cfg.eval.max_new_tokens)
+        completion[tgt] = template_completion(m, tok, items, world_test, view=view,
+                                              max_new_tokens=cfg.eval.max_new_tokens, alpha=cfg.stats.alpha)
     masking = {d: masking_check(gcg[d], rand.get(d), transfers.get(d, {})) for d in models}
     paired = {"gcg": paired_comparison({d: as_evaluation(r) for d, r in gcg.items()}, cfg.stats.alpha)}
     if rand:
