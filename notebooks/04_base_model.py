@@ -7,7 +7,9 @@
 # makes it vulnerable to injected instructions. It ships in `causal_lib/base_model/` with a manifest; this
 # chapter checks the manifest against the current world and model shape, installs it into the run and
 # measures it (`base.source: pretrain` trains one here instead, from this params file). A real model
-# (`model.kind: hf`) is used as it is.
+# (`model.kind: hf`) is instruction-tuned here with LoRA on the same base corpus when `train.base_epochs > 0`
+# (the SmolLM2 track: untuned it follows neither the world's tasks nor its attacks), the adapter merged into its
+# weights; with `train.base_epochs: 0` it is used as it is.
 # Before any defense is worth measuring, the base must be (a) accurate on every task and (b) genuinely
 # vulnerable on every goal, including payloads and phrasings it never saw (the "base" criteria of
 # `causal_lib.book.criteria`, printed below).
@@ -28,7 +30,7 @@ from causal_lib.book import run_folder
 from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
-from causal_lib.training.pretrain import curriculum_runs, train_base
+from causal_lib.training.pretrain import REAL_BASE_ADAPTER_RUN, curriculum_runs, train_base
 from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.data.build import ensure_dataset
 from causal_lib.training.trainer import nan_free, read_train_log
@@ -38,7 +40,7 @@ ensure_dataset(cfg, paths)  # built by chapter 02; a seed replica builds the sam
 result = train_base(cfg, paths, resume=resume)  # installs the shipped base, or trains one (base.source)
 shipped = cfg.model.kind == "tiny" and cfg.base.source == "shipped"
 manifest = json.loads((paths.metrics / "base_manifest.json").read_text()) if shipped else {}
-log = read_train_log(paths, "base")
+log = read_train_log(paths, "base") or read_train_log(paths, REAL_BASE_ADAPTER_RUN)  # the real model's LoRA tuning
 stages = [(f"curriculum {i + 1}: {', '.join(tasks)}", read_train_log(paths, name))
           for i, (name, tasks) in enumerate(zip(curriculum_runs(cfg), cfg.train.base_curriculum))]
 

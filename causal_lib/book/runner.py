@@ -631,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--params", default="params/default.yaml")
         p.add_argument("--run", dest="run_name", help="run folder name under outputs/ (default: run.name)")
-        p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override params, e.g. train.epochs=1")
+        p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help="override params, e.g. train.epochs=1 (repeatable: every --set counts)")
         if name == "run":
             p.add_argument("--from", dest="from_chapter", help="start at this chapter (e.g. 05)")
             p.add_argument("--only", nargs="+", help="run only these chapters (e.g. 01 07, 05_train[causal])")

