@@ -24,7 +24,7 @@ from causal_lib.book import report_text
 from causal_lib.book.phase_report import failure_cases, success_criteria
 
 cfg, paths = run_folder.start(params_file, overrides)
-rows = success_criteria(paths, memory_limit_gb=cfg.run.memory_limit_gb)
+rows = success_criteria(paths, memory_limit_gb=cfg.run.memory_limit_gb, book_budget_s=60 * cfg.run.time_budget_min)
 table = pd.DataFrame(rows)[report_text.CRITERIA_COLUMNS]
 table
 
