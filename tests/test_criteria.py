@@ -216,3 +216,17 @@ def test_phase_status():
     assert criteria.phase_status([must, {"kind": "target", "status": "PASS"}]) == "COMPLETE"
     assert criteria.phase_status([must, {"kind": "target", "status": "NOT MEASURED"}]) == "MUST-ACHIEVE MET"
     assert criteria.phase_status([{"kind": "must", "status": "NOT MEASURED"}]) == "NOT MET"
+
+
+def test_phase_report_judges_the_base_it_stands_on(tmp_path):
+    paths = RunPaths(tmp_path)
+    causal = {"asr": rate(5, 1000), "asr_by_split": {"held_out": rate(2, 400)}, "benign_accuracy": rate(990, 1000)}
+    weak_base = {"asr": rate(300, 1000), "benign_accuracy": rate(995, 1000),  # accurate, but not vulnerable enough
+                 "benign_accuracy_by_task": {"t": rate(99, 100)}, "asr_by_goal": {"g": rate(30, 100)}}
+    _write(paths, "comparison", {"summaries": {"causal": causal, "none": weak_base}})
+    rows = success_criteria(paths)
+    base = {r["criterion"]: r["status"] for r in rows if r["kind"] == "base"}
+    assert base == {"base benign accuracy": "PASS", "base benign accuracy, every task": "PASS",
+                    "base attack success rate": "FAIL", "base ASR, every goal": "FAIL"}
+    md = report_text.phase2_completion_report("run", "abc", 0, criteria.phase_status(rows), rows, {})
+    assert "does not meet its own targets** (base attack success rate; base ASR, every goal)" in md

@@ -29,6 +29,12 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     rows.append(criteria.row("benign_accuracy", ben))
     rows.append(criteria.row("benign_vs_base", diff, measured=f"{criteria.measured_text('benign_accuracy', ben)} vs base "
                                                               f"{criteria.measured_text('benign_accuracy', bb)}"))
+    if base.get("asr") is not None:
+        # the stand-in the comparison stands on (chapter 04's targets, judged on chapter 08's evaluation of the base):
+        # a defense's low ASR means less on a base that was never vulnerable, or never accurate, to begin with
+        from causal_lib.book.report_text import base_rows
+
+        rows += list(base_rows(base).values())
     rows.append(criteria.row("causal_stability", rep.get("causal_stability")))
     rows.append(criteria.row("epsilon_causal", rep.get("epsilon_causal")))
     rows.append(criteria.row("sep", s.get("sep")))

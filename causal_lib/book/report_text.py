@@ -284,6 +284,15 @@ def attack_detail(causal: dict | None, none: dict) -> str:
 CRITERIA_COLUMNS = ["kind", "criterion", "measured", "target", "status"]
 
 
+def base_caveat(rows: list[dict]) -> str:
+    """A sentence before the criteria table when the undefended base misses any of its own targets (kind "base")."""
+    missed = [r["criterion"] for r in rows if r.get("kind") == "base" and r["status"] != criteria.PASS]
+    if not missed:
+        return ""
+    return (f"**The undefended base does not meet its own targets** ({'; '.join(missed)}): the defenses are compared "
+            f"on a weaker stand-in than the plan asks for, and their rates are read against the base's row below.\n\n")
+
+
 def phase2_completion_report(run_name: str, params_hash: str, seed: int, status: str, rows: list[dict],
                              failures: dict[str, list[dict]]) -> str:
     n_pass = sum(r["status"] == criteria.PASS for r in rows)
@@ -291,7 +300,7 @@ def phase2_completion_report(run_name: str, params_hash: str, seed: int, status:
                       for k, v in failures.items())
     return (f"# Phase 2 completion report\n\nRun `{run_name}`, params hash {params_hash}, seed {seed}. "
             f"Every value below is read from `metrics/*.json` written by this run.\n\n**Status: {status}** "
-            f"({n_pass}/{len(rows)} criteria pass)\n\n" + markdown_table(rows, CRITERIA_COLUMNS)
+            f"({n_pass}/{len(rows)} criteria pass)\n\n" + base_caveat(rows) + markdown_table(rows, CRITERIA_COLUMNS)
             + "\n## Failure cases\n" + md_fail
             + "\n## The criteria (causal_lib.book.criteria)\n\nA rate or estimate PASSES only when its whole 95% "
               "interval meets the target, FAILS when its point value misses it, and is INCONCLUSIVE (not a pass) "
