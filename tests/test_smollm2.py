@@ -12,7 +12,7 @@ from causal_lib.data.build import ensure_dataset
 from causal_lib.data.records import load_split
 from causal_lib.defenses import registry
 from causal_lib.defenses.load import load_model, model_dir
-from causal_lib.defenses.struq import RESERVED_TOKENS, is_struq_tokenizer
+from causal_lib.defenses.struq import RESERVED_INIT_WORDS, RESERVED_TOKENS, is_struq_tokenizer, reserved_token_ids
 from causal_lib.evaluation.generate import generate, generate_one_by_one
 from causal_lib.models import smollm2
 from causal_lib.models.checkpoints import checkpoint_json, load_checkpoint
@@ -116,9 +116,22 @@ def test_two_steps_of_each_defense_and_lora_reload(tiny_run, defense):
     model, tok = load_checkpoint(folder, cfg.model, is_trainable=False)
     if defense != "causal":
         assert is_struq_tokenizer(tok) and all(t in tok.get_vocab() for t in RESERVED_TOKENS)
+    if defense == "struq":
+        # the delimiters' rows were trained with the adapters (peft trainable tokens), not left at their init
+        ids = torch.tensor([list(reserved_token_ids(tok).values())])
+        tuned = load_checkpoint(base_checkpoint(paths), cfg.model, is_trainable=False)[0]
+        with torch.no_grad():
+            assert not torch.equal(model.get_input_embeddings()(ids)[0, :, :8],
+                                   _init_rows(tuned, tok)[:, :8])
     again, _ = load_checkpoint(folder, cfg.model, is_trainable=False)
     item = load_split(paths.data, "test")[0]
     enc = encode_example(tok, item.system, item.data)
     ids = torch.tensor([enc["input_ids"]])
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, again(input_ids=ids).logits)
+
+
+def _init_rows(base, tok):
+    """StruQ's initialisation of each delimiter row: the mean embedding of its word's tokens in the tuned base."""
+    emb = base.get_input_embeddings().weight
+    return torch.stack([emb[tok.encode(RESERVED_INIT_WORDS[t], add_special_tokens=False)].mean(0) for t in RESERVED_TOKENS])

@@ -154,7 +154,9 @@ def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = 
     best_model/model_card.json."""
 
     model, tok, source = load_base(cfg, paths, base_model_dir)
-    model, tok = prepare_struq_model(cfg, model, tok)
+    # The delimiters' rows stay at their initialisation under LoRA: TRL 1.16's DPO computes the LM head fused from
+    # lm_head.weight, which fails on (and would bypass) peft's trainable-token wrapper of a tied head such as SmolLM2's
+    model, tok = prepare_struq_model(cfg, model, tok, train_delimiters=False)
     records = train_records(cfg, paths, records)
     pairs, stats = secalign_pairs(records, tok, cfg.model.max_seq_length, seed=cfg.run.seed, data=data)
     ds = preference_dataset(pairs)

@@ -124,8 +124,7 @@ def add_reserved_tokens(model, tokenizer):
     the embeddings and initialise each new row (input and, when untied, output) to the mean embedding of
     its word's tokens. -> (model, tokenizer); a no-op when the tokenizer is already a StruQ tokenizer.
 
-    Call before wrapping the model with LoRA. With LoRA the new rows stay at this initialisation (the
-    embeddings are frozen); the adapters learn to use them."""
+    Call before wrapping the model with LoRA; prepare_struq_model then trains the new rows with the adapters."""
     from tokenizers import AddedToken
 
 
@@ -367,12 +366,15 @@ def load_base(cfg: Config, paths, base_model_dir=None):
     return model, tok, source
 
 
-def prepare_struq_model(cfg: Config, model, tokenizer):
-    """Reserved delimiters (before LoRA), then LoRA when model.use_lora; training mode."""
+def prepare_struq_model(cfg: Config, model, tokenizer, train_delimiters: bool = True):
+    """Reserved delimiters (before LoRA), then LoRA when model.use_lora; with `train_delimiters` the delimiters'
+    embedding rows are trained beside the adapters (peft trainable tokens), as full fine-tuning trains them in the
+    paper; without, they stay at their initialisation. Training mode."""
 
     model, tokenizer = add_reserved_tokens(model, tokenizer)
     if cfg.model.use_lora and not is_peft_model(model):
-        model = apply_lora(model, cfg.model)
+        rows = list(reserved_token_ids(tokenizer).values()) if train_delimiters else None
+        model = apply_lora(model, cfg.model, trainable_tokens=rows)
     model.train()
     return model, tokenizer
 

@@ -33,10 +33,13 @@ def _cache_key(cfg: Config, paths: RunPaths, defense: str, split: str) -> str:
     d = model_dir(paths, defense)
     meta = checkpoint_json(d)
     fp = meta.get("fingerprint") if meta is not None else cfg.model.name_or_path
+    # the fingerprint names the architecture and tokenizer only: the files' sha256 make a retrained model (same
+    # shape, other weights) miss the cache instead of reusing the old model's results
+    weights = {k: v.get("sha256") for k, v in (meta or {}).get("files", {}).items()}
     manifest = paths.data / "manifest.json"
     data = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else ""
-    blob = json.dumps({"fp": fp, "data": data, "eval": cfg.to_dict()["eval"], "defense": defense, "split": split,
-                       "seed": cfg.run.seed}, sort_keys=True)
+    blob = json.dumps({"fp": fp, "weights": weights, "data": data, "eval": cfg.to_dict()["eval"], "defense": defense,
+                       "split": split, "seed": cfg.run.seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -69,8 +69,10 @@ def _arch(model) -> dict:
 
 
 def _state_dict_without_lora(base) -> dict:
-    """The base weights of a LoRA-wrapped model under their original names."""
-    return {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+    """The base weights of a LoRA-wrapped model under their original names (the adapter's own tensors, LoRA
+    matrices and trainable-token deltas, are in the adapter file)."""
+    return {k.replace(".token_adapter.base_layer.", ".").replace(".base_layer.", "."): v
+            for k, v in base.state_dict().items() if "lora_" not in k and "trainable_tokens_delta" not in k}
 
 
 def save_checkpoint(model, tokenizer, path, extra: dict | None = None, save_base: bool | None = None) -> Path:

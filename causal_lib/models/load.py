@@ -58,13 +58,17 @@ def enable_gradient_checkpointing(model) -> None:
     model.config.use_cache = False  # the KV cache is useless (and warned about) while checkpointing
 
 
-def apply_lora(model, cfg: ModelConfig):
+def apply_lora(model, cfg: ModelConfig, trainable_tokens: list[int] | None = None):
+    """LoRA adapters on cfg.lora.target_modules; `trainable_tokens`: embedding rows trained as well (peft's trainable
+    tokens, tied output rows included), e.g. StruQ's new delimiters, which frozen embeddings would leave at their
+    initialisation."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     lc = cfg.lora
     peft_cfg = PeftLoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                              target_modules=list(lc.target_modules), task_type="CAUSAL_LM")
+                              target_modules=list(lc.target_modules), task_type="CAUSAL_LM",
+                              trainable_token_indices=list(trainable_tokens) if trainable_tokens else None)
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     return get_peft_model(model, peft_cfg)

@@ -46,7 +46,9 @@ def base_recipe(cfg: Config) -> dict:
     # a base_* key added after a base was shipped enters the hash only when set: the recipes that do not use it
     # keep their hash (and their shipped base)
     unset_later_keys = {k for k in ("base_boost_tasks",) if not train.get(k)}
-    return {"seed": cfg.run.seed, "data": data, "model": dataclasses.asdict(cfg.model),
+    # likewise model.source (added with the real-model track): absent from the hash at its default, "path"
+    model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if not (k == "source" and v == "path")}
+    return {"seed": cfg.run.seed, "data": data, "model": model,
             "train": {k: v for k, v in sorted(train.items())
                       if (k.startswith("base_") or k in TRAIN_KEYS) and k not in unset_later_keys}}
 
