@@ -393,3 +393,20 @@ def test_trust_remote_code_only_when_the_params_ask(hf_folder, tmp_path, monkeyp
     save_checkpoint(model, t, tmp_path / "ck")
     load_checkpoint(tmp_path / "ck", cfg, is_trainable=False)
     assert len(seen) >= 4 and all(s == (asked, True, True) for s in seen), seen
+
+
+def test_struq_lora_on_a_pristine_hub_base_reloads(hf_folder, tmp_path):
+    """StruQ grows the vocabulary of a base loaded from name_or_path: the checkpoint must carry the grown base (an
+    adapter alone would be reloaded onto the original, smaller embeddings)."""
+    from causal_lib.defenses.struq import add_reserved_tokens, reserved_token_ids
+    from causal_lib.models.load import apply_lora, load_hf_base
+
+    cfg = ModelConfig(kind="hf", name_or_path=str(hf_folder), use_lora=True, lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    base, t = load_hf_base(cfg)
+    base, t = add_reserved_tokens(base, t)
+    model = apply_lora(base, cfg, trainable_tokens=list(reserved_token_ids(t).values()))
+    save_checkpoint(model, t, tmp_path / "struq")
+    m2, t2 = load_checkpoint(tmp_path / "struq", cfg)
+    ids = torch.tensor([[t2.convert_tokens_to_ids("<|data|>"), 5, 6]])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, m2(input_ids=ids).logits)

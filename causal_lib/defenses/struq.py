@@ -140,6 +140,11 @@ def add_reserved_tokens(model, tokenizer):
     old_n = base.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > old_n:
         base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        if not getattr(base, "is_loaded_in_4bit", False) and hasattr(base, "causal_pi_base"):
+            # no longer the pristine model of model.name_or_path: its checkpoints must carry the grown base, since an
+            # adapter alone would be reloaded onto the original, smaller embeddings (a 4-bit base cannot be saved:
+            # README "Real models on a GPU")
+            del base.causal_pi_base
     emb_in = base.get_input_embeddings().weight
     out = base.get_output_embeddings()
     emb_out = None if out is None or out.weight is emb_in else out.weight
