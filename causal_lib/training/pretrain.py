@@ -78,7 +78,7 @@ def instruction_tune_real_base(cfg: Config, paths: RunPaths, resume: bool = Fals
     attacks (DESIGN.md s.9): neither a baseline nor a vulnerable model. The adapter's epochs stay in
     checkpoints/base_lora/."""
     from causal_lib.models.checkpoints import save_checkpoint
-    from causal_lib.models.load import is_peft_model
+    from causal_lib.models.load import forget_pristine_base
 
     if not cfg.model.use_lora:
         raise ValueError("train.base_epochs > 0 with model.kind: hf instruction-tunes the real base with LoRA; set "
@@ -89,11 +89,9 @@ def instruction_tune_real_base(cfg: Config, paths: RunPaths, resume: bool = Fals
     result = run_training(cfg, paths, REAL_BASE_ADAPTER_RUN, model, tok, ds, epochs=tc.base_epochs,
                           learning_rate=tc.base_learning_rate, resume=resume,
                           extra_meta={"defense": "none", "stage": "LoRA instruction tuning of the real base"})
-    adapter = paths.checkpoints / REAL_BASE_ADAPTER_RUN / "best_model"
-    tuned = load_checkpoint(adapter, cfg.model, is_trainable=False)[0] if adapter.exists() else model
-    merged = tuned.merge_and_unload() if is_peft_model(tuned) else tuned
-    if hasattr(merged, "causal_pi_base"):  # no longer the pristine model of model.name_or_path
-        del merged.causal_pi_base
+    # best_model is the last epoch (no score selects another), i.e. the model in memory, also after a resume
+    merged = model.merge_and_unload()
+    forget_pristine_base(merged)
     save_checkpoint(merged, tok, base_checkpoint(paths), extra={
         "name": "base", "defense": "none", "merged_adapter": f"checkpoints/{REAL_BASE_ADAPTER_RUN}/best_model",
         "base_name_or_path": cfg.model.name_or_path, "steps": result.steps, "train_seconds": result.train_seconds})
