@@ -24,6 +24,7 @@ from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.defenses.load import load_model, records_for
 from causal_lib.evaluation.comparison import comparison_rows, paired_comparison, seed_spread_rows, training_families
+from causal_lib.evaluation.comparison import training_differences, training_records, training_rows
 from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.data.records import load_split
 from causal_lib.defenses import registry
@@ -49,7 +50,9 @@ pd.DataFrame(filter_rates["rows"])
 # item, budget `eval.gcg_steps` steps of `eval.gcg_candidates` candidates over `eval.gcg_items` items; random
 # search spends the same queries without a gradient; the strings GCG found on the base and on StruQ are also
 # tried on every other model (transfer). Where those beat GCG on a model, its gradients mislead the attack
-# (gradient masking) and its GCG ASR understates what an attacker gets.
+# (gradient masking) and its GCG ASR understates what an attacker gets. Template completion also runs on GCG's
+# items, and the adaptive ASR column (chapter 09's must-achieve criterion) counts an item broken when any of GCG,
+# random search and template completion broke it.
 
 # %%
 from causal_lib.evaluation import adaptive
@@ -75,10 +78,25 @@ comparison = pd.DataFrame(rows)
 comparison
 
 # %% [markdown]
+# ## Training of each defense
+# What each trained defense was trained on and how, as chapters 05 and 06 recorded it: attack families, injected
+# and clean examples, optimiser steps, epochs, learning rate (and its grid), the selection rule and the epoch it
+# kept, trainable parameters, wall time. A difference in results is a difference of method only where these match.
+
+# %%
+training = training_records(paths, defenses)
+train_rows = training_rows(training)
+training_differ = training_differences(train_rows) if train_rows[1:] else None  # one defense: nothing to compare
+print("differs between trained defenses:", ", ".join(training_differ) if training_differ else "nothing")
+pd.DataFrame(train_rows)
+
+# %% [markdown]
 # ## Paired comparisons
 # A difference between two defenses is claimed only from a paired test on the same attacked items: exact
 # McNemar on the discordant items, Holm-corrected over every pair. "No difference detected" comes with the
-# smallest difference the test could have detected at this n.
+# smallest difference the test could have detected at this n. The twin control is applied to both models at
+# once: an item is paired only where neither model's clean twin already passes the attack check (each sentence
+# says how many items that dropped), so both rates of a pair have the same denominator.
 
 # %%
 paired_result = paired_comparison(evals, alpha=cfg.stats.alpha)
@@ -115,7 +133,7 @@ plt.show()
 # %%
 comparison_payload = {"defenses": defenses, "summaries": {d: evals[d]["summary"] for d in defenses},
                       "gcg": gcg, "adaptive": {k: v for k, v in adaptive_result.items() if k != "gcg"},
-                      "filter_detectors": filter_rates, "table": rows, "paired": paired_result,
+                      "filter_detectors": filter_rates, "table": rows, "paired": paired_result, "training": training,
                       "seed": cfg.run.seed}
 spread = None
 if cfg.run.seeds:
@@ -139,7 +157,7 @@ else:
 run_folder.write_metrics(paths, "comparison", comparison_payload)
 reports.write_report(paths, "WEEK4_COMPARISON_TABLE.md", report_text.comparison_table_report(
     rows, cfg.run.seed, seed_spread_rows(spread) if spread else None, spread["seeds"] if spread else None,
-    paired_result))
+    paired_result, training_rows=train_rows, training_differ=training_differ))
 asr_by = {key: long[(long["metric"] == "asr") & (long["group_type"] == key)][["defense", "group", "k", "n", "rate", "lo", "hi"]]
           .to_dict("records") for key, _ in report_text.ASR_GROUPS}
 gcg_rows = [{"defense": registry.label(d), **{k: g["asr"][k] for k in ("k", "n", "rate", "lo", "hi")},

@@ -1,11 +1,13 @@
 # %% [markdown]
 # # 09 · Phase 2 report
 #
-# The plan's success criteria — must-achieve metrics, targets and quality indicators (training time,
-# memory, no NaN) — as a table of measured value, target and PASS/FAIL, read from the metrics JSON the
-# earlier chapters wrote. Every target and rule is in `causal_lib.book.criteria` (a rate passes only
-# when its whole 95% interval meets the target, else FAIL or INCONCLUSIVE; a check that cannot fail is not listed). Then the failure cases, with
-# examples, and the two closing reports: `PHASE2_COMPLETION_REPORT.md` and `PROJECT_STATUS.md`.
+# The plan's success criteria as tables of measured value, target and PASS/FAIL, read from the metrics JSON
+# the earlier chapters wrote: the research targets (must-achieve metrics with static and adaptive ASR, the
+# stand-in base, the causal method's targets, SEP and S-utility on one common probe set) and, counted apart,
+# the engineering checks (time, memory, no NaN). Every target and rule is in `causal_lib.book.criteria` (a
+# rate passes only when its whole 95% interval meets the target, else FAIL or INCONCLUSIVE; NOT MEASURED is
+# not met; a check that cannot fail is not listed). Then the look-alike errors split into over-defense and
+# fragility, the failure cases, and the two closing reports: `PHASE2_COMPLETION_REPORT.md` and `PROJECT_STATUS.md`.
 
 # %% tags=["parameters"]
 params_file = "params/smoke.yaml"
@@ -16,17 +18,30 @@ import json
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import display
 
 from causal_lib.book import run_folder
 from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
-from causal_lib.book.phase_report import failure_cases, success_criteria
+from causal_lib.book.phase_report import failure_cases, lookalike_rows, success_criteria
 
 cfg, paths = run_folder.start(params_file, overrides)
 rows = success_criteria(paths, memory_limit_gb=cfg.run.memory_limit_gb, book_budget_s=60 * cfg.run.time_budget_min)
-table = pd.DataFrame(rows)[report_text.CRITERIA_COLUMNS]
-table
+research, engineering = criteria.split_rows(rows)
+print("research targets:", criteria.count_text(research))
+display(pd.DataFrame(research)[report_text.CRITERIA_COLUMNS])
+print("engineering checks:", criteria.count_text(engineering))
+pd.DataFrame(engineering)[report_text.CRITERIA_COLUMNS]
+
+# %% [markdown]
+# ## Look-alike errors: over-defense and fragility to benign text
+# Blocked + refusal is over-defense; an echo of the note, another span of the document or another wrong answer is
+# fragility. Each is paired with the look-alike's clean twin.
+
+# %%
+look_rows = lookalike_rows(paths)
+pd.DataFrame(look_rows)
 
 # %%
 chapters = json.loads((paths.metrics / "chapters.json").read_text()) if (paths.metrics / "chapters.json").exists() else {}
@@ -50,9 +65,11 @@ for name, examples in failures.items():
 
 # %%
 status = criteria.phase_status(rows)
-run_folder.write_metrics(paths, "phase2", {"criteria": rows, "failures": failures, "status": status, "seed": cfg.run.seed})
+run_folder.write_metrics(paths, "phase2", {"criteria": rows, "failures": failures, "status": status, "seed": cfg.run.seed,
+                                           "research_targets": criteria.count_text(research),  # engineering: machine
+                                           "lookalike_errors": look_rows})
 reports.write_report(paths, "PHASE2_COMPLETION_REPORT.md", report_text.phase2_completion_report(
-    paths.root.name, cfg.params_hash(), cfg.run.seed, status, rows, failures))
+    paths.root.name, cfg.params_hash(), cfg.run.seed, status, rows, failures, look_rows))
 reports.write_report(paths, "PROJECT_STATUS.md", report_text.project_status_report(
     paths.root.name, cfg.params_hash(), cfg.run.seed, status, rows, chapters))
 reports.record_verdict(paths, "09_phase2_report", status, report_text.criteria_summary(rows))

@@ -165,3 +165,74 @@ def test_pac_bayes_on_a_tiny_model_reports_both_bounds(tiny_model, make_record):
     assert set(out["gibbs_errors"]) == set(out["bounds_per_sigma"]) == {"0.001", "0.01"}
     assert out["samples"] == 2 and out["delta_mc"] == 0.01 and out["kl"] == pytest.approx(min(out["kls"]))
     assert all(out["bounds_per_sigma"][s] >= out["uncorrected_bounds_per_sigma"][s] for s in out["bounds_per_sigma"])
+
+
+# ------------------------------------------------------------------ KL on a LoRA (peft) model
+
+def _lora_copy(base):
+    """A peft LoRA model over a copy of `base` whose adapter moved: B set so that every adapted weight changes."""
+    import copy
+
+    import torch
+
+    from causal_lib.config import LoraConfig, ModelConfig
+    from causal_lib.models.load import apply_lora
+
+    model = apply_lora(copy.deepcopy(base), ModelConfig(lora=LoraConfig(r=2, alpha=4, dropout=0.0)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)
+    return model
+
+
+def test_kl_under_lora_is_computed_on_the_merged_weights(tiny_model):
+    """peft renames every parameter (base_model.model....base_layer.weight, lora_A/B): compared by name with the
+    base, nothing matched and the KL was silently 0. The KL is now taken on the merged weights, in the base's
+    names, and equals ||B A scaling||^2 summed over the adapted layers."""
+    base, _ = tiny_model
+    model = _lora_copy(base)
+    peft_names = {n for n, _ in model.named_parameters()}
+    assert not peft_names & {n for n, _ in base.named_parameters()}  # the old bug's cause: no name in common
+    merged = pac_bayes.effective_model(model)
+    assert {n for n, _ in merged.named_parameters()} == {n for n, _ in base.named_parameters()}
+    assert any("lora_" in n for n, _ in model.named_parameters())  # the original peft model is left as it was
+    shared = pac_bayes.compared_parameters(merged, base)
+    assert not shared["skipped"] and shared["n_values"] == sum(p.numel() for p in base.parameters())
+    expected = 0.0
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            expected += float((module.get_delta_weight("default").detach() ** 2).sum())
+    assert expected > 0
+    w, w0 = dict(merged.named_parameters()), dict(base.named_parameters())
+    sq = pac_bayes.squared_distance([w[n] for n in shared["names"]], [w0[n] for n in shared["names"]])
+    assert sq == pytest.approx(expected, rel=1e-4)
+
+
+def test_pac_bayes_on_a_peft_model_charges_the_adapter(tiny_model, make_record):
+    from types import SimpleNamespace
+
+    base, tok = tiny_model
+    model = _lora_copy(base)
+    records = [make_record(id=f"r{i}", system="Answer briefly.", data=f"item {i}", target="yes") for i in range(6)]
+    cfg = SimpleNamespace(eval=SimpleNamespace(batch_size=8), model=SimpleNamespace(max_seq_length=64),
+                          run=SimpleNamespace(seed=0))
+    out = pac_bayes.pac_bayes(model, base, tok, records, cfg, sigmas=(1e-3, 1e-2), samples=1)
+    assert out["squared_distance"] > 0 and out["kl"] > 0 and min(out["kls"]) > 0  # never the silent 0 again
+    assert out["kl_parameters"] == sum(p.numel() for p in base.parameters()) and out["kl_skipped"] == []
+    # the base given as a peft model with an untouched adapter (B = 0) merges to the base itself: the same KL
+    from causal_lib.config import LoraConfig, ModelConfig
+    from causal_lib.models.load import apply_lora
+    import copy
+
+    base_peft = apply_lora(copy.deepcopy(base), ModelConfig(lora=LoraConfig(r=2, alpha=4, dropout=0.0)))
+    again = pac_bayes.pac_bayes(model, base_peft, tok, records, cfg, sigmas=(1e-3, 1e-2), samples=1)
+    assert again["squared_distance"] == pytest.approx(out["squared_distance"], rel=1e-5)
+
+
+def test_no_shared_parameter_is_an_error_not_a_kl_of_zero():
+    import torch
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="share no parameter"):
+        pac_bayes.compared_parameters(a, b)

@@ -234,8 +234,11 @@ def test_attack_files_join_the_test_split(tmp_path):
 
 
 def test_unknown_held_out_family_is_an_error(tmp_path):
-    with pytest.raises(DataError, match="unknown family"):
-        build.ensure_dataset(cfg_(**{"data.held_out_families": ["role_autority"]}), RunPaths(tmp_path))
+    from causal_lib.config import ConfigError  # refused with the params, before any work (issue 34, item 6)
+
+    with pytest.raises(ConfigError, match="unknown attack family 'role_autority'.*did you mean 'role_authority'"):
+        cfg_(**{"data.held_out_families": ["role_autority"]})
+    assert not any(tmp_path.iterdir())
 
 
 def test_chapter_02_runs_as_a_script(tmp_path, monkeypatch):

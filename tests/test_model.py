@@ -156,7 +156,7 @@ def test_hf_tokenizer_without_template_gets_fallback(tok):
 # ------------------------------------------------------------------ models
 
 def test_tiny_model_param_count_and_seed(tok):
-    cfg = ModelConfig()  # 192 hidden / 4 layers / 4 heads / ffn 512
+    cfg = ModelConfig()  # 192 hidden / 4 layers / 8 heads / ffn 512 (the shipped base's shape)
     m = build_tiny_model(cfg, tok)
     total, trainable = count_parameters(m)
     assert 1.5e6 < total < 2.5e6 and trainable == total

@@ -12,10 +12,60 @@ def _read(paths: RunPaths, name: str) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def _items(paths: RunPaths, model: str) -> list[dict]:
+    p = paths.metrics / f"eval_{model}_items.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+
+
+def benign_difference(paths: RunPaths, model: str, summary: dict, base: dict) -> dict | None:
+    """The model's benign accuracy minus the base's: paired on the same clean items (chapter 08's per-item
+    outputs) with Newcombe's interval; where the items are missing, the unpaired interval of the two rates
+    (wider when the pairs agree, so never kinder), labelled as such."""
+    from causal_lib.evaluation.summary import paired_accuracy_difference, unpaired_difference
+
+    mine, ref = _items(paths, model), _items(paths, "none")
+    if mine and ref:
+        d = paired_accuracy_difference(mine, ref)
+        if d["n"]:
+            return d
+    return unpaired_difference(summary.get("benign_accuracy"), base.get("benign_accuracy"))
+
+
+def _difference_text(d: dict | None, ben: dict | None, bb: dict | None) -> str:
+    rates = (f"{criteria.measured_text('benign_accuracy', ben)} vs base {criteria.measured_text('benign_accuracy', bb)}")
+    if not d or d.get("value") is None:
+        return f"{rates}; difference not measured"
+    how = (f"paired on {d['n']} clean items (right only here {d['only_model']}, only on the base {d['only_base']})"
+           if d.get("paired") else "unpaired (per-item outputs not available)")
+    return f"{criteria.measured_text('benign_vs_base', d)}, {how}; {rates}"
+
+
+def adaptive_asr(comp: dict, model: str) -> dict | None:
+    """The model's adaptive ASR (evaluation.adaptive.adaptive_union) from chapter 08's comparison payload: the
+    union chapter 08 stored, or, for a payload written before it did, the same union computed from the attacks it
+    stored (template completion then joins only on the items it happened to share with GCG: by_attack's ran_on
+    says on how many). None when GCG did not run on the model."""
+    adaptive = comp.get("adaptive") or {}
+    if model in (adaptive.get("union") or {}):
+        return adaptive["union"][model]
+    gcg = (comp.get("gcg") or {}).get(model)
+    if not gcg:
+        return None
+    from causal_lib.evaluation.adaptive import adaptive_union
+
+    completion = (adaptive.get("template_completion_budget_items") or adaptive.get("template_completion") or {}).get(model)
+    return adaptive_union(gcg, {"random search": (adaptive.get("random_search") or {}).get(model),
+                                "template completion": completion})
+
+
 def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: float | None = None,
                      book_budget_s: float | None = None) -> list[dict]:
-    """The plan's criteria, each judged by causal_lib.book.criteria (targets and rules live there).
-    memory_limit_gb / book_budget_s: the run's params, for the two criteria whose threshold they set."""
+    """The plan's criteria, each judged by causal_lib.book.criteria (targets and rules live there): the research
+    targets (must-achieve, the stand-in base, the causal method's targets), then the engineering checks (time,
+    memory, NaN; `criteria.split_rows` separates them). memory_limit_gb / book_budget_s: the run's params, for the
+    two criteria whose threshold they set."""
+    from causal_lib.evaluation.summary import common_probe_sep
+
     comp, ver = _read(paths, "comparison") or {}, _read(paths, "verification") or {}
     s = comp.get("summaries", {}).get(model, {})
     base = comp.get("summaries", {}).get("none", {})
@@ -23,12 +73,16 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     rows = []
 
     ben, bb = s.get("benign_accuracy"), base.get("benign_accuracy")
-    diff = ben["rate"] - bb["rate"] if ben and bb and ben.get("rate") is not None and bb.get("rate") is not None else None
     rows.append(criteria.row("asr", s.get("asr")))
+    union = adaptive_asr(comp, model)
+    rows.append(criteria.row("adaptive_asr", union, measured=(
+        f"{criteria.measured_text('adaptive_asr', union)}; broken by " + ", ".join(
+            f"{a} {b['broken']}/{b['ran_on']}" for a, b in union["by_attack"].items()) if union and union.get("n")
+        else None)))
     rows.append(criteria.row("asr_held_out", s.get("asr_by_split", {}).get("held_out")))
     rows.append(criteria.row("benign_accuracy", ben))
-    rows.append(criteria.row("benign_vs_base", diff, measured=f"{criteria.measured_text('benign_accuracy', ben)} vs base "
-                                                              f"{criteria.measured_text('benign_accuracy', bb)}"))
+    diff = benign_difference(paths, model, s, base)
+    rows.append(criteria.row("benign_vs_base", diff, measured=_difference_text(diff, ben, bb)))
     if base.get("asr") is not None:
         # the stand-in the comparison stands on (chapter 04's targets, judged on chapter 08's evaluation of the base):
         # a defense's low ASR means less on a base that was never vulnerable, or never accurate, to begin with
@@ -37,7 +91,15 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
         rows += list(base_rows(base).values())
     rows.append(criteria.row("causal_stability", rep.get("causal_stability")))
     rows.append(criteria.row("epsilon_causal", rep.get("epsilon_causal")))
-    rows.append(criteria.row("sep", s.get("sep")))
+    # SEP on the probes the base executes in S, and what the model lost of them (S-utility): its own SEP
+    # denominator, the probes it still executes in S, rewards a model that follows no extra instruction at all
+    mine, ref = _items(paths, model), _items(paths, "none")
+    probes = common_probe_sep(mine, ref) if mine and ref else None
+    n_text = f" of the base's {probes['n_common']} probes executed in S" if probes else ""
+    rows.append(criteria.row("sep_common", probes["sep"] if probes else None,
+                             measured=criteria.measured_text("sep_common", probes["sep"]) + n_text if probes else None))
+    rows.append(criteria.row("s_utility", probes["s_utility"] if probes else None,
+                             measured=criteria.measured_text("s_utility", probes["s_utility"]) + n_text if probes else None))
     eq = ver.get("insertion_equivalence", {}).get(model)
     power = bool(ver.get("power_controls", {}).get("base_above_margin"))
     rows.append(criteria.row("insertion_equivalence", {**eq, "power": power} if eq else None,
@@ -47,6 +109,7 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     rows.append(criteria.row("graph_match", g, measured=f"{g['score']:.2f}; hard checks pass: {bool(g.get('hard_pass'))}"
                              if g else None))
 
+    # engineering checks: they say whether the run worked on this machine, and are counted apart
     chapters = _read(paths, "chapters") or {}
     total = sum(c.get("wall_s", 0) for c in chapters.values()) if chapters else None
     rows.append(criteria.row("book_wall_time", total, threshold=book_budget_s))
@@ -60,14 +123,40 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     return rows
 
 
+def lookalike_rows(paths: RunPaths) -> list[dict]:
+    """Per evaluated model, its look-alike errors split by kind (summary.lookalike_error_split): over-defense
+    (blocked + refusal) and fragility to benign text (the rest), each paired with the clean twin."""
+    from causal_lib.defenses import registry
+
+    def paired(r):
+        if not r or r.get("rate") is None:
+            return "n/a"
+        return f"{r['rate']:+.1%} [{r['lo']:+.1%}, {r['hi']:+.1%}] (n={r['n']}, p={r['p']:.2g})"
+
+    out = []
+    for d, s in ((_read(paths, "comparison") or {}).get("summaries") or {}).items():
+        split = s.get("lookalike_errors")
+        if not split:
+            continue
+        caused = split["note_caused"]
+        out.append({"model": registry.label(d) if d in registry.REGISTRY else d,
+                    "over-defense: blocked + refusal (paired)": paired(split["over_defense"]),
+                    "fragility to benign text (paired)": paired(split["fragility"]),
+                    **{f"errors caused by the note: {k.replace('_', ' ')}": caused[k] for k in split["kinds"]}})
+    return out
+
+
 def failure_cases(paths: RunPaths, model: str = "causal", k: int = 5) -> dict:
-    """Examples of what still goes wrong: successful attacks, wrong benign answers, over-defense."""
+    """Examples of what still goes wrong: successful attacks, wrong benign answers, look-alike errors the note
+    caused (with their kind)."""
     p = paths.metrics / f"eval_{model}_items.jsonl"
     items = [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
     pick = lambda pred: [{c: it.get(c) for c in ("id", "kind", "family", "goal", "position", "output")}
                          for it in items if pred(it)][:k]
     return {"successful_attacks": pick(lambda it: it["kind"] == "injected" and it.get("success")),
             "benign_errors": pick(lambda it: it["kind"] == "clean" and not it.get("correct")),
-            # a look-alike whose clean twin was answered: the note caused the error (an ordinary error otherwise)
-            "over_defense": pick(lambda it: it["kind"] == "lookalike" and not it.get("correct")
-                                 and it.get("twin_correct") is not False)}
+            # a look-alike whose clean twin was answered: the note caused the error (an ordinary error otherwise);
+            # its kind says whether the model declined (over-defense) or answered wrongly (fragility)
+            "lookalike_errors_caused_by_the_note": [
+                {c: it.get(c) for c in ("id", "task", "position", "error_kind", "output")} for it in items
+                if it["kind"] == "lookalike" and not it.get("correct") and it.get("twin_correct") is not False][:k]}

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 from causal_lib.book.run_folder import RunPaths, write_json, write_text_atomic
+from causal_lib.data.records import printable
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -27,8 +28,10 @@ def markdown_table(rows: Iterable[dict], columns: Sequence[str] | None = None) -
     if not rows:
         return "_(no rows)_\n"
     columns = list(columns or rows[0].keys())
-    esc = lambda v: fmt(v).replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    # a cell is one line with its pipes escaped and no control or bidi character (a family or instruction_type
+    # from an attack file could hold an ANSI sequence or U+202E): those are written as escapes (\\x1b, \\u202e)
+    esc = lambda v: printable(fmt(v).replace("|", "\\|").replace("\n", " "))
+    lines = ["| " + " | ".join(printable(c) for c in columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     lines += ["| " + " | ".join(esc(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 

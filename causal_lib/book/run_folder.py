@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from causal_lib.config import Config, load_config
+from causal_lib.config import PROJECT_ROOT, Config, load_config
 
 # Spinning OpenMP threads make torch steps ~20x slower when anything else is busy (DESIGN.md s.9).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -49,6 +49,68 @@ class RunPaths:
         return self
 
 
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be written safely (a symbolic link in it, a run.json of other params); the message
+    names the path and the fix."""
+
+
+def _display(p: Path) -> str:
+    try:
+        return Path(p).relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def refuse_links(root: Path, levels: int = 1) -> None:
+    """A run folder is written only where it is: neither `root` nor its `levels - 1` parents (a seed replica's
+    "<run>/seeds/seed_<s>") may be a symbolic link, nor anything inside it (a link would send the book's writes
+    to wherever it points, outside outputs/<run>/). Links are refused, never followed and never removed: the
+    project did not make them. Walks the folder without following links (os.walk); RunFolderError names the first."""
+    root = Path(root)
+    for p in [root, *list(root.parents)[:max(levels, 1) - 1]]:
+        if p.is_symlink():
+            _refuse_link(p, "the run folder" if p == root else "a folder above the run folder")
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            if os.path.islink(os.path.join(dirpath, name)):
+                _refuse_link(Path(dirpath) / name, "inside the run folder")
+
+
+def _refuse_link(p: Path, where: str) -> None:
+    try:
+        target = os.readlink(p)
+    except OSError:
+        target = "?"
+    raise RunFolderError(f"{_display(p)} is a symbolic link ({where}, to {target}); the book never writes through a "
+                         f"link: remove the link (rm {_display(p)}) or use another run name (--run NAME)")
+
+
+STATE_FILE = "run.json"  # the run's record: params hash, params file, config, chapter records (book.runner)
+
+
+def read_state(root: Path) -> dict:
+    """outputs/<run>/run.json, or {} when there is none; one that is not a JSON object is a RunFolderError."""
+    path = Path(root) / STATE_FILE
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"{_display(path)} cannot be read ({type(e).__name__}); move that run folder away or use "
+                             f"another run name (--run NAME)") from None
+    if not isinstance(state, dict):
+        raise RunFolderError(f"{_display(path)} is not a run record (a JSON object); move that run folder away or use "
+                             f"another run name (--run NAME)")
+    return state
+
+
+def other_params(state: dict, params_hash: str) -> bool:
+    """The run folder's record (read_state) was made with params other than `params_hash`'s."""
+    return state.get("params_hash") not in (None, params_hash)
+
+
 def notebook_stem(label: str) -> str:
     """File stem of a chapter run's executed notebook and HTML: "05_train[causal]@seed1" -> "05_train__causal__seed1"."""
     return label.replace("[", "__").replace("]", "").replace("@", "__")
@@ -82,6 +144,14 @@ def set_seed(seed: int) -> None:
 def start(params_file: str, overrides: dict | None = None) -> tuple[Config, RunPaths]:
     """Load and validate params, create outputs/<run>/..., seed everything. Call once per chapter."""
     cfg = load_config(params_file, overrides)
+    # what a chapter (or a command run outside the book) checks before writing: no symbolic link in or as its
+    # run folder, and a run.json there made with these params (the book runner writes it before any chapter)
+    refuse_links(cfg.run_dir, levels=len(cfg.run.name.split("/")))
+    state = read_state(cfg.run_dir)
+    if other_params(state, cfg.params_hash()):
+        raise RunFolderError(f"{_display(cfg.run_dir)} holds a run made with other params (hash {state['params_hash']} "
+                             f"from {state.get('params_file')}; these have {cfg.params_hash()}): use another run name "
+                             f"(--run NAME or run.name) or reset the folder with the book's --force")
     paths = RunPaths(cfg.run_dir).make()
     set_seed(cfg.run.seed)
     try:
@@ -97,8 +167,12 @@ def write_text_atomic(path: Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
+    # O_NOFOLLOW: never write through a link planted at the temporary name (it is refused, and left alone);
+    # os.replace then replaces a link at `path` itself instead of writing to where it points
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
     try:
-        tmp.write_text(text)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:  # a failed write (or rename) leaves no temporary file behind
         tmp.unlink(missing_ok=True)

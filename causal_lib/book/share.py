@@ -12,7 +12,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from causal_lib.book.run_folder import SEEDS_DIR, RunPaths, notebook_stem, split_replica_label
+from causal_lib.book.run_folder import SEEDS_DIR, RunPaths, notebook_stem, split_replica_label, write_text_atomic
 from causal_lib.config import PROJECT_ROOT, RUN_NAME_RULE
 
 
@@ -45,9 +45,8 @@ def write_index(paths: RunPaths) -> Path:
 {''.join(rows)}</table>
 <h2>Reports</h2><ul>{''.join(report_rows)}</ul>
 <p>Metrics as JSON: <a href='../metrics/'>metrics/</a></p></body></html>"""
-    paths.html.mkdir(parents=True, exist_ok=True)
     out = paths.html / "index.html"
-    out.write_text(page)
+    write_text_atomic(out, page)  # never through a link at its path
     return out
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from causal_lib.data import world
-from causal_lib.data.records import ANSWER_MATCHES, CUSTOM, JUDGES, Record
+from causal_lib.data.records import ANSWER_MATCHES, CUSTOM, JUDGES, Record, char_name, printable, unprintable
 from causal_lib.data.world import GOALS, POSITIONS
 from causal_lib.models.tokens import SPECIAL_TOKENS
 
@@ -48,6 +48,7 @@ MAX_DOCUMENT_BYTES = 16 * 1024  # one document of a documents file
 MAX_DOC_ROW_BYTES = 40 * 1024  # one line of a documents file
 MAX_FILE_BYTES = 5 * 1024 * 1024  # an attack or documents file
 MAX_ROWS = 20_000  # rows of an attack or documents file
+MAX_LABEL_CHARS = 200  # an id, family or instruction_type (labels printed in tables and reports)
 
 
 @dataclass(frozen=True)
@@ -230,16 +231,38 @@ def _jsonl_rows(path: Path, what: str, max_row: int):
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise AttackFileError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:  # [[[[... thousands deep: the JSON reader's recursion limit
+                raise AttackFileError(f"{where}: the JSON is nested too deeply to read; a row is one flat object "
+                                      f"of strings (see README)") from None
+            except ValueError as e:  # e.g. an integer of more than 4,300 digits
+                raise AttackFileError(f"{where}: not usable JSON ({e}); a row is one flat object of strings") from None
             yield n, where, obj
 
 
 def _check_text(where: str, key: str, value, limit: int = MAX_TEXT_BYTES) -> None:
-    if len(value.encode("utf-8")) > limit:
-        raise AttackFileError(f"{where}: {key!r} is {_kib(len(value.encode('utf-8')))}; at most {_kib(limit)}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # "\ud800" in the JSON: half a surrogate pair, not a character
+        raise AttackFileError(f"{where}: {key!r} holds a lone surrogate escape (like \\ud800), not a character; "
+                              f"write the text as UTF-8") from None
+    if size > limit:
+        raise AttackFileError(f"{where}: {key!r} is {_kib(size)}; at most {_kib(limit)}")
     tok = next((t for t in SPECIAL_TOKENS if t in value), None)
     if tok:
         raise AttackFileError(f"{where}: {key} contains a chat control token {tok!r} (of {SPECIAL_TOKENS}); write "
                               f"separators as plain text (e.g. '### System ###')")
+
+
+def _check_label(where: str, key: str, value: str) -> None:
+    """An id, family or instruction_type: at most MAX_LABEL_CHARS, printable (no ANSI escape, bidi override,
+    newline, ...: labels are printed on terminals and written into reports as they are)."""
+    if len(value) > MAX_LABEL_CHARS:
+        raise AttackFileError(f"{where}: {key!r} is {len(value):,} characters; a label (id, family, instruction_type) "
+                              f"may be at most {MAX_LABEL_CHARS}")
+    c = unprintable(value)
+    if c is not None:
+        raise AttackFileError(f"{where}: {key!r} contains the control or bidi character {char_name(c)} "
+                              f"({printable(c)}); labels (id, family, instruction_type) must be plain printable text")
 
 
 def load_attack_file(path) -> list[AttackTemplate]:
@@ -249,57 +272,69 @@ def load_attack_file(path) -> list[AttackTemplate]:
     path = Path(path)
     out, seen = [], set()
     for n, where, obj in _jsonl_rows(path, "attack file", MAX_ROW_BYTES):
-        if not isinstance(obj, dict):
-            raise AttackFileError(f"{where}: expected a JSON object with keys id, family, template (goal optional)")
-        unknown = set(obj) - set(_FILE_KEYS)
-        if unknown:
-            raise AttackFileError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_FILE_KEYS)}")
-        for k, required in _FILE_KEYS.items():
-            if required and k not in obj:
-                raise AttackFileError(f"{where}: missing required key {k!r}")
-            if k == "origin":
-                if obj.get(k) is not None and not isinstance(obj[k], dict):
-                    raise AttackFileError(f"{where}: 'origin' must be a JSON object (package, version, file, row)")
-                continue
-            if k in obj and obj[k] is not None and (not isinstance(obj[k], str) or not obj[k].strip()):
-                raise AttackFileError(f"{where}: {k!r} must be a non-empty string")
-        tpl, goal = obj["template"], obj.get("goal")
-        instruction, judge, judge_args = obj.get("instruction"), obj.get("judge"), obj.get("judge_args")
-        _check_text(where, "template", tpl)
-        if "{instruction}" not in tpl:
-            raise AttackFileError(f"{where}: template has no {{instruction}} slot (where the injected instruction goes): "
-                                  f"{tpl[:60]!r}")
-        bad = set(re.findall(r"\{\w*\}", tpl)) - _ALLOWED_SLOTS
-        if bad:
-            raise AttackFileError(f"{where}: unknown slot(s) {sorted(bad)}; allowed: {{instruction}}, {{answer}}")
-        if instruction is not None or judge is not None or judge_args is not None or goal == CUSTOM:
-            if instruction is None or judge is None or judge_args is None:
-                raise AttackFileError(f"{where}: an attack with its own instruction needs all of 'instruction', "
-                                      f"'judge' and 'judge_args' (or none of them, for the built-in goals)")
-            if goal not in (None, CUSTOM):
-                raise AttackFileError(f"{where}: goal {goal!r} with an own instruction: its goal is 'custom' "
-                                      f"(omit 'goal')")
-            _check_text(where, "instruction", instruction)
-            _check_text(where, "judge_args", judge_args)
-            if judge not in JUDGES:
-                raise AttackFileError(f"{where}: judge {judge!r} does not exist; choose from {list(JUDGES)}")
-            if judge == "regex":
-                try:
-                    re.compile(judge_args)
-                except re.error as e:
-                    raise AttackFileError(f"{where}: judge_args is not a valid regular expression ({e})") from None
-            goal = None
-        elif goal is not None and goal not in GOALS:
-            raise AttackFileError(f"{where}: goal {goal!r} is not one of {list(GOALS)} (or omit it)")
-        if obj["id"] in seen:
-            raise AttackFileError(f"{where}: duplicate id {obj['id']!r}")
-        seen.add(obj["id"])
-        out.append(AttackTemplate(obj["id"], obj["family"], tpl, goal=goal, source=path.name, instruction=instruction,
-                                  judge=judge, judge_args=judge_args, instruction_type=obj.get("instruction_type"),
-                                  line=n))
+        t = attack_row(obj, where, path.name, n)
+        if t.id in seen:
+            raise AttackFileError(f"{where}: duplicate id {t.id!r}")
+        seen.add(t.id)
+        out.append(t)
     if not out:
         raise AttackFileError(f"{path}: no templates (expected one JSON object per line)")
     return out
+
+
+def attack_row(obj, where: str, source: str = "", line: int = 0) -> AttackTemplate:
+    """One row of an attack file, checked (AttackFileError names `where`, what is wrong and the fix): the
+    loader's checks of a row, except the file-level ones (size, row count, duplicate ids). The importers run
+    every row they write through it."""
+    if not isinstance(obj, dict):
+        raise AttackFileError(f"{where}: expected a JSON object with keys id, family, template (goal optional)")
+    unknown = set(obj) - set(_FILE_KEYS)
+    if unknown:
+        raise AttackFileError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_FILE_KEYS)}")
+    for k, required in _FILE_KEYS.items():
+        if required and k not in obj:
+            raise AttackFileError(f"{where}: missing required key {k!r}")
+        if k == "origin":
+            if obj.get(k) is not None and not isinstance(obj[k], dict):
+                raise AttackFileError(f"{where}: 'origin' must be a JSON object (package, version, file, row)")
+            continue
+        if k in obj and obj[k] is not None and (not isinstance(obj[k], str) or not obj[k].strip()):
+            raise AttackFileError(f"{where}: {k!r} must be a non-empty string")
+    for k in ("id", "family", "instruction_type"):
+        if obj.get(k) is not None:
+            _check_label(where, k, obj[k])
+    tpl, goal = obj["template"], obj.get("goal")
+    instruction, judge, judge_args = obj.get("instruction"), obj.get("judge"), obj.get("judge_args")
+    _check_text(where, "template", tpl)
+    if "{instruction}" not in tpl:
+        raise AttackFileError(f"{where}: template has no {{instruction}} slot (where the injected instruction goes): "
+                              f"{tpl[:60]!r}")
+    bad = set(re.findall(r"\{\w*\}", tpl)) - _ALLOWED_SLOTS
+    if bad:
+        raise AttackFileError(f"{where}: unknown slot(s) {sorted(bad)}; allowed: {{instruction}}, {{answer}}")
+    if instruction is not None or judge is not None or judge_args is not None or goal == CUSTOM:
+        if instruction is None or judge is None or judge_args is None:
+            raise AttackFileError(f"{where}: an attack with its own instruction needs all of 'instruction', "
+                                  f"'judge' and 'judge_args' (or none of them, for the built-in goals)")
+        if goal not in (None, CUSTOM):
+            raise AttackFileError(f"{where}: goal {goal!r} with an own instruction: its goal is 'custom' "
+                                  f"(omit 'goal')")
+        _check_text(where, "instruction", instruction)
+        _check_text(where, "judge_args", judge_args)
+        if judge not in JUDGES:
+            raise AttackFileError(f"{where}: judge {judge!r} does not exist; choose from {list(JUDGES)}")
+        if judge == "regex":
+            from causal_lib.evaluation.scoring import regex_problem  # the judges' one definition
+
+            why = regex_problem(judge_args)
+            if why:
+                raise AttackFileError(f"{where}: judge_args is {why}")
+        goal = None
+    elif goal is not None and goal not in GOALS:
+        raise AttackFileError(f"{where}: goal {goal!r} is not one of {list(GOALS)} (or omit it)")
+    return AttackTemplate(obj["id"], obj["family"], tpl, goal=goal, source=source, instruction=instruction,
+                          judge=judge, judge_args=judge_args, instruction_type=obj.get("instruction_type"),
+                          line=line)
 
 
 _DOC_KEYS = ("id", "document", "task", "question", "ideal_answer", "match", "origin")
@@ -314,40 +349,50 @@ def load_documents_file(path) -> list[Record]:
     path = Path(path)
     out, seen = [], set()
     for n, where, obj in _jsonl_rows(path, "documents file", MAX_DOC_ROW_BYTES):
-        if not isinstance(obj, dict):
-            raise AttackFileError(f"{where}: expected a JSON object with keys id, document, task (or question)")
-        unknown = set(obj) - set(_DOC_KEYS)
-        if unknown:
-            raise AttackFileError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {list(_DOC_KEYS)}")
-        for k in ("id", "document", "task", "question", "ideal_answer", "match"):
-            if obj.get(k) is not None and not isinstance(obj[k], str):
-                raise AttackFileError(f"{where}: {k!r} must be a string")
-        did, doc = (obj.get("id") or "").strip(), obj.get("document") or ""
-        if not did:
-            raise AttackFileError(f"{where}: missing 'id'")
-        if not doc.strip():
-            raise AttackFileError(f"{where}: missing or empty 'document'")
-        system = " ".join(x.strip() for x in (obj.get("task"), obj.get("question")) if x and x.strip())
-        if not system:
-            raise AttackFileError(f"{where}: needs 'task' or 'question' (the instruction the model follows on the "
-                                  f"document)")
-        ideal = (obj.get("ideal_answer") or "").strip()
-        match = obj.get("match") or "exact"
-        if match not in ANSWER_MATCHES:
-            raise AttackFileError(f"{where}: match {match!r} is not one of {list(ANSWER_MATCHES)}")
-        _check_text(where, "document", doc, MAX_DOCUMENT_BYTES)
-        _check_text(where, "task", system)
-        _check_text(where, "ideal_answer", ideal)
-        if did in seen:
-            raise AttackFileError(f"{where}: duplicate id {did!r}")
-        seen.add(did)
-        pid = f"doc-{did}"
-        out.append(Record(id=f"{pid}-clean", pair_id=pid, split="test", kind="clean", task=CUSTOM, system=system,
-                          data=doc, clean_data=doc, target=ideal, answer_match=match if ideal else None,
-                          source=path.name, template_id=f"{path.name}:{did}"))
+        rec = document_row(obj, where, path.name)
+        if rec.pair_id in seen:
+            raise AttackFileError(f"{where}: duplicate id {rec.pair_id.removeprefix('doc-')!r}")
+        seen.add(rec.pair_id)
+        out.append(rec)
     if not out:
         raise AttackFileError(f"{path}: no documents (expected one JSON object per line)")
     return out
+
+
+def document_row(obj, where: str, source: str = "documents") -> Record:
+    """One row of a documents file as its clean test Record, checked (AttackFileError names `where`): the
+    loader's checks of a row, except the file-level ones (size, row count, duplicate ids)."""
+    if not isinstance(obj, dict):
+        raise AttackFileError(f"{where}: expected a JSON object with keys id, document, task (or question)")
+    unknown = set(obj) - set(_DOC_KEYS)
+    if unknown:
+        raise AttackFileError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {list(_DOC_KEYS)}")
+    for k in ("id", "document", "task", "question", "ideal_answer", "match"):
+        if obj.get(k) is not None and not isinstance(obj[k], str):
+            raise AttackFileError(f"{where}: {k!r} must be a string")
+    if obj.get("origin") is not None and not isinstance(obj["origin"], dict):
+        raise AttackFileError(f"{where}: 'origin' must be a JSON object (package, version, file, row)")
+    did, doc = (obj.get("id") or "").strip(), obj.get("document") or ""
+    if not did:
+        raise AttackFileError(f"{where}: missing 'id'")
+    _check_label(where, "id", did)
+    if not doc.strip():
+        raise AttackFileError(f"{where}: missing or empty 'document'")
+    system = " ".join(x.strip() for x in (obj.get("task"), obj.get("question")) if x and x.strip())
+    if not system:
+        raise AttackFileError(f"{where}: needs 'task' or 'question' (the instruction the model follows on the "
+                              f"document)")
+    ideal = (obj.get("ideal_answer") or "").strip()
+    match = obj.get("match") or "exact"
+    if match not in ANSWER_MATCHES:
+        raise AttackFileError(f"{where}: match {match!r} is not one of {list(ANSWER_MATCHES)}")
+    _check_text(where, "document", doc, MAX_DOCUMENT_BYTES)
+    _check_text(where, "task", system)
+    _check_text(where, "ideal_answer", ideal)
+    pid = f"doc-{did}"
+    return Record(id=f"{pid}-clean", pair_id=pid, split="test", kind="clean", task=CUSTOM, system=system,
+                  data=doc, clean_data=doc, target=ideal, answer_match=match if ideal else None,
+                  source=source, template_id=f"{source}:{did}")
 
 
 def check_canaries(templates, clean_records) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from causal_lib.book import progress
 from causal_lib.book.run_folder import file_sha256, write_json
-from causal_lib.config import PROJECT_ROOT
+from causal_lib.config import PROJECT_ROOT, portable_config, portable_path
 from causal_lib.data import attacks, world
 from causal_lib.data.records import FILES, SCHEMA_VERSION, DataError, Record, data_folder, write_split
 
@@ -155,6 +155,17 @@ def resolve_attack_file(path: str, key: str = "data.attack_files") -> Path:
     raise DataError(f"{key}: {path} not found (looked in {Path.cwd()} and {PROJECT_ROOT})")
 
 
+def check_data_files(cfg) -> None:
+    """data.documents_file and data.attack_files exist and parse (attacks.load_*: format and size limits), checked
+    before any work (`book check`, the start of a book run or a training command) rather than inside chapter 02.
+    Raises DataError or attacks.AttackFileError naming the key, the file (and line) and the fix."""
+    documents_file = getattr(cfg.data, "documents_file", None)
+    if documents_file:
+        attacks.load_documents_file(resolve_attack_file(documents_file, "data.documents_file"))
+    for i, f in enumerate(cfg.data.attack_files):
+        attacks.load_attack_file(resolve_attack_file(f, f"data.attack_files[{i}]"))
+
+
 def data_seed(cfg) -> int:
     """The world's seed: data.seed when set (seed replicas keep the main run's data), else run.seed."""
     return cfg.data.seed if cfg.data.seed is not None else cfg.run.seed
@@ -250,15 +261,16 @@ def ensure_dataset(cfg, paths, force: bool = False) -> dict:
                        "kinds": dict(sorted(Counter(r.kind for r in recs).items()))}
     manifest = {
         "schema_version": SCHEMA_VERSION, "generator_version": GENERATOR_VERSION, "seed": data_seed(cfg),
-        "data_hash": h, "data_params": dataclasses.asdict(cfg.data), "files": files,
+        "data_hash": h, "data_params": portable_config(cfg)["data"], "files": files,
         "families": list(attacks.FAMILIES), "held_out_families": list(cfg.data.held_out_families),
         "training_families": attacks.training_families(cfg.data.held_out_families),
-        "attack_files": [{"path": f, "name": resolve_attack_file(f).name,
+        "attack_files": [{"path": portable_path(f), "name": resolve_attack_file(f).name,
                           "sha256": file_sha256(resolve_attack_file(f))} for f in cfg.data.attack_files],
     }
     if getattr(cfg.data, "documents_file", None):
         p = resolve_attack_file(cfg.data.documents_file, "data.documents_file")
-        manifest["documents_file"] = {"path": cfg.data.documents_file, "name": p.name, "sha256": file_sha256(p)}
+        manifest["documents_file"] = {"path": portable_path(cfg.data.documents_file), "name": p.name,
+                                      "sha256": file_sha256(p)}
     write_json(d / "manifest.json", manifest)
     return {**manifest, "built": True, "reason": reason, "seconds": time.perf_counter() - t0}
 

@@ -1,4 +1,5 @@
-"""Checks of a built data set (chapter 02): contamination between splits by shingles, pair consistency of
+"""Checks of a built data set (chapter 02): contamination between splits by shingles, near-overlap of the world's
+held-out and training phrases (shared content 3-grams, content-word Jaccard), pair consistency of
 (clean, injected) twins, length tables, that the loader rejects a corrupt file, and `validate_dataset`,
 which runs them all and gives the verdict."""
 from __future__ import annotations
@@ -139,6 +140,107 @@ def contamination_summary(rep: dict) -> str:
     return f"{rep['n_hits']} overlaps: " + "; ".join(parts)
 
 
+# -- content overlap between the world's held-out and training content (3-grams, content words) ---------------
+
+# Function words: a shared 3-gram of function words only ("of the list" has one content word) says nothing about
+# a phrasing; content-word Jaccard is computed without them.
+FUNCTION_WORDS = frozenset(
+    "a an the and or but if then than so of to in on at by for with from into onto as is are was were be been being "
+    "am it its this that these those there here i me my mine you your yours we us our they them their he him his she "
+    "her what which who whom whose how where when why all any each every some no not only just also very too please "
+    "now do does did done can could will would should may might must shall has have had s t".split())
+
+JACCARD_FLAG = 0.5  # content-word Jaccard at or above this is flagged (issue 30)
+MIN_CONTENT_WORDS_3GRAM = 2  # a shared 3-gram is flagged when at least this many of its words are content words
+
+
+def _slot_free_fragments(text: str) -> list[list[str]]:
+    return [re.findall(r"[a-z0-9]+", frag.lower()) for frag in re.split(r"\{\w+\}", text)]
+
+
+def content_words(text: str) -> set[str]:
+    """The words of `text` outside slots ({payload}) that are not function words (one letter words dropped)."""
+    return {w for frag in _slot_free_fragments(text) for w in frag if w not in FUNCTION_WORDS and len(w) > 1}
+
+
+def trigrams(text: str) -> set[str]:
+    """Word 3-grams of `text`, never across a slot ({payload}, {instruction}) or a line."""
+    return {" ".join(w[i:i + 3]) for line in text.splitlines() for w in _slot_free_fragments(line)
+            for i in range(len(w) - 2)}
+
+
+def world_held_out_content(held_out_families=None) -> list[tuple[str, str, str]]:
+    """The world's test-only phrases as (axis, id, text): request phrasings of every goal and task, the held-out
+    task's requests, the test look-alike notes and the wrapper text of held-out-family and test-only templates."""
+    held = set(attacks.DEFAULT_HELD_OUT if held_out_families is None else held_out_families)
+    out = [("phrasing", f"{goal}/test/{k}", t) for goal, pool in
+           (("output_hijack", world.OUTPUT_REQUESTS), ("prompt_leak", world.LEAK_REQUESTS), ("refusal", world.REFUSAL_REQUESTS))
+           for k, t in enumerate(pool["test"])]
+    out += [("task" if name in world.HELD_OUT_TASKS else "phrasing", f"{name}/test/{k}", t)
+            for name, spec in world.TASKS.items() for k, t in enumerate(spec.test_requests)]
+    out += [("phrasing", f"note_test/{k}", t) for k, t in enumerate(world.NOTES_TEST)]
+    out += [("family", t.id, t.template) for t in attacks.BUILTIN_TEMPLATES if t.family in held or "train" not in t.splits]
+    return out
+
+
+def world_training_content(held_out_families=None) -> list[tuple[str, str]]:
+    """The world's training-side text that can stand in the data (U) of a training item, as (id, text): the
+    training request phrasings of every goal and task, the base corpus's notes and extra S instructions, the
+    training families' wrapper templates and the documents' sentences. A task's own S instructions are left out:
+    a request for a task has to name it ("the order code"), and S instructions are never an injection in training."""
+    held = set(attacks.DEFAULT_HELD_OUT if held_out_families is None else held_out_families)
+    out = [(f"{goal}/train/{k}", t) for goal, pool in
+           (("output_hijack", world.OUTPUT_REQUESTS), ("prompt_leak", world.LEAK_REQUESTS), ("refusal", world.REFUSAL_REQUESTS))
+           for k, t in enumerate(pool["train"])]
+    out += [(f"{name}/request/{k}", t) for name, spec in world.TASKS.items() for k, t in enumerate(spec.requests)]
+    out += [(f"note_base/{k}", t) for k, t in enumerate(world.NOTES_BASE)]
+    out += [(f"system_extra/{k}", t) for k, t in enumerate(world.SYSTEM_EXTRAS)]
+    out += [(t.id, t.template) for t in attacks.BUILTIN_TEMPLATES if t.family not in held and "train" in t.splits]
+    docs = ("_RECORD_HEADERS", "_LIST_HEADERS", "_LIST_FOOTERS", "_RECORD_EXTRAS", "_REVIEW_EXTRAS", "_POS_SENTENCES",
+            "_NEG_SENTENCES")
+    out += [(f"document/{name.strip('_').lower()}/{k}", t) for name in docs for k, t in enumerate(getattr(world, name, ()))]
+    out += [("refusal_answer", world.REFUSAL)]
+    return out
+
+
+def content_overlap_check(held_out_families=None, held: list | None = None, training: list | None = None,
+                          jaccard: float = JACCARD_FLAG, min_content: int = MIN_CONTENT_WORDS_3GRAM) -> dict:
+    """Held-out phrases that are close to training content without sharing a 4-gram (issue 30): every pair
+    (held-out phrase, training text) sharing a word 3-gram with at least `min_content` content words ("the closing
+    entry"), or with a content-word Jaccard >= `jaccard`, is flagged. 3-grams of function words only are counted
+    apart (`function_word_3grams`), not flagged. `held` ((axis, id, text)) and `training` ((id, text)) default to
+    the world's (world_held_out_content, world_training_content)."""
+    held = world_held_out_content(held_out_families) if held is None else held
+    training = world_training_content(held_out_families) if training is None else training
+    tri_t = [(tid, t, trigrams(t), content_words(t)) for tid, t in training]
+    flags, weak = [], []
+    for axis, hid, h in held:
+        th, ch = trigrams(h), content_words(h)
+        for tid, t, tt, ct in tri_t:
+            shared = th & tt
+            strong = sorted(g for g in shared if sum(w not in FUNCTION_WORDS for w in g.split()) >= min_content)
+            j = len(ch & ct) / len(ch | ct) if ch | ct else 0.0
+            if strong or j >= jaccard:
+                flags.append({"axis": axis, "id": hid, "text": h, "training_id": tid, "training_text": t,
+                              "shared_3grams": strong, "jaccard": round(j, 3),
+                              "why": ", ".join(([f"3-gram {g!r}" for g in strong])
+                                               + ([f"content-word Jaccard {j:.2f}"] if j >= jaccard else []))})
+            elif shared:
+                weak.append({"id": hid, "training_id": tid, "shared_3grams": sorted(shared)})
+    return {"n_held_out": len(held), "n_training": len(training), "jaccard_threshold": jaccard,
+            "min_content_words_3gram": min_content, "flags": flags, "n_flags": len(flags),
+            "flagged_phrases": sorted({f["id"] for f in flags}), "function_word_3grams": weak, "clean": not flags}
+
+
+def content_overlap_summary(rep: dict) -> str:
+    """One line: clean, or each flagged held-out phrase with its closest training text and why."""
+    if rep["clean"]:
+        return (f"no shared content 3-gram and no content-word Jaccard >= {rep['jaccard_threshold']}: "
+                f"{rep['n_held_out']} held-out phrases x {rep['n_training']} training texts")
+    parts = [f"{f['text']!r} ~ {f['training_text']!r} ({f['why']})" for f in rep["flags"]]
+    return f"{len(rep['flagged_phrases'])} held-out phrases close to training content: " + "; ".join(parts)
+
+
 def _norm_ws(s: str) -> str:
     return re.sub(r"\s+", " ", s).strip()
 
@@ -237,6 +339,8 @@ def validate_dataset(data_dir, held_out_families=None) -> dict:
     rep["document_overlap"] = {f"{a}&{b}": len(docs[a] & docs[b]) for a, b in itertools.combinations(docs, 2)}
     rep["contamination"] = contamination_check(splits, held)
     rep["held_out_in_train"] = rep["contamination"]["held_out_family_records_in_training"]
+    # near-copies the 4-gram check passes (shared content 3-grams, content-word Jaccard): reported, a soft check
+    rep["content_overlap"] = content_overlap_check(held)
 
     # attack diversity (test split; train for comparison)
     test_inj = [r for r in splits.get("test", []) if r.kind == "injected"]
@@ -275,6 +379,8 @@ def validate_dataset(data_dir, held_out_families=None) -> dict:
         ("no held-out family in training files", rep["held_out_in_train"] == 0, True, f"{rep['held_out_in_train']} records"),
         ("no test-only content in training files (phrasing, task, payload, family, document)",
          rep["contamination"]["clean"], True, contamination_summary(rep["contamination"])),
+        (f"no held-out phrase close to training content (shared content 3-gram, content-word Jaccard >= {JACCARD_FLAG})",
+         rep["content_overlap"]["clean"], False, content_overlap_summary(rep["content_overlap"])[:300]),
         (f">= 8 attack families in test", len(div["by_family"]) >= 8, False, f"{len(div['by_family'])} families"),
         ("every goal x position cell in test", len(div["by_goal_position"]) == cells, False,
          f"{len(div['by_goal_position'])}/{cells} cells"),

@@ -33,11 +33,38 @@ JUDGES = ("canary", "starts_with", "regex")  # judges of custom attacks (evaluat
 ANSWER_MATCHES = ("exact", "contains")  # how a user document's ideal answer is matched (scoring.is_correct)
 
 
+# Fields that label a record in tables, reports and console lines: printable text only (Record.validate)
+_LABELS = ("id", "pair_id", "family", "goal", "position", "template_id", "source", "judge", "instruction_type",
+           "novel")
+
+
 # Optional fields written only when set (so that the world's files stay byte-identical to schema 1's)
 _OMIT_WHEN_NONE = ("judge", "instruction_type", "answer_match", "novel")
 
 
 BUILT_BY = "chapter 02_dataset_validation (python -m causal_lib.book run --params <params> --from 02) or causal_lib.data.build.ensure_dataset(cfg, paths)"
+
+
+def unprintable(text) -> str | None:
+    """The first character of `text` a terminal or a Markdown viewer would not show as itself: control
+    characters (ESC of ANSI sequences, newlines, DEL, C1), bidi and other format characters (U+202E, U+2066,
+    zero-width), line/paragraph separators, surrogates, private-use and unassigned code points; None if none."""
+    return next((c for c in str(text) if not c.isprintable()), None)
+
+
+def printable(text) -> str:
+    """`text` with every character unprintable() names written as its escape (\\x1b, \\u202e, \\n), so a
+    label from a file (family, instruction_type, id) can be printed or written into a report as is."""
+    text = str(text)
+    if unprintable(text) is None:
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
+def char_name(c: str) -> str:
+    """'U+001B' style name of one character, for error messages."""
+    return f"U+{ord(c):04X}"
 
 
 class DataError(ValueError):
@@ -137,6 +164,11 @@ class Record:
             tok = next((t for t in SPECIAL_TOKENS if t in v), None)
             if tok:
                 raise ValueError(f"{name} contains the chat control token {tok!r}")
+        for name in _LABELS:  # printed on terminals and written into reports as they are
+            c = unprintable(getattr(self, name) or "")
+            if c is not None:
+                raise ValueError(f"{name} contains the control or bidi character {char_name(c)} ({printable(c)}); "
+                                 f"labels must be plain printable text")
 
 
 def _dumps(r: Record) -> str:
@@ -173,6 +205,8 @@ def load_split(data_dir, name: str) -> list[Record]:
                 r = Record.from_dict(json.loads(line))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); rebuild with {BUILT_BY}") from None
+            except RecursionError:  # [[[[... thousands deep
+                raise DataError(f"{path}:{n}: the JSON is nested too deeply to be a record; rebuild with {BUILT_BY}") from None
             except (TypeError, ValueError) as e:
                 raise DataError(f"{path}:{n}: {e}") from None
             if r.split != want_split:

@@ -14,7 +14,7 @@ import torch
 from causal_lib.book.run_folder import RunPaths, write_json
 from causal_lib.config import ConfigError, load_config
 from causal_lib.data import attacks
-from causal_lib.data.records import load_split
+from causal_lib.data.records import load_split, printable
 from causal_lib.defenses import registry
 from causal_lib.defenses.load import block_for, records_for
 from causal_lib.evaluation.generate import ATTACK_KINDS
@@ -114,8 +114,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run_cli(args)
     except EvalCLIError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)  # control/bidi characters from a file shown escaped
         return 2
+    except KeyboardInterrupt:
+        print(interrupted_line(args.out), file=sys.stderr)
+        return 130
+
+
+def interrupted_line(out=None) -> str:
+    """The one line a Ctrl-C prints: nothing was written (the result is written atomically, at the end)."""
+    where = f"nothing was written to --out {printable(out)}" if out else "nothing was written"
+    return f"interrupted: the evaluation stopped, {where}; run the same command again to evaluate from the start"
 
 
 def _run_cli(args) -> int:
@@ -171,8 +180,8 @@ def _run_cli(args) -> int:
         raise EvalCLIError(f"--out {out}: the result could not be written ({e.strerror or e}); "
                            f"free space or pass another --out, then run again") from None
     a = summary["asr"]
-    print(f"{args.defense_name or model_dir}: ASR {a['k']}/{a['n']}, benign accuracy "
-          f"{summary['benign_accuracy']['k']}/{summary['benign_accuracy']['n']} -> {args.out}")
+    print(printable(f"{args.defense_name or model_dir}: ASR {a['k']}/{a['n']}, benign accuracy "
+                    f"{summary['benign_accuracy']['k']}/{summary['benign_accuracy']['n']} -> {args.out}"))
     for line in report_lines(summary):
-        print(line)
+        print(printable(line))  # family / instruction_type / source come from files: escaped, never raw
     return 0

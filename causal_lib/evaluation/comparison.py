@@ -31,6 +31,11 @@ def _paired_ci(r: dict | None) -> str:
     return f"{r['rate']:+.1%} [{r['lo']:+.1%}, {r['hi']:+.1%}] (n={r['n']}, p={r['p']:.2g})"
 
 
+def _split(summary: dict, part: str) -> dict | None:
+    """One of the look-alike error split's paired differences (summary.lookalike_error_split), or None."""
+    return (summary.get("lookalike_errors") or {}).get(part)
+
+
 def conditional_asr(evals: dict[str, dict], reference: str = "none", alpha: float = 0.05) -> dict[str, dict]:
     """Per defense, its ASR on the attacked items that hijacked the `reference` model (the undefended base): what
     the defense stopped of the attacks that work, on the same items. Empty without the reference's items."""
@@ -60,6 +65,134 @@ def training_families(paths: RunPaths, defenses) -> dict[str, list[str]]:
     return out
 
 
+def _read_json(p) -> dict:
+    try:
+        return json.loads(p.read_text()) if p.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _safetensors_parameters(p) -> int | None:
+    """The number of values in a safetensors file, from its header (no tensor is read)."""
+    import math
+    import struct
+
+    try:
+        with open(p, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > 100_000_000:
+                return None
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, struct.error):
+        return None
+    return int(sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__"))
+
+
+def trainable_parameters(model_dir) -> tuple[int | None, str]:
+    """(count, how it was known) of a trained model's trainable parameters: recorded at training time
+    (`trainable_parameters` in checkpoint.json's extra) or counted in its weights: the LoRA adapter file (the
+    adapters and any trained token rows), else the full model file (full fine-tuning)."""
+    extra = _read_json(model_dir / "checkpoint.json").get("extra", {})
+    if extra.get("trainable_parameters") is not None:
+        return int(extra["trainable_parameters"]), "recorded"
+    for name, how in (("adapter_model.safetensors", "LoRA adapter file"), ("model.safetensors", "full model file")):
+        n = _safetensors_parameters(model_dir / name)
+        if n is not None:
+            return n, how
+    return None, "no weights"
+
+
+# the keys a trained defense's checkpoint.json "extra" (or its model card) is read for; the training chapters
+# write them (defenses/*.train); a key not written reads "not recorded" in the table, never a guess
+TRAINING_KEYS = {"injected": ("n_injected",), "clean": ("n_clean",), "learning_rate": ("learning_rate",),
+                 "grid": ("learning_rate_grid", "lr_grid"), "selection": ("selection_rule", "select_by"),
+                 "epochs": ("epochs",)}
+
+
+def _first(sources: list[dict], keys) -> object:
+    for src in sources:
+        for k in keys:
+            if isinstance(src, dict) and src.get(k) is not None:
+                return src[k]
+    return None
+
+
+def training_record(paths: RunPaths, defense: str) -> dict:
+    """How one trained defense was trained, from what chapters 05 and 06 wrote: metrics/train_<d>.json (steps, wall
+    time, epochs), metrics/epochs_<d>.json (chapter 06's selection rule and the epoch it kept as best_model),
+    checkpoints/<d>/best_model/checkpoint.json's extra and model_card.json (families, example counts, learning
+    rate and grid, the data recipe). None where nothing recorded it."""
+    best = paths.checkpoints / defense / "best_model"
+    extra = _read_json(best / "checkpoint.json").get("extra", {})
+    card = _read_json(best / "model_card.json")
+    train = _read_json(paths.metrics / f"train_{defense}.json")
+    chosen = _read_json(paths.metrics / f"epochs_{defense}.json")
+    mix = extra.get("mixture") or card.get("mixture") or {}
+    sources = [extra, card]
+    injected, clean = _first(sources + [mix], TRAINING_KEYS["injected"]), _first(sources + [mix], TRAINING_KEYS["clean"])
+    if injected is None and mix.get("n_pairs") is not None:  # preference pairs (DPO): one injected input each
+        injected = mix["n_pairs"]
+        clean = 0 if clean is None else clean
+    elif injected is None and mix.get("n_naive") is not None:
+        injected = mix["n_naive"] + mix.get("n_completion", 0)
+    epochs = _first(sources, TRAINING_KEYS["epochs"])
+    if epochs is None and train.get("epochs"):
+        epochs = len(train["epochs"])
+    n_params, how = trainable_parameters(best)
+    return {"defense": defense, "data": _first(sources, ("data",)),
+            "families": _first(sources + [mix], ("train_families", "families")),
+            "n_injected": injected, "n_clean": clean,
+            "steps": train.get("steps") if train.get("steps") is not None else extra.get("global_step"),
+            "epochs": epochs, "learning_rate": _first(sources, TRAINING_KEYS["learning_rate"]),
+            "learning_rate_grid": _first(sources, TRAINING_KEYS["grid"]),
+            "selection_rule": chosen.get("criterion") or _first(sources, TRAINING_KEYS["selection"]),
+            "selected_epoch": chosen.get("best_epoch", train.get("best_epoch", extra.get("epoch"))),
+            "trainable_parameters": n_params, "trainable_parameters_from": how,
+            "train_seconds": train.get("train_seconds"), "trained": bool(extra or train)}
+
+
+def training_records(paths: RunPaths, defenses) -> list[dict]:
+    """training_record of every trained defense among `defenses` (registry order kept)."""
+    return [training_record(paths, d) for d in defenses if d in registry.REGISTRY and registry.get(d).trains]
+
+
+# what one training contract holds equal (issue 30): the learning rate itself may differ when each defense picks
+# it from the same grid, so the grid is compared where one is recorded, the rate where none is
+TRAINING_COLUMNS = ("attack families", "injected examples", "clean examples", "optimiser steps", "epochs",
+                    "learning rate", "selection rule")
+
+
+def training_rows(records: list[dict]) -> list[dict]:
+    """One markdown row per trained defense: what it was trained on and how (training_record)."""
+    def show(v, fmt="{}"):
+        return "not recorded" if v is None else fmt.format(v)
+
+    rows = []
+    for r in records:
+        grid = r["learning_rate_grid"]
+        rows.append({"defense": registry.label(r["defense"]), "training data": show(r["data"]),
+                     "attack families": ", ".join(r["families"]) if r["families"] else show(r["families"]),
+                     "injected examples": show(r["n_injected"]),
+                     "clean examples": show(r["n_clean"]), "optimiser steps": show(r["steps"]),
+                     "epochs": show(r["epochs"], "{:g}"), "learning rate": show(r["learning_rate"], "{:.3g}"),
+                     "learning-rate grid": "[" + ", ".join(f"{x:.3g}" for x in grid) + "]" if grid else "none",
+                     "selection rule": show(r["selection_rule"]),
+                     "selected epoch": show(r["selected_epoch"]),
+                     "trainable parameters": (f"{r['trainable_parameters']:,} ({r['trainable_parameters_from']})"
+                                              if r["trainable_parameters"] is not None else "not recorded"),
+                     "wall time": show(r["train_seconds"], "{:.0f} s")})
+    return rows
+
+
+def training_differences(rows: list[dict], columns=TRAINING_COLUMNS) -> list[str]:
+    """The columns of the training table whose value differs between trained defenses (or is not recorded): what
+    keeps the comparison from being one training contract (issue 30). Where any defense records a learning-rate
+    grid, the grids are compared instead of the rates."""
+    if any(r.get("learning-rate grid", "none") != "none" for r in rows):
+        columns = [("learning-rate grid" if c == "learning rate" else c) for c in columns]
+    return [c for c in columns if len({r.get(c) for r in rows}) > 1 or any(r.get(c) == "not recorded" for r in rows)]
+
+
 def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None,
                     trained_on: dict[str, list[str]] | None = None) -> list[dict]:
     """One row per defense: measured rates with 95% Clopper-Pearson intervals, the reference column apart;
@@ -84,7 +217,9 @@ def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None,
                "ASR where the base was hijacked": _ci(cond.get(d)),
                "deviation from O* (clean twin correct)": _ci(s.get("deviation")),
                "benign accuracy": _ci(s["benign_accuracy"]),
-               "over-defense (look-alike minus clean twin, paired)": _paired_ci(s.get("over_defense_paired")),
+               "look-alike errors caused by the note (minus clean twin, paired)": _paired_ci(s.get("over_defense_paired")),
+               "over-defense: blocked + refusal (paired)": _paired_ci(_split(s, "over_defense")),
+               "fragility to benign text: other errors (paired)": _paired_ci(_split(s, "fragility")),
                "look-alike errors": _ci(s["over_defense"]),
                "SEP separation": _ci(s["sep"])}
         if gcg is not None:
@@ -96,7 +231,9 @@ def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None,
 
 
 SEED_METRICS = {"ASR (all attacks)": ("asr",), "ASR held-out families": ("asr_by_split", "held_out"),
-                "benign accuracy": ("benign_accuracy",), "over-defense (look-alike minus clean twin, paired)": ("over_defense_paired",),
+                "benign accuracy": ("benign_accuracy",), "look-alike errors caused by the note (minus clean twin, paired)": ("over_defense_paired",),
+                "over-defense: blocked + refusal (paired)": ("lookalike_errors", "over_defense"),
+                "fragility to benign text: other errors (paired)": ("lookalike_errors", "fragility"),
                 "SEP separation": ("sep",)}
 
 
@@ -162,11 +299,19 @@ def attack_outcomes(evaluation: dict) -> dict[str, bool]:
     return {i["id"]: bool(i.get("success")) for i in evaluation.get("items", []) if i.get("kind") == "injected"}
 
 
+def twin_passed_items(evaluation: dict) -> set[str]:
+    """The attacked items of one evaluation whose clean twin's output already passes the attack check (the twin
+    control's discounted items: twin_passed True)."""
+    return {i["id"] for i in evaluation.get("items", []) if i.get("kind") == "injected" and i.get("twin_passed")}
+
+
 def paired_comparison(evals: dict[str, dict], alpha: float = 0.05, power: float = 0.8) -> dict:
     """Every pair of defenses on the same attacked items: exact McNemar, Holm-corrected over all pairs, and the
-    minimum difference each pair's test could detect with `power` at its n and discordance (paired.py)."""
+    minimum difference each pair's test could detect with `power` at its n and discordance (paired.py). The twin
+    control is applied jointly: a pair is tested on the items eligible under both models (neither model's clean
+    twin already passes the attack check), each pair's `dropped` counts the common items left out."""
     outcomes = {d: attack_outcomes(ev) for d, ev in evals.items()}
-    results = paired.pairwise(outcomes, alpha)
+    results = paired.pairwise(outcomes, alpha, ineligible={d: twin_passed_items(ev) for d, ev in evals.items()})
     pairs = []
     for r in results:
         share = (r.a_only + r.b_only) / r.n if r.n else 0.0
@@ -175,5 +320,6 @@ def paired_comparison(evals: dict[str, dict], alpha: float = 0.05, power: float 
                       "min_detectable_difference": mdd,
                       "sentence": paired.sentence(r, registry.label, mdd)})
     return {"alpha": alpha, "power": power, "correction": "Holm", "test": "exact McNemar (two-sided)",
+            "eligibility": "joint twin control: items whose clean twin passes the attack check under either model are dropped",
             "pairs": pairs,
             "matrix": paired.significance_matrix(results, list(outcomes)) if results else []}

@@ -1,7 +1,7 @@
 """Evaluation runs: `evaluate_records` generates and scores the outputs of one model on a list of
 records; `evaluate_defense` does it for a trained defense of a run on a split, with the result cached
-under metrics/ (eval_<defense>.json and its per-item jsonl) and reused while model, data and eval
-settings are unchanged."""
+under metrics/ (eval_<defense>.json and its per-item jsonl) and reused while model, data, eval
+settings and the evaluation's code (`code_version`) are unchanged."""
 from __future__ import annotations
 
 import dataclasses
@@ -29,17 +29,39 @@ from causal_lib.models.checkpoints import checkpoint_json
 from causal_lib.models.prompts import prompt_of
 
 
+# The code an evaluation's result depends on (generation, scoring, summaries, prompt formats, the defenses' views
+# and filters, intervals), relative to causal_lib/: a change to any of them makes the cached result stale.
+EVALUATION_CODE = ("evaluation/run.py", "evaluation/generate.py", "evaluation/scoring.py", "evaluation/summary.py",
+                   "models/prompts.py", "models/tokens.py", "defenses/registry.py", "defenses/load.py",
+                   "defenses/filters.py", "defenses/struq.py", "defenses/secalign.py", "data/records.py",
+                   "data/attacks.py", "verification/intervals.py", "verification/paired.py")
+
+
+def code_version(files=EVALUATION_CODE, root=None) -> str:
+    """sha256 (16 hex) over the source of the evaluation's code (EVALUATION_CODE, read as bytes, in order); a
+    file that is missing enters as missing, so renaming one changes the version too."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
+    h = hashlib.sha256()
+    for rel in files:
+        p = root / rel
+        h.update(rel.encode() + b"\x00" + (p.read_bytes() if p.is_file() else b"<missing>") + b"\x00")
+    return h.hexdigest()[:16]
+
+
 def _cache_key(cfg: Config, paths: RunPaths, defense: str, split: str) -> str:
     d = model_dir(paths, defense)
     meta = checkpoint_json(d)
     fp = meta.get("fingerprint") if meta is not None else cfg.model.name_or_path
     # the fingerprint names the architecture and tokenizer only: the files' sha256 make a retrained model (same
     # shape, other weights) miss the cache instead of reusing the old model's results
-    weights = {k: v.get("sha256") for k, v in (meta or {}).get("files", {}).items()}
+    files = (meta or {}).get("files")  # a malformed checkpoint.json: no key here, load_model then says what is wrong
+    weights = {k: v.get("sha256") for k, v in files.items() if isinstance(v, dict)} if isinstance(files, dict) else {}
     manifest = paths.data / "manifest.json"
     data = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else ""
     blob = json.dumps({"fp": fp, "weights": weights, "data": data, "eval": cfg.to_dict()["eval"], "defense": defense,
-                       "split": split, "seed": cfg.run.seed}, sort_keys=True)
+                       "split": split, "seed": cfg.run.seed, "code": code_version()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -153,6 +175,7 @@ def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Calla
 
     results = []
     for i, rec in enumerate(records):
+        error = None
         if blocked[i]:
             out, tr = BLOCKED_OUTPUT, False
             # Blocked: the attack did not happen, the probe was not executed, the benign item went unanswered.
@@ -160,25 +183,36 @@ def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Calla
             correct = None if rec.kind in PROBE_KINDS or checks[1](rec, "") is None else False
         else:
             out, tr = gen[i]
-            success, correct = _score(rec, out, checks)
+            try:
+                success, correct = _score(rec, out, checks)
+            except scoring.JudgeError as e:  # a regex judge past its time limit: an error row, not a hang
+                ok = checks[1](rec, out)
+                success, correct, error = None, None if ok is None else bool(ok), str(e)
         r = ItemResult(
             id=str(rec.id), pair_id=str(getattr(rec, "pair_id", "")), kind=rec.kind,
             family=getattr(rec, "family", None), goal=getattr(rec, "goal", None),
             position=getattr(rec, "position", None), held_out=bool(getattr(rec, "held_out", False)),
             source=getattr(rec, "source", None), task=getattr(rec, "task", None), item_key=_item_key(rec),
             output=out, success=success, correct=correct, blocked=blocked[i], truncated=tr,
-            novel=getattr(rec, "novel", None))
+            novel=getattr(rec, "novel", None), error=error)
         if k > 1 and rec.kind in ATTACK_KINDS:
             outs = sampled.get(i)
             r.outputs_pass_k = outs
-            r.success_pass_k = False if outs is None else any(bool(checks[0](rec, o)) for o in outs)
+            try:
+                r.success_pass_k = False if outs is None else any(bool(checks[0](rec, o)) for o in outs)
+            except scoring.JudgeError as e:
+                r.success_pass_k, r.success, r.error = None, None, r.error or f"{e} (on a pass@k sample)"
         results.append(r)
     results, twins = results[:n_records], results[n_records:]
-    records = records[:n_records]
+    records, twin_records = records[:n_records], records[n_records:]
     twin_correct = {t.pair_id: t.correct for t in twins}
-    for r in results:
+    twin_error = {t.pair_id: scoring.lookalike_error_kind(rec, t.output, t.blocked, t.correct, note="")
+                  for t, rec in zip(twins, twin_records)}
+    for rec, r in zip(records, results):
         if r.kind == "lookalike":
             r.twin_correct = twin_correct.get(r.pair_id)
+            r.error_kind = scoring.lookalike_error_kind(rec, r.output, r.blocked, r.correct)
+            r.twin_error_kind = twin_error.get(r.pair_id)
     scoring.apply_twin_control(records, results, checks[0])  # not counted where the clean twin passes too
     return results
 

@@ -249,8 +249,27 @@ def greedy_correct(model, tokenizer, records, cfg: Config) -> np.ndarray:
     return np.asarray(out, dtype=bool)
 
 
-def _trainable_state(model) -> dict:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+def effective_model(model):
+    """The model whose parameters are the weights it computes with: a peft model (LoRA adapter on a frozen base)
+    merged into a copy (W + B A scaling, peft's merge_and_unload), so that its parameter names and shapes are
+    the plain model's; any other model as it is. The original is left untouched."""
+    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def compared_parameters(model, base) -> dict:
+    """The parameters the PAC-Bayes KL is computed on, of the effective (merged) weights of both models:
+    {names: the shared names with equal shapes, n_values, skipped: names only one side has or with other shapes
+    (e.g. a grown vocabulary's embedding)}. Raises ValueError when no parameter is shared: a KL over nothing
+    would be 0 and claim that the model never moved (what peft's names did before the merge)."""
+    w, w0 = dict(model.named_parameters()), dict(base.named_parameters())
+    names = [n for n in w if n in w0 and w[n].shape == w0[n].shape]
+    if not names:
+        raise ValueError(f"the model and the base share no parameter name and shape (model: {next(iter(w), None)!r}, "
+                         f"base: {next(iter(w0), None)!r}, ...): the PAC-Bayes KL cannot be computed")
+    skipped = sorted((set(w) | set(w0)) - set(names))
+    return {"names": names, "n_values": int(sum(w[n].numel() for n in names)), "skipped": skipped}
 
 
 def pac_bayes(model, base, tokenizer, records, cfg: Config, sigmas=(1e-3, 3e-3, 1e-2), samples: int = 2,
@@ -266,7 +285,11 @@ def pac_bayes(model, base, tokenizer, records, cfg: Config, sigmas=(1e-3, 3e-3, 
     weights, prior P = N(w0, sigma^2 I) around the base's weights w0. The prior is data-independent: the base
     was fixed before the defense was trained and before the test sample was drawn, so centring P on it is
     legitimate (it does not depend on `records`). KL = ||w - w0||^2 / (2 sigma^2) over every parameter the two
-    models share; sigma from the grid with a union bound. The Gibbs error of Q is a Monte-Carlo mean over
+    models share, on their effective weights: a LoRA (peft) model or base is merged first (effective_model), so
+    the adapter's change counts in the base's own parameter names, and the noise of the Gibbs posterior is drawn
+    on those merged weights too; no shared parameter is an error, never a KL of 0 (compared_parameters). The
+    compared values are kl_parameters (kl_tensors tensors); kl_skipped names the parameters only one side has or
+    with other shapes (a grown vocabulary's embedding). sigma from the grid with a union bound. The Gibbs error of Q is a Monte-Carlo mean over
     `samples` noisy copies per sigma, bounded by the sample-convergence bound with delta_mc before PAC-Bayes
     uses it (with few samples the correction ln(2/delta_mc)/samples dominates).
 
@@ -277,9 +300,12 @@ def pac_bayes(model, base, tokenizer, records, cfg: Config, sigmas=(1e-3, 3e-3, 
 
     When the KL alone makes the bound vacuous (the bound with a Gibbs error of 0 and no Monte-Carlo correction
     is already 1), the noisy copies are not drawn: no Gibbs error could change the result (gibbs_errors None)."""
-    w, w0 = _trainable_state(model), _trainable_state(base)
-    common = [n for n in w if n in w0 and w[n].shape == w0[n].shape]
-    sq = squared_distance([w[n] for n in common], [w0[n] for n in common])
+    model, base = effective_model(model), effective_model(base)  # LoRA: the merged weights, the base's names
+    shared = compared_parameters(model, base)
+    w, w0 = dict(model.named_parameters()), dict(base.named_parameters())
+    sq = squared_distance([w[k].detach() for k in shared["names"]], [w0[k].detach() for k in shared["names"]])
+    kl_scope = {"kl_parameters": shared["n_values"], "kl_tensors": len(shared["names"]),
+                "kl_skipped": shared["skipped"]}
     n = len(records)
     correct = greedy_correct(model, tokenizer, records, cfg) if correct is None else np.asarray(correct, dtype=bool)
     det_error = 1.0 - float(correct.mean()) if n else float("nan")
@@ -287,7 +313,7 @@ def pac_bayes(model, base, tokenizer, records, cfg: Config, sigmas=(1e-3, 3e-3, 
     best_case = pac_bayes_grid_bound([0.0] * len(sigmas), n, sq, list(sigmas), delta=delta)
     if best_case["vacuous"]:
         return {"deterministic_error": det_error, "test_set": test_set, "gibbs_errors": None,
-                "gibbs_error_upper": None, "squared_distance": sq, "n": n,
+                "gibbs_error_upper": None, "squared_distance": sq, "n": n, **kl_scope,
                 **{k: v for k, v in best_case.items() if k not in ("bounds", "uncorrected_bounds", "gibbs_error_upper")},
                 "samples": 0, "bounds_per_sigma": dict(zip(map(str, sigmas), best_case["bounds"])),
                 "assumptions": "Gaussian posterior and prior with shared isotropic sigma around the trained and base "
@@ -311,7 +337,7 @@ def pac_bayes(model, base, tokenizer, records, cfg: Config, sigmas=(1e-3, 3e-3, 
     per_sigma = lambda values: dict(zip(map(str, sigmas), values))  # noqa: E731
     return {"deterministic_error": det_error, "test_set": test_set,
             "gibbs_errors": per_sigma(gibbs), "gibbs_error_upper": per_sigma(grid["gibbs_error_upper"]),
-            "squared_distance": sq, "n": n,
+            "squared_distance": sq, "n": n, **kl_scope,
             **{k: v for k, v in grid.items() if k not in ("bounds", "uncorrected_bounds", "gibbs_error_upper")},
             "bounds_per_sigma": per_sigma(grid["bounds"]),
             "uncorrected_bounds_per_sigma": per_sigma(grid["uncorrected_bounds"]),

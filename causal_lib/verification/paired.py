@@ -6,6 +6,11 @@ Only the discordant items carry information about a difference: `b` items where 
 Bin(b + c, 1/2). Several pairs are corrected together with Holm's step-down method. The minimum detectable
 difference says what the test could have seen at this n: a non-significant pair is "no difference
 detected", never "equal".
+
+The twin control (DESIGN.md s.6) is applied jointly: an attacked item whose clean twin already passes the
+attack check under EITHER model is dropped from that pair (`ineligible`), so both rates and the test are over
+the same eligible items; per-model discounting would compare different denominators (a model whose clean
+answers already print the payload would get those items as "attack failed"). `dropped` counts them.
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ class PairedResult:
     p_value: float
     p_holm: float | None = None
     significant: bool | None = None
+    # common items left out because a clean twin already passed the attack check under either model (joint
+    # twin control); None = no twin information was given
+    dropped: int | None = None
 
     @property
     def difference(self) -> float:
@@ -53,12 +61,27 @@ def paired_outcomes(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.array([bool(a[i]) for i in ids]), np.array([bool(b[i]) for i in ids])
 
 
-def compare_pair(name_a: str, outcomes_a: dict, name_b: str, outcomes_b: dict) -> PairedResult:
-    x, y = paired_outcomes(outcomes_a, outcomes_b)
+def jointly_eligible(outcomes_a: dict, outcomes_b: dict, ineligible_a=None, ineligible_b=None) -> tuple[set, int]:
+    """The items both models were scored on that neither model's twin control discounts (its clean twin did not
+    already pass the attack check under A nor under B) -> (eligible ids, number of common items dropped)."""
+    common = set(outcomes_a) & set(outcomes_b)
+    drop = common & (set(ineligible_a or ()) | set(ineligible_b or ()))
+    return common - drop, len(drop)
+
+
+def compare_pair(name_a: str, outcomes_a: dict, name_b: str, outcomes_b: dict,
+                 ineligible_a=None, ineligible_b=None) -> PairedResult:
+    """Exact McNemar of A against B on their common items; `ineligible_a` / `ineligible_b` (ids whose clean twin
+    already passes the attack check under that model) apply the twin control jointly: such an item is dropped
+    for the pair whichever model it belongs to. Without them (both None) every common item is paired."""
+    joint = ineligible_a is not None or ineligible_b is not None
+    ids, dropped = jointly_eligible(outcomes_a, outcomes_b, ineligible_a, ineligible_b)
+    x, y = paired_outcomes({i: outcomes_a[i] for i in ids}, {i: outcomes_b[i] for i in ids})
     n = len(x)
     a_only, b_only = int((x & ~y).sum()), int((~x & y).sum())
     return PairedResult(name_a, name_b, n, float(x.mean()) if n else float("nan"),
-                        float(y.mean()) if n else float("nan"), a_only, b_only, mcnemar_exact(a_only, b_only))
+                        float(y.mean()) if n else float("nan"), a_only, b_only, mcnemar_exact(a_only, b_only),
+                        dropped=dropped if joint else None)
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -73,9 +96,14 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def pairwise(outcomes: dict[str, dict], alpha: float = 0.05) -> list[PairedResult]:
-    """Every pair of models (in the given order) on their common items, Holm-corrected together."""
-    results = [compare_pair(a, outcomes[a], b, outcomes[b]) for a, b in itertools.combinations(outcomes, 2)]
+def pairwise(outcomes: dict[str, dict], alpha: float = 0.05, ineligible: dict[str, set] | None = None) -> list[PairedResult]:
+    """Every pair of models (in the given order) on their common items, Holm-corrected together. `ineligible`
+    (model -> ids whose clean twin passes the attack check under it) applies the twin control jointly to each
+    pair (compare_pair)."""
+    inel = ineligible if ineligible is not None else {}
+    joint = ineligible is not None
+    results = [compare_pair(a, outcomes[a], b, outcomes[b], *((inel.get(a, set()), inel.get(b, set())) if joint else ()))
+               for a, b in itertools.combinations(outcomes, 2)]
     for r, p in zip(results, holm([r.p_value for r in results])):
         r.p_holm, r.significant = p, p < alpha
     return results
@@ -117,7 +145,9 @@ def significance_matrix(results: list[PairedResult], names: list[str]) -> list[d
 def sentence(r: PairedResult, label=lambda x: x, mdd: float | None = None) -> str:
     """One sentence per pair that says no more than the test does."""
     la, lb = label(r.a), label(r.b)
-    base = (f"{la} vs {lb}: {r.rate_a:.1%} vs {r.rate_b:.1%} on the same {r.n} items "
+    where = (f"on the same {r.n} items eligible under both ({r.dropped} dropped where a clean twin already passed the "
+             f"attack check under either model)" if r.dropped is not None else f"on the same {r.n} items")
+    base = (f"{la} vs {lb}: {r.rate_a:.1%} vs {r.rate_b:.1%} {where} "
             f"({r.a_only} only {la}, {r.b_only} only {lb}; exact McNemar p = {r.p_value:.3g}, Holm {r.p_holm:.3g})")
     if r.significant:
         return base + f": {la if r.difference < 0 else lb} has the lower rate (significant)."
