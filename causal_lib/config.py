@@ -4,7 +4,9 @@ A params file (YAML) is a nested mapping whose sections mirror the dataclasses b
 everything before any work starts: an unknown key names itself and the closest valid key, a wrong
 type or an out-of-range value says which field and why (`ConfigError`). Every number has a range stated
 next to its default (`_range(lo, hi)`), NaN and infinity are refused, and an empty, binary or folder params
-path is one clear error too.
+path is one clear error too. The YAML itself is bounded (safe_yaml): no aliases, at most MAX_YAML_DEPTH levels of
+nesting, integers of at most MAX_INT_DIGITS digits, a file of at most MAX_PARAMS_BYTES; a float key also takes
+exponent notation without a '.' (1e-4), which YAML 1.1 reads as a string.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,17 +29,17 @@ from causal_lib.defenses import registry
 
 
 def parse_overrides(items: list[str]) -> dict:
-    import yaml
-
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=1")
+            raise ConfigError(f"--set {_short(item)}: expected KEY=VALUE, e.g. --set train.epochs=1")
         k, v = item.split("=", 1)
         try:
-            out[k.strip()] = yaml.safe_load(v)
+            out[k.strip()] = safe_yaml(v)
+        except YAMLRefused as e:
+            raise ConfigError(f"--set {_short(item)}: {e}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+            raise ConfigError(f"--set {_short(item)}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
                               f"quote it or write a plain number/word, e.g. --set train.epochs=1") from None
     return out
 
@@ -46,6 +49,72 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class ConfigError(ValueError):
     """A params file or override that cannot be used; the message says what and how to fix it."""
+
+
+# What a params file or a --set value may hold (YAML read by safe_yaml): bounded size, nesting and numbers, so
+# that any input is read in bounded time and memory. Aliases are refused: a few hundred bytes of nested aliases
+# expand to gigabytes (an "alias bomb") and a recursive one never ends; params files do not need them.
+MAX_PARAMS_BYTES = 1 << 20  # a params file
+MAX_YAML_DEPTH = 32  # nested sections/lists (the deepest key is model.tiny.<key>, a curriculum list of lists)
+MAX_INT_DIGITS = 64  # digits of an integer literal (the largest bound, MAX_SEED, has 10)
+
+
+class YAMLRefused(ConfigError):
+    """YAML that is well-formed but not accepted in params (an alias, too deep, a too-long integer)."""
+
+
+def _at(mark) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without aliases, with a nesting limit and an integer-length limit."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise YAMLRefused(f"YAML aliases (*{event.anchor}) are not accepted in params{_at(event.start_mark)}; "
+                              f"write the value out in full")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise YAMLRefused(f"nested more than {MAX_YAML_DEPTH} levels deep{_at(self.peek_event().start_mark)}; "
+                                  f"params are sections of keys (see params/default.yaml)")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node):
+        digits = len(str(node.value).lstrip("+-").replace("_", ""))
+        if digits > MAX_INT_DIGITS:
+            raise YAMLRefused(f"an integer of {digits} digits{_at(node.start_mark)} is too long (at most "
+                              f"{MAX_INT_DIGITS} digits; every params number has a bound, see causal_lib/config.py)")
+        return super().construct_yaml_int(node)
+
+
+_ParamsLoader.add_constructor("tag:yaml.org,2002:int", _ParamsLoader.construct_yaml_int)
+
+
+def safe_yaml(text: str):
+    """YAML text as plain data, as yaml.safe_load but refusing aliases, nesting deeper than MAX_YAML_DEPTH and
+    integers longer than MAX_INT_DIGITS digits (YAMLRefused, naming line and column)."""
+    loader = _ParamsLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise YAMLRefused(f"nested too deeply (more than {MAX_YAML_DEPTH} levels)") from None
+    finally:
+        loader.dispose()
+
+
+def _short(value, limit: int = 80) -> str:
+    """repr of a value for a one-line message: long values cut (a 5001-digit integer has no repr at all)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text)} characters)"
 
 
 def _range(lo=None, hi=None, **kw):
@@ -102,7 +171,8 @@ class TinyModelConfig:
     vocab_size: int = field(default=2048, metadata=_range(64, 262144))
     hidden_size: int = field(default=192, metadata=_range(8, 65536))
     num_hidden_layers: int = field(default=4, metadata=_range(1, 1024))
-    num_attention_heads: int = field(default=4, metadata=_range(1, 1024))
+    # the shipped base's shape (causal_lib/base_model/manifest.json): a params file without model.tiny uses it
+    num_attention_heads: int = field(default=8, metadata=_range(1, 1024))
     intermediate_size: int = field(default=512, metadata=_range(8, 262144))
 
 
@@ -123,7 +193,10 @@ class ModelConfig:
     source: Literal["path", "smollm2"] = "path"
     name_or_path: str = ""
     max_seq_length: int = field(default=192, metadata=_range(16, 131072))
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto: bfloat16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX),
+    # else float32 - on a CPU without them bf16 is emulated: a SmolLM2 LoRA step took > 10x the fp32 step on an
+    # AVX2-only EPYC (README "The default model"); models.load.resolved_dtype decides, the run records its choice
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     load_in_4bit: bool = False
     use_lora: bool = False
     gradient_checkpointing: bool = False
@@ -253,18 +326,22 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+# a number in exponent notation without a '.', e.g. 1e-4 or 5E3: a string to PyYAML (YAML 1.1), a float to us
+_EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
 def _coerce(value: Any, tp, where: str):
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a section (mapping), got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected a section (mapping), got {type(value).__name__} {_short(value)}")
         return _build(tp, value, where)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            close = difflib.get_close_matches(value if isinstance(value, str) else "", [str(c) for c in choices], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}{hint}")
+            raise ConfigError(f"{where}: {_short(value)} is not one of {list(choices)}{hint}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -274,23 +351,25 @@ def _coerce(value: Any, tp, where: str):
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {type(value).__name__} {_short(value)}")
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {_short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {_short(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)  # 1e-4: YAML 1.1 (PyYAML) reads a float without a '.' as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {_short(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {_short(value)}")
         return value
     return value
 
@@ -298,13 +377,13 @@ def _coerce(value: Any, tp, where: str):
 def _check_range(path: str, value, lo, hi) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         bounds = f" between {lo} and {hi}" if lo is not None and hi is not None else ""
-        raise ConfigError(f"{path}: {value!r} is not allowed, must be a finite number{bounds} (NaN and infinity are refused)")
+        raise ConfigError(f"{path}: {_short(value)} is not allowed, must be a finite number{bounds} (NaN and infinity are refused)")
     if value is None:
         return
     if lo is not None and value < lo:
-        raise ConfigError(f"{path}: {value!r} is out of range, must be >= {lo}")
+        raise ConfigError(f"{path}: {_short(value)} is out of range, must be >= {lo}")
     if hi is not None and value > hi:
-        raise ConfigError(f"{path}: {value!r} is out of range, must be <= {hi}")
+        raise ConfigError(f"{path}: {_short(value)} is out of range, must be <= {hi}")
 
 
 def _build(cls, data: dict, where: str = ""):
@@ -312,9 +391,9 @@ def _build(cls, data: dict, where: str = ""):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            close = difflib.get_close_matches(key if isinstance(key, str) else "", names, n=1, cutoff=0.5)
             hint = f"; did you mean {(where + '.' if where else '') + close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {(where + '.' if where else '') + str(key)!r}{hint} "
+            raise ConfigError(f"unknown key {_short((where + '.' if where else '') + (key if isinstance(key, str) else _short(key)))}{hint} "
                               f"(valid keys here: {', '.join(names)})")
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -366,6 +445,16 @@ def _check_consistency(cfg: Config) -> None:
             close = difflib.get_close_matches(t, TASK_NAMES, n=1)
             raise ConfigError(f"train.{where}: unknown task {t!r}"
                               + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {TASK_NAMES}")
+    from causal_lib.data.attacks import FAMILIES
+
+    for i, fam in enumerate(cfg.data.held_out_families):
+        if fam not in FAMILIES:
+            close = difflib.get_close_matches(fam, FAMILIES, n=1)
+            raise ConfigError(f"data.held_out_families[{i}]: unknown attack family {_short(fam)}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {list(FAMILIES)}")
+    if set(FAMILIES) <= set(cfg.data.held_out_families):
+        raise ConfigError(f"data.held_out_families: holds every attack family; leave at least one for training "
+                          f"(the default holds out {list(DataConfig().held_out_families)})")
     stage_epochs = cfg.train.base_curriculum_stage_epochs
     if stage_epochs and len(stage_epochs) != len(cfg.train.base_curriculum):
         raise ConfigError(f"train.base_curriculum_stage_epochs: {len(stage_epochs)} values for "
@@ -401,13 +490,49 @@ def _set_dotted(d: dict, dotted: str, value) -> None:
     d[keys[-1]] = value
 
 
+def _not_plain(value):
+    raise ConfigError(f"a {type(value).__name__} value ({_short(value)}) is not a params value (YAML reads some "
+                      f"unquoted words as dates or other types); quote it to make it a string")
+
+
 def config_from_dict(data: dict | None, overrides: dict | None = None) -> Config:
-    data = json.loads(json.dumps(data or {}))  # deep copy, plain types
+    try:  # deep copy, plain types
+        data = json.loads(json.dumps(data or {}, default=_not_plain))
+    except ConfigError:
+        raise
+    except (ValueError, RecursionError) as e:  # a circular or too deeply nested structure (Python callers)
+        raise ConfigError(f"params: not a plain nested mapping ({_short(str(e))}); write sections of keys") from None
     for k, v in (overrides or {}).items():
         _set_dotted(data, k, v)
     cfg = _build(Config, data)
     _check_consistency(cfg)
     return cfg
+
+
+def portable_path(path) -> str:
+    """How outputs (run.json, data/manifest.json) record a path the user gave: relative as written, or relative to
+    the project root when absolute inside it, else the file name alone (outputs keep a file's sha256 beside it);
+    never an absolute path or '..', so that a run folder can be shared as it is."""
+    p = Path(str(path))
+    if not p.is_absolute():
+        return p.name if ".." in p.parts else p.as_posix()
+    try:
+        return p.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except (ValueError, OSError):
+        return p.name
+
+
+def portable_config(cfg: "Config") -> dict:
+    """cfg.to_dict() with the paths the user gave made portable (portable_path): data.attack_files,
+    data.documents_file, base.path, run.output_root and an absolute model.name_or_path. What run.json keeps; the
+    params hash is of the real config."""
+    d = cfg.to_dict()
+    d["data"]["attack_files"] = [portable_path(f) for f in d["data"]["attack_files"]]
+    for section, key in (("data", "documents_file"), ("base", "path"), ("model", "name_or_path"), ("run", "output_root")):
+        value = d[section].get(key)
+        if value and (section != "model" or Path(value).is_absolute()):
+            d[section][key] = portable_path(value)
+    return d
 
 
 def _available_params() -> str:
@@ -441,7 +566,13 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     """Read and validate a params file; `overrides` maps dotted keys ("train.epochs") to values."""
     p = resolve_params_path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        size = p.stat().st_size
+        if size > MAX_PARAMS_BYTES:
+            raise YAMLRefused(f"the file is {size:,} bytes; a params file may be at most {MAX_PARAMS_BYTES:,} "
+                              f"(start from params/default.yaml)")
+        data = safe_yaml(p.read_text(encoding="utf-8"))
+    except YAMLRefused as e:
+        raise ConfigError(f"{p}: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a YAML text file (not UTF-8: binary?); pass a params YAML file, "
                           f"e.g. params/default.yaml") from None

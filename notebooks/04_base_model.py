@@ -7,9 +7,12 @@
 # makes it vulnerable to injected instructions. It ships in `causal_lib/base_model/` with a manifest; this
 # chapter checks the manifest against the current world and model shape, installs it into the run and
 # measures it (`base.source: pretrain` trains one here instead, from this params file). A real model
-# (`model.kind: hf`) is instruction-tuned here with LoRA on the same base corpus when `train.base_epochs > 0`
-# (the SmolLM2 track: untuned it follows neither the world's tasks nor its attacks), the adapter merged into its
-# weights; with `train.base_epochs: 0` it is used as it is.
+# (`model.kind: hf`, the default book's SmolLM2-135M-Instruct) is instruction-tuned with LoRA on the same base
+# corpus (untuned it follows neither the world's tasks nor its attacks): for SmolLM2 that adapter ships too
+# (`causal_lib/base_model_smollm2/`, recipe `params/base_smollm2.yaml`); this chapter checks its manifest against the
+# installed model file (GGUF sha256), this world and the tokenizer, and merges it into the weights.
+# `base.source: pretrain` tunes it here instead (`train.base_epochs > 0`), and `train.base_epochs: 0` with
+# `base.source: pretrain` uses a real model as it is.
 # Before any defense is worth measuring, the base must be (a) accurate on every task and (b) genuinely
 # vulnerable on every goal, including payloads and phrasings it never saw (the "base" criteria of
 # `causal_lib.book.criteria`, printed below).
@@ -33,12 +36,13 @@ from causal_lib.book import report_text
 from causal_lib.training.pretrain import REAL_BASE_ADAPTER_RUN, curriculum_runs, train_base
 from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.data.build import ensure_dataset
+from causal_lib.training import shipped_adapter, shipped_base
 from causal_lib.training.trainer import nan_free, read_train_log
 
 cfg, paths = run_folder.start(params_file, overrides)
 ensure_dataset(cfg, paths)  # built by chapter 02; a seed replica builds the same files in its own folder
 result = train_base(cfg, paths, resume=resume)  # installs the shipped base, or trains one (base.source)
-shipped = cfg.model.kind == "tiny" and cfg.base.source == "shipped"
+shipped = (cfg.model.kind == "tiny" and cfg.base.source == "shipped") or shipped_adapter.uses_shipped_adapter(cfg)
 manifest = json.loads((paths.metrics / "base_manifest.json").read_text()) if shipped else {}
 log = read_train_log(paths, "base") or read_train_log(paths, REAL_BASE_ADAPTER_RUN)  # the real model's LoRA tuning
 stages = [(f"curriculum {i + 1}: {', '.join(tasks)}", read_train_log(paths, name))
@@ -68,7 +72,7 @@ evaluation = evaluate_defense(cfg, paths, "none")
 summary = evaluation["summary"]
 benign, asr = summary["benign_accuracy"], summary["asr"]
 if shipped:
-    display(pd.DataFrame(report_text.shipped_base_table(manifest, summary)))
+    display(pd.DataFrame(report_text.shipped_base_table(manifest, summary, shipped_base.recipe_hash(cfg))))
 pd.DataFrame([{"metric": "benign accuracy (clean test items)", **benign,
                "target": criteria.target_text("base_benign_accuracy")},
               {"metric": "attack success rate (attacked test items)", **asr, "target": criteria.target_text("base_asr")},

@@ -16,16 +16,16 @@ SHIPPED = shipped_base.SHIPPED_DIR
 
 
 def test_recipe_is_shared_by_the_default_params():
-    """params/default.yaml and params/paper.yaml carry the shipped recipe's base keys: --set base.source=pretrain
+    """params/tiny.yaml and params/paper.yaml carry the shipped recipe's base keys: --set base.source=pretrain
     re-derives the same base inside the book."""
     want = shipped_base.recipe_hash(load_config(shipped_base.RECIPE))
-    for p in ("params/default.yaml", "params/paper.yaml"):
+    for p in ("params/tiny.yaml", "params/paper_tiny.yaml"):
         assert shipped_base.recipe_hash(load_config(p)) == want, p
 
 
 def test_shipped_base_matches_this_world_and_shape():
     """Fails when the world (or the default shape) changes without the shipped base being re-derived."""
-    m = shipped_base.check_shipped_base(load_config("params/default.yaml"))
+    m = shipped_base.check_shipped_base(load_config("params/tiny.yaml"))
     assert m["recipe_hash"] == shipped_base.recipe_hash(load_config(shipped_base.RECIPE))
     assert m["world_fingerprint"] == build.world_fingerprint()
     size = sum(f.stat().st_size for f in SHIPPED.iterdir())
@@ -65,23 +65,23 @@ def test_a_changed_world_is_refused(monkeypatch, change):
         monkeypatch.setattr(attacks, "BUILTIN_TEMPLATES",
                             (dataclasses.replace(t, template=t.template + " Thanks."),) + attacks.BUILTIN_TEMPLATES[1:])
     with pytest.raises(ShippedBaseError, match="world changed.*python -m causal_lib.training.derive_base"):
-        shipped_base.check_shipped_base(load_config("params/default.yaml"))
+        shipped_base.check_shipped_base(load_config("params/tiny.yaml"))
 
 
 def test_another_shape_or_a_modified_tokenizer_is_refused(tmp_path):
     with pytest.raises(ShippedBaseError, match=r"model.tiny differs.*hidden_size 64"):
-        shipped_base.check_shipped_base(load_config("params/default.yaml", {"model.tiny.hidden_size": 64}))
+        shipped_base.check_shipped_base(load_config("params/tiny.yaml", {"model.tiny.hidden_size": 64}))
     copy = tmp_path / "base"
     shutil.copytree(SHIPPED, copy)
     (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text().replace('"<unk>"', '"<UNK>"', 1) + " ")
     with pytest.raises(ShippedBaseError, match="tokenizer.*differs from its manifest"):
-        shipped_base.check_shipped_base(load_config("params/default.yaml", {"base.path": str(copy)}))
+        shipped_base.check_shipped_base(load_config("params/tiny.yaml", {"base.path": str(copy)}))
     with pytest.raises(ShippedBaseError, match="no shipped base at .*derive it with"):
-        shipped_base.check_shipped_base(load_config("params/default.yaml", {"base.path": str(tmp_path / "none")}))
+        shipped_base.check_shipped_base(load_config("params/tiny.yaml", {"base.path": str(tmp_path / "none")}))
 
 
 def test_install_is_atomic_and_idempotent(tmp_path):
-    cfg = load_config("params/default.yaml")
+    cfg = load_config("params/tiny.yaml")
     tok_dir, ckpt, metrics = tmp_path / "tokenizer", tmp_path / "base" / "best_model", tmp_path / "metrics"
     m = shipped_base.install(cfg, tok_dir, ckpt, metrics)
     from transformers import AutoTokenizer
@@ -105,7 +105,7 @@ def test_write_shipped_from_a_checkpoint(tmp_path, tiny_model):
     out = shipped_base.write_shipped(ckpt, tmp_path / "shipped", {"world_fingerprint": build.world_fingerprint(),
                                                                  "model": {"kind": "tiny", "tiny": shape}})
     over = {"base.path": str(out), **{f"model.tiny.{k}": v for k, v in shape.items()}}
-    m = shipped_base.check_shipped_base(load_config("params/default.yaml", over))
+    m = shipped_base.check_shipped_base(load_config("params/tiny.yaml", over))
     assert set(m["files"]) >= {"model.safetensors", "config.json", "tokenizer.json", "checkpoint.json"}
     assert not list(tmp_path.glob("shipped.*"))
 
@@ -117,7 +117,7 @@ def test_book_check_and_run_refuse_a_missing_base_in_one_line(tmp_path):
     from causal_lib.config import PROJECT_ROOT
 
     for cmd in (["check"], ["run", "--run", "missing-base-test"]):
-        p = subprocess.run([sys.executable, "-m", "causal_lib.book", *cmd, "--params", "params/default.yaml",
+        p = subprocess.run([sys.executable, "-m", "causal_lib.book", *cmd, "--params", "params/tiny.yaml",
                             "--set", f"base.path={tmp_path / 'none'}"], cwd=PROJECT_ROOT, capture_output=True, text=True)
         assert p.returncode == 1, p.stderr
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]

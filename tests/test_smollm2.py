@@ -23,12 +23,12 @@ from causal_lib.training.pretrain import base_checkpoint, train_base
 TINY_RUN = {"data.n_base_corpus": 16, "data.n_train": 10, "data.n_val": 4, "data.n_test": 4,
             "data.n_benign_lookalikes": 4, "data.n_sep_probes": 4, "train.batch_size": 4, "train.base_epochs": 0.5,
             "train.debug": True, "train.debug_samples": 8, "train.val_pairs": 2, "train.report_to": "none",
-            "model.max_seq_length": 192}
+            "model.max_seq_length": 192, "base.source": "pretrain"}
 
 
 @pytest.fixture(scope="module")
 def real():
-    cfg = load_config("params/smollm2_cpu.yaml")
+    cfg = load_config("params/default.yaml")
     model, tok = load_hf_model(cfg.model)
     model.eval()
     return cfg, model, tok
@@ -74,7 +74,7 @@ def test_missing_extra_is_one_clear_line(monkeypatch, tmp_path):
     monkeypatch.setenv("CAUSAL_PI_MODELS", str(tmp_path))  # nothing converted there yet
     monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelLoadError, match=r"make smollm2"):
-        load_hf_model(load_config("params/smollm2_cpu.yaml").model)
+        load_hf_model(load_config("params/default.yaml").model)
     assert not any(tmp_path.iterdir())
 
 
@@ -87,7 +87,7 @@ def test_source_needs_a_real_model_kind():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    cfg = load_config("params/smollm2_cpu.yaml", {**TINY_RUN, "run.output_root": str(tmp_path_factory.mktemp("out"))})
+    cfg = load_config("params/default.yaml", {**TINY_RUN, "run.output_root": str(tmp_path_factory.mktemp("out"))})
     paths = RunPaths(cfg.run_dir).make()
     ensure_dataset(cfg, paths)
     return cfg, paths
@@ -135,3 +135,23 @@ def _init_rows(base, tok):
     """StruQ's initialisation of each delimiter row: the mean embedding of its word's tokens in the tuned base."""
     emb = base.get_input_embeddings().weight
     return torch.stack([emb[tok.encode(RESERVED_INIT_WORDS[t], add_special_tokens=False)].mean(0) for t in RESERVED_TOKENS])
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    """model.dtype: auto (the default book) resolves to bf16 only with native bf16; on an AVX2-only CPU emulated bf16
+    made a SmolLM2 LoRA step > 10x slower than fp32, so auto is fp32 there. Chapter 01 warns on explicit bf16."""
+    import dataclasses
+
+    from causal_lib.book.setup_check import check_device
+    from causal_lib.models import load
+
+    cfg = load_config("params/default.yaml")
+    assert cfg.model.dtype == "auto"
+    monkeypatch.setattr(load.torch.cuda, "is_available", lambda: False)
+    for native, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(load, "cpu_has_native_bf16", lambda native=native: native)
+        assert load.resolved_dtype(cfg.model) == want
+    assert load.resolved_dtype(dataclasses.replace(cfg.model, dtype="float32")) == "float32"
+    forced = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"))
+    row = [c for c in check_device(forced) if c.name == "compute precision (CPU)"][0]
+    assert row.status == "WARN" and "emulated" in row.advice

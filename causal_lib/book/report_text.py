@@ -44,7 +44,25 @@ def dataset_report(run_name: str, seed: int, manifest: dict, report: dict, files
         markdown_table([{"axis": a, "checked": n, "overlaps": con.get("hits_by_axis", {}).get(a, 0)}
                         for a, n in con["n_checked"].items()]),
         (markdown_table(con["hits"], ["axis", "id", "text", "ngram", "file", "count"]) if con["hits"] else ""),
+        content_overlap_text(report.get("content_overlap")),
     ])
+
+
+def content_overlap_text(rep: dict | None) -> str:
+    """The held-out phrases close to training content that the 4-gram check passes (checks.content_overlap_check)."""
+    if not rep:
+        return ""
+    text = ("## Near-overlap of held-out and training content\n\nEvery held-out phrase of the world against every "
+            "training text that can stand in the data: flagged when they share a word 3-gram with at least "
+            f"{rep['min_content_words_3gram']} content words or their content words have a Jaccard index >= "
+            f"{rep['jaccard_threshold']} (a soft check: it does not stop the book). "
+            f"{rep['n_held_out']} held-out phrases x {rep['n_training']} training texts: "
+            f"**{len(rep['flagged_phrases'])} held-out phrases flagged**"
+            + (f", {len(rep['function_word_3grams'])} more pairs share only function-word 3-grams (not flagged)" if
+               rep["function_word_3grams"] else "") + ".\n")
+    if rep["flags"]:
+        text += "\n" + markdown_table(rep["flags"], ["axis", "id", "text", "training_id", "training_text", "why"])
+    return text
 
 
 def contamination_line(con: dict) -> str:
@@ -96,12 +114,19 @@ def axis_table(summary: dict) -> list[dict]:
     return out
 
 
-def shipped_base_table(manifest: dict, summary: dict) -> list[dict]:
-    """The shipped base's manifest beside what this run measured."""
+def shipped_base_table(manifest: dict, summary: dict, run_recipe_hash: str | None = None) -> list[dict]:
+    """The shipped base's manifest beside what this run measured (and whether this run's params are its recipe)."""
     m = manifest.get("metrics", {})
     stages = ", ".join(f"{s['stage']} {s['steps']} steps" for s in manifest.get("training", {}).get("stages", []))
-    return [
-        {"item": "recipe", "value": f"{manifest.get('recipe')} (hash {manifest.get('recipe_hash')})"},
+    same = "" if run_recipe_hash is None else (
+        "; this run's params are that recipe" if run_recipe_hash == manifest.get("recipe_hash") else
+        f"; this run's params differ from it (hash {run_recipe_hash}): the base was trained on the recipe's data")
+    model = manifest.get("model", {})
+    identity = ([{"item": "model", "value": f"{model.get('package')}, {model.get('gguf_file')} sha256 "
+                                             f"{str(model.get('gguf_sha256'))[:16]} (matches the installed file)"}]
+                if model.get("gguf_sha256") else [])
+    return identity + [
+        {"item": "recipe", "value": f"{manifest.get('recipe')} (hash {manifest.get('recipe_hash')}{same})"},
         {"item": "world fingerprint", "value": f"{manifest.get('world_fingerprint')} (matches this code)"},
         {"item": "data hash", "value": manifest.get("data_hash")},
         {"item": "training", "value": f"{stages}; {manifest.get('training', {}).get('seconds', 0) / 60:.0f} min on "
@@ -204,22 +229,43 @@ def paired_text(paired_result: dict | None) -> str:
               for row in paired_result["matrix"]]
     return ("\n## Paired comparisons (attack success on the same items)\n\n"
             f"{paired_result['test']} on the attacked test items both defenses were scored on, "
-            f"{paired_result['correction']}-corrected over all pairs at alpha {paired_result['alpha']}; "
+            + ("with the twin control applied jointly: an item counts only where neither model's clean twin already "
+               "passes the attack check (the count dropped is in each sentence; the rates below are over those items, "
+               "so they can differ from the table's ASR), " if paired_result.get("eligibility") else "")
+            + f"{paired_result['correction']}-corrected over all pairs at alpha {paired_result['alpha']}; "
             "cell = row minus column ASR (p after correction; * significant). A pair without * shows no "
             f"difference the test could detect - the detectable difference at {paired_result['power']:.0%} power "
             "is in each sentence.\n\n" + markdown_table(matrix)
             + "\n" + "".join(f"- {p['sentence']}\n" for p in paired_result["pairs"]))
 
 
+def training_table_text(training_rows: list[dict] | None, differ: list[str] | None = None) -> str:
+    """How each trained defense was trained (evaluation.comparison.training_rows) and what differs between them."""
+    if not training_rows:
+        return ""
+    text = ("\n## Training of each defense\n\nRead from what chapters 05 and 06 wrote (metrics/train_<d>.json, "
+            "metrics/epochs_<d>.json, the best_model's checkpoint.json and model card); \"not recorded\" where the "
+            "training did not write it. The selection rule and selected epoch are chapter 06's (it sets best_model); "
+            "wall time is the training process's. A difference between two defenses' results is a difference of "
+            "method only where their data, steps and selection rule are the same.\n\n" + markdown_table(training_rows))
+    if differ is not None:
+        text += ("\n" + (f"**Not one training contract**: {', '.join(differ)} differ between the trained defenses "
+                          "(or are not recorded).\n" if differ else
+                          "Families, example counts, steps, epochs, learning rate (or its grid) and selection rule are "
+                          "the same for every trained defense.\n"))
+    return text
+
+
 def comparison_table_report(rows: list[dict], seed: int, spread_rows: list[dict] | None = None,
-                            seeds: list | None = None, paired_result: dict | None = None) -> str:
+                            seeds: list | None = None, paired_result: dict | None = None,
+                            training_rows: list[dict] | None = None, training_differ: list[str] | None = None) -> str:
     """WEEK4_COMPARISON_TABLE.md."""
     text = ("# Week 4 comparison table\n\nAll defenses trained and evaluated here on the same base model and test set; "
             f"seed {seed}. Rates with 95% Clopper-Pearson intervals; ASR is twin-controlled (an item counts only "
             "where the clean twin's output does not already pass the attack check; the capability floor column "
             "is the share that does). The last column holds the plan's literature "
             "figures for orientation only: they were **not** measured in this run.\n\n" + markdown_table(rows)
-            + paired_text(paired_result))
+            + training_table_text(training_rows, training_differ) + paired_text(paired_result))
     if spread_rows:
         text += (f"\n## Over seeds {seeds}\n\nMean ± standard deviation [min, max] of each rate over the seeds "
                  "(same data and test set; each seed's own table is under `seeds/seed_<s>/reports/`).\n\n"
@@ -293,29 +339,54 @@ def base_caveat(rows: list[dict]) -> str:
             f"on a weaker stand-in than the plan asks for, and their rates are read against the base's row below.\n\n")
 
 
+def criteria_tables(rows: list[dict]) -> str:
+    """The research targets and the engineering checks (time, memory, NaN) as two tables, each with its own count:
+    a run that fits this machine's budget is not a method that works, and neither count includes the other."""
+    research, engineering = criteria.split_rows(rows)
+    text = (f"### Research targets: {criteria.count_text(research)}\n\n" + markdown_table(research, CRITERIA_COLUMNS))
+    if engineering:
+        text += (f"\n### Engineering checks (this run on this machine): {criteria.count_text(engineering)}\n\n"
+                 + markdown_table(engineering, CRITERIA_COLUMNS))
+    return text
+
+
 def phase2_completion_report(run_name: str, params_hash: str, seed: int, status: str, rows: list[dict],
-                             failures: dict[str, list[dict]]) -> str:
-    n_pass = sum(r["status"] == criteria.PASS for r in rows)
+                             failures: dict[str, list[dict]], lookalike_rows: list[dict] | None = None) -> str:
     md_fail = "".join(f"\n### {k.replace('_', ' ')}\n\n" + (markdown_table(v) if v else "_none_\n")
                       for k, v in failures.items())
+    look = ("\n## Look-alike errors: over-defense and fragility\n\nA benign look-alike (the document with a note that "
+            "merely mentions instructions) answered wrongly is split by what the output is: blocked by the filter, a "
+            "refusal, an echo of the note, another span of the document, or other. Over-defense is blocked + refusal "
+            "(the defense declined); fragility to benign text is the rest (it answered, wrongly). Each is the paired "
+            "difference look-alike minus its clean twin (Newcombe's 95% interval, exact McNemar p); the counts are the "
+            "errors whose clean twin was answered right.\n\n" + markdown_table(lookalike_rows)) if lookalike_rows else ""
     return (f"# Phase 2 completion report\n\nRun `{run_name}`, params hash {params_hash}, seed {seed}. "
             f"Every value below is read from `metrics/*.json` written by this run.\n\n**Status: {status}** "
-            f"({n_pass}/{len(rows)} criteria pass)\n\n" + base_caveat(rows) + markdown_table(rows, CRITERIA_COLUMNS)
+            f"({criteria_summary(rows)})\n\n" + base_caveat(rows) + criteria_tables(rows) + look
             + "\n## Failure cases\n" + md_fail
             + "\n## The criteria (causal_lib.book.criteria)\n\nA rate or estimate PASSES only when its whole 95% "
-              "interval meets the target, FAILS when its point value misses it, and is INCONCLUSIVE (not a pass) "
-              "in between.\n\n" + markdown_table(criteria.table(), ["kind", "criterion", "target", "decides", "definition"]))
+              "interval meets the target (\"in range\" targets included), FAILS when its point value misses it, and is "
+              "INCONCLUSIVE (not a pass) in between; NOT MEASURED is not met either. Research targets and engineering "
+              "checks are counted apart.\n\n"
+            + markdown_table(criteria.table(), ["kind", "criterion", "target", "decides", "definition"]))
 
 
 def project_status_report(run_name: str, params_hash: str, seed: int, status: str, rows: list[dict],
                           chapters: dict[str, dict]) -> str:
-    n_pass = sum(r["status"] == criteria.PASS for r in rows)
+    research, engineering = criteria.split_rows(rows)
+    lines = lambda rs: "".join(f"- {r['status']}: {r['criterion']} — {r['measured']} (target {r['target']})\n"  # noqa: E731
+                               for r in rs)
     return (f"# Project status\n\nPhase 2 on run `{run_name}` (seed {seed}, params hash {params_hash}): "
-            f"**{status}**, {n_pass}/{len(rows)} criteria pass.\n\n"
-            + "".join(f"- {r['status']}: {r['criterion']} — {r['measured']} (target {r['target']})\n" for r in rows)
+            f"**{status}**, {criteria_summary(rows)}.\n\nResearch targets:\n\n" + lines(research)
+            + ("\nEngineering checks:\n\n" + lines(engineering) if engineering else "")
             + "\nChapters: " + ", ".join(f"{k} {v.get('status')} ({v.get('wall_s', 0):.0f} s)" for k, v in chapters.items())
             + "\n")
 
 
 def criteria_summary(rows: list[dict]) -> str:
-    return f"{sum(r['status'] == criteria.PASS for r in rows)}/{len(rows)} criteria pass"
+    """"research targets 9/14 pass (...); engineering checks 3/3 pass" (one count when only one kind is there)."""
+    research, engineering = criteria.split_rows(rows)
+    if not engineering:
+        return f"{criteria.count_text(research)}".replace(" pass", " criteria pass", 1)
+    return (f"research targets {criteria.count_text(research)}; engineering checks "
+            f"{criteria.count_text(engineering)}")

@@ -41,12 +41,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 from causal_lib.book import progress
-from causal_lib.book.run_folder import (SEEDS_DIR, RunPaths, notebook_stem, replica_label, write_json,
+from causal_lib.book.run_folder import (SEEDS_DIR, RunFolderError, RunPaths, file_sha256, notebook_stem,
+                                       other_params, read_state, refuse_links, replica_label, write_json,
                                        write_text_atomic)
-from causal_lib.config import (PROJECT_ROOT, RUN_NAME_RULE, Config, ConfigError, load_config,
-                               resolve_params_path)
-from causal_lib.data.build import data_seed
+from causal_lib.config import (PROJECT_ROOT, RUN_NAME_RULE, Config, ConfigError, load_config, portable_config,
+                               portable_path, resolve_params_path)
+from causal_lib.data.build import check_data_files, data_seed, resolve_attack_file
 from causal_lib.defenses import registry
+from causal_lib.training.shipped_adapter import check_shipped_adapter, uses_shipped_adapter
 from causal_lib.training.shipped_base import ShippedBaseError, check_shipped_base
 from causal_lib.book.share import write_index
 from causal_lib.config import parse_overrides
@@ -158,13 +160,16 @@ class BookInterrupted(BookError):
 
 
 def check_base(cfg) -> None:
-    """The shipped base fits this world and model shape (base.source: shipped, the embedded model): checked before
-    any chapter runs, so a stale base is one line at the start, not a failure in chapter 04."""
-    if cfg.model.kind == "tiny" and cfg.base.source == "shipped":
-        try:
+    """The shipped base fits this world and model (base.source: shipped: the embedded base's shape and files, or the
+    real model's tuned adapter against the installed GGUF): checked before any chapter runs, so a stale or tampered
+    base is one line at the start, not a failure in chapter 04."""
+    try:
+        if cfg.model.kind == "tiny" and cfg.base.source == "shipped":
             check_shipped_base(cfg)
-        except ShippedBaseError as e:
-            raise BookError(str(e)) from None
+        elif uses_shipped_adapter(cfg):
+            check_shipped_adapter(cfg)
+    except ShippedBaseError as e:
+        raise BookError(str(e)) from None
 
 
 def check_run_name(name: str) -> None:
@@ -348,13 +353,31 @@ def _environ(values: dict):
                 os.environ[k] = v
 
 
-def _kernel_config():
-    """IPC transport for the kernel (a local socket file, not TCP on localhost): no unencrypted-TCP warning."""
+def _kernel_config(ipc_dir: Path | None = None):
+    """IPC transport for the kernel (a local socket file, not TCP on localhost): no unencrypted-TCP warning. The
+    socket files go into `ipc_dir` (absolute; _ipc_folder), not jupyter_client's default "kernel-ipc-<n>" in the
+    working folder, which a killed kernel (Ctrl-C) left behind in the project root."""
     from traitlets.config import Config as TraitletsConfig
 
     c = TraitletsConfig()
     c.KernelManager.transport = "ipc"
+    if ipc_dir is not None:
+        c.KernelManager.ip = str(Path(ipc_dir) / "kernel")
     return c
+
+
+@contextlib.contextmanager
+def _ipc_folder():
+    """A private temporary folder for one chapter's kernel sockets, removed with whatever is in it when the chapter
+    ends, however it ends (a socket path must stay under ~100 bytes: hence the system's temporary folder)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="causal-pi-kernel-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @functools.cache
@@ -450,18 +473,21 @@ def render_html(ipynb: Path, html: Path) -> None:
 
     exporter = nbconvert.HTMLExporter(template_name="lab")
     body, _ = exporter.from_notebook_node(nbformat.read(ipynb, as_version=4))
-    html.parent.mkdir(parents=True, exist_ok=True)
-    html.write_text(body)
+    write_text_atomic(html, body)  # never through a link at its path
 
 
-def portable_notebook(ipynb: Path) -> None:
+def portable_notebook(ipynb: Path, user_paths: list[str] = ()) -> None:
     """The executed notebook without the checkout's absolute path: papermill's metadata (output_path, cwd) and
-    whatever a cell printed become relative to the project root, where the kernels run."""
+    whatever a cell printed become relative to the project root, where the kernels run. `user_paths` (absolute
+    paths of the user's files, e.g. an attack file outside the project, passed in the chapter's overrides)
+    become their portable form (config.portable_path: the file name)."""
     import re
 
-    text = ipynb.read_text()
+    text = new = ipynb.read_text()
+    for path in sorted(user_paths, key=len, reverse=True):
+        new = new.replace(json.dumps(path)[1:-1], json.dumps(portable_path(path))[1:-1])  # as the JSON writes it
     root = re.escape(str(PROJECT_ROOT))
-    new = re.sub(root + r"/", "", text)
+    new = re.sub(root + r"/", "", new)
     new = re.sub(root + r"(?![\w.-])", ".", new)
     if new != text:
         write_text_atomic(ipynb, new)
@@ -500,11 +526,12 @@ def execute_chapter(run: ChapterRun, cfg: Config, params_file: Path, overrides: 
     t0 = time.time()
     error = None
     with ProgressTail(progress_file, run.label):  # also covers the HTML rendering: no silent stretch
-        with PeakMemory() as mem, _environ({**KERNEL_ENV, progress.ENV: str(progress_file)}), _kill_kernel_on_sigint():
+        with PeakMemory() as mem, _environ({**KERNEL_ENV, progress.ENV: str(progress_file)}), _ipc_folder() as ipc, \
+                _kill_kernel_on_sigint():
             try:
                 pm.execute_notebook(nb, str(out), parameters=parameters, kernel_name="python3",
                                     cwd=str(PROJECT_ROOT), execution_timeout=cfg.run.chapter_timeout_s,
-                                    progress_bar=False, log_output=False, config=_kernel_config(),
+                                    progress_bar=False, log_output=False, config=_kernel_config(ipc),
                                     kernel_manager_class=_kernel_manager_class())
             except KeyboardInterrupt:
                 _stop_children()
@@ -518,7 +545,7 @@ def execute_chapter(run: ChapterRun, cfg: Config, params_file: Path, overrides: 
                   "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if out.exists():
             try:
-                portable_notebook(out)
+                portable_notebook(out, absolute_user_paths(cfg))
                 render_html(out, html)
             except Exception as e:  # a rendering problem must not hide the chapter's own result
                 print(f"  (could not render {html.name}: {e})", flush=True)
@@ -528,18 +555,56 @@ def execute_chapter(run: ChapterRun, cfg: Config, params_file: Path, overrides: 
 def _open_run(cfg: Config, params_file: Path, force: bool) -> tuple[RunPaths, dict]:
     paths = RunPaths(cfg.run_dir).make()
     state_path = paths.root / "run.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    state = read_state(paths.root)
     h = cfg.params_hash()
-    if state.get("params_hash") not in (None, h) and not force:
+    if other_params(state, h) and not force:
         raise BookError(f"{relative_to_project(paths.root)} holds a run made with other params (hash "
                         f"{state['params_hash']} from {state.get('params_file')}; now {h} from "
                         f"{relative_to_project(params_file)}). Use another run name "
                         f"(--run NAME or run.name in the params) or delete that folder; --force resets it.")
     if state.get("params_hash") != h:
         state = {"params_hash": h, "chapters": {}}
-    state.update(params_file=relative_to_project(params_file), seed=cfg.run.seed, config=cfg.to_dict())
+    # the user's files as portable paths (config.portable_path) with their sha256: no absolute path in outputs
+    state.update(params_file=portable_path(params_file), seed=cfg.run.seed, config=portable_config(cfg),
+                 input_files=input_files(cfg))
     write_json(state_path, state)
     return paths, state
+
+
+def input_files(cfg: Config) -> list[dict]:
+    """The user's data files (data.documents_file, data.attack_files) as run.json records them: the key, the
+    portable path (relative to the project, or the file name alone) and the sha256 of the content."""
+    keyed = ([("data.documents_file", cfg.data.documents_file)] if cfg.data.documents_file else []) + \
+        [(f"data.attack_files[{i}]", f) for i, f in enumerate(cfg.data.attack_files)]
+    return [{"key": key, "path": portable_path(f), "sha256": file_sha256(resolve_attack_file(f, key))}
+            for key, f in keyed]
+
+
+def absolute_user_paths(cfg: Config) -> list[str]:
+    """The absolute paths among the user's data files (data.attack_files, data.documents_file), as given."""
+    given = [*cfg.data.attack_files, *([cfg.data.documents_file] if cfg.data.documents_file else [])]
+    return [f for f in given if Path(f).is_absolute()]
+
+
+def check_inputs(cfg: Config) -> None:
+    """Everything `book check` checks beyond the params themselves, before any work: the shipped base (check_base)
+    and the data files the params name (they exist, and parse as attack or documents files)."""
+    check_base(cfg)
+    try:
+        check_data_files(cfg)
+    except (ValueError, OSError, RecursionError) as e:  # DataError, AttackFileError: name the file, line and fix
+        raise BookError(" ".join(str(e).split()) or type(e).__name__) from None
+
+
+@contextlib.contextmanager
+def open_run_folder(cfg: Config, params_file: Path, force: bool = False):
+    """The one guard of every command that writes into a run folder (the book runner, `python -m
+    causal_lib.training`): no symbolic link as or inside the run folder (run_folder.refuse_links), the run lock
+    (RunLock: one writer at a time), and run.json's params hash (a folder of other params is refused, --force
+    resets it). Yields (RunPaths, run.json's state); the lock is released at the end."""
+    refuse_links(cfg.run_dir, levels=len(cfg.run.name.split("/")))
+    with RunLock(cfg.run_dir):
+        yield _open_run(cfg, params_file, force)
 
 
 def resume_command(params: str, run_name: str | None, overrides: dict) -> str:
@@ -556,10 +621,9 @@ def run_book(params: str, from_chapter: str | None = None, only: list[str] | Non
     params_file = resolve_params_path(params)
     cfg = load_config(params_file, overrides)
     check_run_name(cfg.run.name)  # before anything is written
-    check_base(cfg)
+    check_inputs(cfg)
     selected = select_runs(chapter_runs(cfg), from_chapter, only)
-    with RunLock(cfg.run_dir):
-        paths, state = _open_run(cfg, params_file, force)
+    with open_run_folder(cfg, params_file, force) as (paths, state):
         return _run_selected(cfg, params_file, paths, state, selected, overrides, resume,
                              resume_command(params, cfg.run.name if "run.name" in overrides else None, overrides))
 
@@ -650,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(a.params, overrides)
         check_run_name(cfg.run.name)
         if a.cmd == "check":
-            check_base(cfg)
+            check_inputs(cfg)
             print(f"{a.params}: OK (run {cfg.run.name}, params hash {cfg.params_hash()})")
         else:
             for r in chapter_runs(cfg):
@@ -662,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted before any chapter started; nothing was run", file=sys.stderr, flush=True)
         return 130
-    except (ConfigError, BookError) as e:
+    except (ConfigError, BookError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
 

@@ -72,6 +72,16 @@ def check_device(cfg: Config) -> list[Check]:
                             "4-bit QLoRA needs a CUDA GPU: use a GPU machine or set model.load_in_4bit: false"))
     else:
         checks.append(Check("bitsandbytes 4-bit", "SKIP", "not needed (CPU params)", ""))
+    if cfg.model.kind == "hf" and not cuda:
+        from causal_lib.models.load import cpu_has_native_bf16, resolved_dtype
+
+        native, dtype = cpu_has_native_bf16(), resolved_dtype(cfg.model)
+        ok = dtype != "bfloat16" or native
+        checks.append(Check("compute precision (CPU)", "PASS" if ok else "WARN",
+                            f"{dtype} (model.dtype {cfg.model.dtype}; native bf16: {native})",
+                            "bf16 only with native bf16 (AVX-512 BF16 / AMX)",
+                            "" if ok else "bf16 is emulated on this CPU (a LoRA step > 10x slower than fp32): set "
+                                          "model.dtype: auto or float32"))
     return checks
 
 

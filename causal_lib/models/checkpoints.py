@@ -18,6 +18,7 @@ from causal_lib.models.load import (
     enable_gradient_checkpointing,
     is_peft_model,
     load_hf_base,
+    resolved_dtype,
 )
 
 
@@ -117,10 +118,17 @@ def _corrupt(path: Path, why: str) -> CheckpointError:
 
 
 def checkpoint_json(path) -> dict | None:
-    """The checkpoint.json of a checkpoint folder as written, None when there is none (no checks: for
-    bookkeeping such as cache keys and epoch numbers; loading goes through read_checkpoint_meta)."""
+    """The checkpoint.json of a checkpoint folder as written, None when there is none or it is not a readable
+    JSON object (no other checks: for bookkeeping such as cache keys and epoch numbers; loading goes through
+    read_checkpoint_meta, which says what is wrong)."""
     meta_file = Path(path) / "checkpoint.json"
-    return json.loads(meta_file.read_text()) if meta_file.exists() else None
+    if not meta_file.is_file() or meta_file.stat().st_size > MAX_META_BYTES:
+        return None
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):  # unreadable: as good as unfinished (loading says why)
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def read_checkpoint_meta(path) -> dict:
@@ -136,15 +144,51 @@ def read_checkpoint_meta(path) -> dict:
     meta_file = path / "checkpoint.json"
     if not meta_file.exists():
         raise _corrupt(path, "no checkpoint.json: it was never finished")
+    if meta_file.stat().st_size > MAX_META_BYTES:
+        raise _corrupt(path, f"checkpoint.json is {meta_file.stat().st_size:,} bytes, over the "
+                             f"{MAX_META_BYTES // 2**20} MiB a checkpoint's metadata takes")
     try:
-        meta = json.loads(meta_file.read_text())
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise _corrupt(path, f"checkpoint.json is not valid JSON: {e}") from None
+    except (RecursionError, ValueError) as e:  # nested thousands deep, not UTF-8, a 5001-digit number
+        why = "nested too deeply" if isinstance(e, RecursionError) else f"{type(e).__name__}: {str(e)[:100]}"
+        raise _corrupt(path, f"checkpoint.json cannot be read ({why})") from None
+    problem = meta_problem(meta)
+    if problem:
+        raise _corrupt(path, f"checkpoint.json: {problem}")
     return meta
+
+
+MAX_META_BYTES = 16 * 1024 * 1024  # checkpoint.json: a fingerprint and one entry per file, a few KiB
+
+
+def meta_problem(meta) -> str | None:
+    """What makes `meta` (a parsed checkpoint.json) unusable, or None: an object whose `files` maps relative
+    file names inside the folder to {"size": bytes, "sha256": hex} (as save_checkpoint writes it)."""
+    if not isinstance(meta, dict):
+        return f"expected a JSON object, got {type(meta).__name__}"
+    files = meta.get("files", {})
+    if not isinstance(files, dict):
+        return f"'files' must map file names to their size and sha256, got {type(files).__name__}"
+    for name, info in files.items():
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts:
+            return f"file name {name[:80]!r} is not a path inside the checkpoint folder"
+        if not (isinstance(info, dict) and type(info.get("size")) is int and info["size"] >= 0
+                and isinstance(info.get("sha256"), str)):
+            return f"'files'[{name[:80]!r}] must be {{\"size\": bytes, \"sha256\": hex}}"
+    for key in ("extra", "arch"):
+        if key in meta and not isinstance(meta[key], dict):
+            return f"{key!r} must be a JSON object, got {type(meta[key]).__name__}"
+    return None
 
 
 def verify_checkpoint_files(path, meta: dict, hashes: bool = True) -> None:
     path = Path(path)
+    problem = meta_problem(meta)
+    if problem:
+        raise _corrupt(path, f"checkpoint.json: {problem}")
     for name, info in meta.get("files", {}).items():
         f = path / name
         if not f.is_file():
@@ -194,7 +238,7 @@ def load_checkpoint(path, cfg: ModelConfig, tokenizer=None, expected_fingerprint
             from peft import PeftModel
 
             if meta.get("base_saved"):
-                base = AutoModelForCausalLM.from_pretrained(str(path / "base"), dtype=DTYPES[cfg.dtype],
+                base = AutoModelForCausalLM.from_pretrained(str(path / "base"), dtype=DTYPES[resolved_dtype(cfg)],
                                                             use_safetensors=True, **kw)
             else:
                 base, _ = load_hf_base(cfg)
@@ -203,7 +247,7 @@ def load_checkpoint(path, cfg: ModelConfig, tokenizer=None, expected_fingerprint
                 base.enable_input_require_grads()
             model = PeftModel.from_pretrained(base, str(path), is_trainable=is_trainable)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[cfg.dtype], use_safetensors=True, **kw)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[resolved_dtype(cfg)], use_safetensors=True, **kw)
             if cfg.gradient_checkpointing and is_trainable:
                 enable_gradient_checkpointing(model)
     except (CheckpointError, ModelLoadError):

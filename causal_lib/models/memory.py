@@ -4,7 +4,7 @@ the dry run compare against the machine."""
 from __future__ import annotations
 
 from causal_lib.config import ModelConfig
-from causal_lib.models.load import ModelLoadError, model_folder
+from causal_lib.models.load import ModelLoadError, model_folder, resolved_dtype
 
 
 def _arch_from_config(cfg: ModelConfig) -> dict:
@@ -101,10 +101,10 @@ def estimate_peak_memory(cfg, n_params: int | None = None, batch_size: int | Non
         compute_bytes = 2
         weights = (total - emb) * (0.5 + 0.127 / 8) + emb * 2
     else:
-        compute_bytes = 4 if mcfg.dtype == "float32" else 2
+        compute_bytes = 4 if resolved_dtype(mcfg) == "float32" else 2
         weights = total * compute_bytes
     trainable = lora_parameter_count(a, mcfg) if mcfg.use_lora else total
-    grad_bytes = 4 if (mcfg.use_lora or mcfg.dtype == "float32") else 2
+    grad_bytes = 4 if (mcfg.use_lora or resolved_dtype(mcfg) == "float32") else 2
     gradients = trainable * grad_bytes
     optimizer = trainable * 8  # Adam m and v in fp32
     lora_weights = trainable * 4 if mcfg.use_lora else 0
@@ -127,7 +127,7 @@ def estimate_peak_memory(cfg, n_params: int | None = None, batch_size: int | Non
         "n_params": int(total), "n_trainable": int(trainable), "batch_size": batch_size, "seq_len": T,
         "weights_gb": (weights + lora_weights) / GB, "gradients_gb": gradients / GB, "optimizer_gb": optimizer / GB,
         "activations_gb": activations / GB, "runtime_gb": runtime / GB, "total_gb": peak / GB,
-        "assumptions": ("4-bit NF4 weights (QLoRA)" if mcfg.load_in_4bit else f"{mcfg.dtype} weights")
+        "assumptions": ("4-bit NF4 weights (QLoRA)" if mcfg.load_in_4bit else f"{resolved_dtype(mcfg)} weights")
         + ("; LoRA adapters trainable only" if mcfg.use_lora else "; full fine-tuning")
         + ("; gradient checkpointing" if mcfg.gradient_checkpointing else "")
         + f"; Adam; {passes_with_grad} pass(es) with gradient"

@@ -10,17 +10,28 @@ calls then resume from the finished trainer checkpoint instead of training again
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
-from causal_lib.book import run_folder
-from causal_lib.config import ConfigError, parse_overrides
+from causal_lib.book import run_folder, runner
+from causal_lib.book.run_folder import RunFolderError
+from causal_lib.book.runner import BookError
+from causal_lib.config import ConfigError, load_config, parse_overrides, resolve_params_path
 from causal_lib.data.build import ensure_dataset
 from causal_lib.data.records import DataError
 from causal_lib.defenses import registry
-from causal_lib.models.checkpoints import CheckpointError
-from causal_lib.models.load import ModelLoadError
-from causal_lib.training.pretrain import train_base
-from causal_lib.training.trainer import TrainingError
+
+# the training stack (torch, transformers) is imported only to train: a refused command answers in about a second
+_STACK_ERRORS = (("causal_lib.models.checkpoints", "CheckpointError"), ("causal_lib.models.load", "ModelLoadError"),
+                 ("causal_lib.training.trainer", "TrainingError"), ("causal_lib.training.shipped_base", "ShippedBaseError"))
+
+
+def _user_errors() -> tuple:
+    """The errors that are one line naming the input and the fix (no traceback): the training stack's own ones
+    count once their module is loaded (they cannot be raised before)."""
+    stack = tuple(getattr(sys.modules[mod], name) for mod, name in _STACK_ERRORS if mod in sys.modules)
+    return (ConfigError, DataError, BookError, RunFolderError) + stack
 
 
 def choices() -> list[str]:
@@ -29,15 +40,25 @@ def choices() -> list[str]:
 
 
 def train(params: str, defense: str, overrides: dict | None = None, resume: bool = False):
-
-
+    """Train `defense` into the run folder of `params` under the book runner's own guard (runner.open_run_folder:
+    the run lock, the params hash of run.json, no symbolic links): a folder made with other params is refused
+    instead of having its data rebuilt in place. Under accelerate only the main process (RANK 0) takes the lock
+    and records the params; the others check the folder (run_folder.start) and write where it does."""
     if defense not in choices():
         raise ConfigError(f"--defense {defense!r}: choose from {', '.join(choices())}")
-    cfg, paths = run_folder.start(params, overrides)
-    ensure_dataset(cfg, paths)  # the dataset of chapter 02: built once per run folder, then reused
-    if defense == "base":
-        return train_base(cfg, paths, resume=resume)
-    return registry.get(defense).train(cfg, paths, resume=resume)
+    params_file = resolve_params_path(params)
+    cfg = load_config(params_file, overrides)
+    runner.check_run_name(cfg.run.name)
+    runner.check_inputs(cfg)
+    main_process = os.environ.get("RANK", "0") in ("", "0")
+    with runner.open_run_folder(cfg, params_file) if main_process else contextlib.nullcontext():
+        cfg, paths = run_folder.start(params_file, overrides)
+        ensure_dataset(cfg, paths)  # the dataset of chapter 02: built once per run folder, then reused
+        if defense == "base":
+            from causal_lib.training.pretrain import train_base
+
+            return train_base(cfg, paths, resume=resume)
+        return registry.get(defense).train(cfg, paths, resume=resume)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", required=True)
     p.add_argument("--defense", required=True, choices=choices())
     p.add_argument("--run", dest="run_name", help="run folder name under outputs/ (default: run.name)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override params, e.g. train.epochs=1 (repeatable: every --set counts)")
     p.add_argument("--resume", action="store_true", help="continue from the last complete trainer checkpoint")
     a = p.parse_args(argv)
     try:
@@ -54,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.run_name:
             overrides["run.name"] = a.run_name
         result = train(a.params, a.defense, overrides, a.resume)
-    except (ConfigError, DataError, ModelLoadError, CheckpointError, TrainingError) as e:
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result is not None:

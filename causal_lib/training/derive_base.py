@@ -1,15 +1,19 @@
-"""Derive the shipped embedded base (training/shipped_base.py) with the project's recipe:
+"""Derive a shipped base with the project's recipe: the embedded base (training/shipped_base.py) or the real
+model's tuned base adapter (training/shipped_adapter.py):
 
     python -m causal_lib.training.derive_base --params params/base.yaml [--out FOLDER] [--resume] [--set key=value]
+    python -m causal_lib.training.derive_base --params params/base_smollm2.yaml
 
 trains the base from training text only (outputs/<run>/ holds its data, checkpoints and logs), evaluates it on the
 validation split (what recipe choices may look at) and the test split (reported), and writes
-causal_lib/base_model/ (or FOLDER) with its manifest. In the book, chapter 04 installs the shipped base
+causal_lib/base_model/ or causal_lib/base_model_smollm2/ (or FOLDER: a new or empty folder, or a previous shipped
+base; anything else is refused before training) with its manifest. In the book, chapter 04 installs the shipped base
 (base.source: shipped, the default) or trains one from the run's params (base.source: pretrain).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import platform
 import sys
@@ -24,7 +28,7 @@ from causal_lib.book.run_folder import RunPaths
 from causal_lib.config import Config
 from causal_lib.data.build import GENERATOR_VERSION, data_hash, ensure_dataset, world_fingerprint
 from causal_lib.evaluation.run import evaluate_defense
-from causal_lib.training import shipped_base
+from causal_lib.training import shipped_adapter, shipped_base
 from causal_lib.training.pretrain import base_checkpoint, curriculum_runs, train_base
 from causal_lib.training.trainer import read_train_log
 
@@ -49,9 +53,22 @@ def stage_steps(cfg: Config, paths: RunPaths) -> list[dict]:
 def derive(params_file: str, overrides: dict | None = None, out: Path | None = None, resume: bool = False) -> dict:
     """Train the base from `params_file` (base.source forced to pretrain), evaluate it on the test split and
     write the shipped folder (`out`, default causal_lib/base_model) with its manifest. Returns the manifest."""
-    cfg, paths = run_folder.start(params_file, {**(overrides or {}), "base.source": "pretrain"})
-    if cfg.model.kind != "tiny":
-        raise SystemExit(f"{params_file}: model.kind is {cfg.model.kind!r}; only the embedded tiny base is pre-trained")
+    from causal_lib.book.runner import open_run_folder  # the book's one guard: run lock, params hash, no links
+    from causal_lib.config import load_config
+
+    overrides = {**(overrides or {}), "base.source": "pretrain"}
+    cfg = load_config(params_file, overrides)
+    shipped_base.check_out(Path(out) if out else (shipped_adapter.SHIPPED_ADAPTER_DIR if cfg.model.kind == "hf"
+                                                  else shipped_base.SHIPPED_DIR))  # refused before the training
+    with open_run_folder(cfg, Path(params_file)):
+        cfg, paths = run_folder.start(params_file, overrides)
+        if cfg.model.kind == "hf":
+            return derive_adapter(params_file, cfg, paths, out, resume)
+        return derive_tiny(params_file, cfg, paths, out, resume)
+
+
+def derive_tiny(params_file: str, cfg: Config, paths: RunPaths, out: Path | None, resume: bool) -> dict:
+    """The embedded base: pre-trained from scratch by the recipe, evaluated, written with its manifest."""
     t0 = time.perf_counter()
     ensure_dataset(cfg, paths)
     train_base(cfg, paths, resume=resume)
@@ -77,22 +94,75 @@ def derive(params_file: str, overrides: dict | None = None, out: Path | None = N
     return manifest
 
 
+def derive_adapter(params_file: str, cfg: Config, paths: RunPaths, out: Path | None, resume: bool) -> dict:
+    """The real model's tuned base (training/shipped_adapter.py): LoRA instruction tuning on the world's training text,
+    the merged model evaluated on validation and test, the adapter written with its manifest. Returns the manifest."""
+    from causal_lib.models.checkpoints import tokenizer_hash
+    from causal_lib.models.load import load_hf_model, resolved_dtype
+    from causal_lib.training.pretrain import REAL_BASE_ADAPTER_RUN
+
+    if not shipped_adapter.has_shipped_adapter(cfg):
+        raise shipped_base.ShippedBaseError(f"{params_file}: a tuned base is derived for model.source: smollm2 only "
+                                            f"(a model the project can identify by a file hash offline)")
+    if cfg.train.base_epochs <= 0:
+        raise shipped_base.ShippedBaseError(f"{params_file}: train.base_epochs is 0: nothing to derive")
+    dest = Path(out) if out else shipped_adapter.SHIPPED_ADAPTER_DIR
+    shipped_base.check_out(dest)  # refused before, not after, the training
+    from causal_lib.models.smollm2 import Smollm2Missing
+
+    try:
+        identity = shipped_adapter.model_identity(cfg)
+    except Smollm2Missing as e:
+        raise shipped_base.ShippedBaseError(str(e)) from None
+    t0 = time.perf_counter()
+    ensure_dataset(cfg, paths)
+    result = train_base(cfg, paths, resume=resume)
+    train_seconds = time.perf_counter() - t0
+    validation = evaluate_defense(cfg, paths, "none", split="val", use_cache=False)["summary"]
+    summary = evaluate_defense(cfg, paths, "none", use_cache=False)["summary"]
+    rows = read_train_log(paths, REAL_BASE_ADAPTER_RUN)
+    tok = load_hf_model(dataclasses.replace(cfg.model, use_lora=False))[1]
+    manifest = {
+        "recipe": str(params_file), "recipe_hash": shipped_base.recipe_hash(cfg), "params": shipped_base.base_recipe(cfg),
+        "world_fingerprint": world_fingerprint(), "generator_version": GENERATOR_VERSION, "data_hash": data_hash(cfg),
+        "model": identity, "tokenizer_hash": tokenizer_hash(tok),
+        "lora": dataclasses.asdict(cfg.model.lora), "dtype": resolved_dtype(cfg.model),
+        "training": {"steps": result.steps, "stages": [{"stage": REAL_BASE_ADAPTER_RUN, "steps": result.steps,
+                                                        "seconds": round(result.train_seconds, 1)}],
+                     "seconds": round(max((r.get("train_runtime", 0.0) for r in rows), default=result.train_seconds), 1),
+                     "wall_seconds_this_call": round(train_seconds, 1),
+                     "torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version(), "threads": torch.get_num_threads()},
+        "metrics": base_metrics(summary), "metrics_validation": base_metrics(validation),
+        "created": datetime.date.today().isoformat(),
+        "rederive": f"python -m causal_lib.training.derive_base --params {params_file}",
+    }
+    adapter = paths.checkpoints / REAL_BASE_ADAPTER_RUN / "best_model"
+    shipped_adapter.write_shipped_adapter(adapter, dest, manifest)
+    return manifest
+
+
 def main(argv=None) -> int:
     from causal_lib.config import ConfigError, parse_overrides
+    from causal_lib.book.run_folder import RunFolderError
+    from causal_lib.book.runner import BookError
+    from causal_lib.models.load import ModelLoadError
 
     ap = argparse.ArgumentParser(prog="python -m causal_lib.training.derive_base", description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default=shipped_base.RECIPE, help="the base's recipe (default %(default)s)")
-    ap.add_argument("--out", default=None, help="folder to write (default causal_lib/base_model)")
+    ap.add_argument("--out", default=None, help="folder to write (default causal_lib/base_model, or "
+                    "causal_lib/base_model_smollm2 for a real model); a new or empty folder or a previous shipped base")
     ap.add_argument("--resume", action="store_true", help="continue from the run folder's finished checkpoints")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params key")
     a = ap.parse_args(argv)
     try:
         m = derive(a.params, parse_overrides(a.set), a.out, a.resume)
-    except (ConfigError, shipped_base.ShippedBaseError) as e:
+    except (ConfigError, shipped_base.ShippedBaseError, ModelLoadError, BookError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     b, asr = m["metrics"]["benign_accuracy"], m["metrics"]["asr"]
-    print(f"base written to {a.out or shipped_base.SHIPPED_DIR}: benign {b['rate']:.1%} [{b['lo']:.1%}, {b['hi']:.1%}], "
+    where = a.out or (shipped_adapter.SHIPPED_ADAPTER_DIR if "gguf_sha256" in m.get("model", {}) else shipped_base.SHIPPED_DIR)
+    print(f"base written to {where}: benign {b['rate']:.1%} [{b['lo']:.1%}, {b['hi']:.1%}], "
           f"ASR {asr['rate']:.1%} [{asr['lo']:.1%}, {asr['hi']:.1%}], {m['training']['seconds'] / 60:.0f} min")
     return 0
 

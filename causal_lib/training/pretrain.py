@@ -15,7 +15,7 @@ from causal_lib.models.checkpoints import load_checkpoint
 from causal_lib.models.load import build_model, load_hf_model
 from causal_lib.models.prompts import train_tokenizer
 from causal_lib.training.examples import SFTDataset
-from causal_lib.training import shipped_base
+from causal_lib.training import shipped_adapter, shipped_base
 from causal_lib.training.trainer import TrainResult, run_training
 
 
@@ -199,9 +199,13 @@ def boost_examples(cfg: Config, records: list) -> list:
 
 def train_base(cfg: Config, paths: RunPaths, resume: bool = False) -> TrainResult | None:
     """Pre-train the embedded model from scratch as the undefended base (base.source: pretrain), or install the
-    shipped base (base.source: shipped; nothing is trained, returns None). A real model is instruction-tuned on the
-    world's base corpus with LoRA when train.base_epochs > 0 (instruction_tune_real_base), else used as it is."""
+    shipped base (base.source: shipped; nothing is trained, returns None). A real model gets the shipped tuned base
+    (SmolLM2 with base.source: shipped: training/shipped_adapter.py), else is instruction-tuned on the world's base
+    corpus with LoRA when train.base_epochs > 0 (instruction_tune_real_base), else used as it is."""
     if cfg.model.kind == "hf":
+        if shipped_adapter.uses_shipped_adapter(cfg):  # the shipped tuned base: its adapter merged, nothing trained
+            shipped_adapter.install_adapter(cfg, paths, base_checkpoint(paths))
+            return None
         return instruction_tune_real_base(cfg, paths, resume) if cfg.train.base_epochs > 0 else None
     if cfg.base.source == "shipped":
         shipped_base.install(cfg, tokenizer_dir(paths), base_checkpoint(paths), paths.metrics)

@@ -48,6 +48,8 @@ def base_recipe(cfg: Config) -> dict:
     unset_later_keys = {k for k in ("base_boost_tasks",) if not train.get(k)}
     # likewise model.source (added with the real-model track): absent from the hash at its default, "path"
     model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if not (k == "source" and v == "path")}
+    if cfg.model.kind == "hf":  # the embedded model's shape does not shape a real model's base
+        model.pop("tiny", None)
     return {"seed": cfg.run.seed, "data": data, "model": model,
             "train": {k: v for k, v in sorted(train.items())
                       if (k.startswith("base_") or k in TRAIN_KEYS) and k not in unset_later_keys}}
@@ -66,19 +68,36 @@ def shipped_dir(cfg: Config | None = None) -> Path:
     return p if p.is_absolute() or p.exists() else PROJECT_ROOT / p
 
 
-def read_manifest(folder: Path) -> dict:
+def read_manifest(folder: Path, rederive: str = REDERIVE) -> dict:
     mp = Path(folder) / MANIFEST
     if not mp.is_file():
-        raise ShippedBaseError(f"no shipped base at {_display(folder)} (manifest.json missing): derive it with `{REDERIVE}` "
+        raise ShippedBaseError(f"no shipped base at {_display(folder)} (manifest.json missing): derive it with `{rederive}` "
                                f"or set base.source: pretrain")
     try:
         m = json.loads(mp.read_text())
-    except json.JSONDecodeError as e:
-        raise ShippedBaseError(f"{mp} is not valid JSON ({e.msg}): re-derive the base with `{REDERIVE}`") from None
-    if m.get("format") != MANIFEST_FORMAT:
-        raise ShippedBaseError(f"{mp} has format {m.get('format')!r}, this code reads {MANIFEST_FORMAT}: "
-                               f"re-derive the base with `{REDERIVE}`")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ShippedBaseError(f"{_display(mp)} is not valid JSON ({type(e).__name__}): re-derive the base with "
+                               f"`{rederive}`") from None
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        raise ShippedBaseError(f"{_display(mp)} has format {m.get('format') if isinstance(m, dict) else None!r}, this "
+                               f"code reads {MANIFEST_FORMAT}: re-derive the base with `{rederive}`")
     return m
+
+
+def check_files(folder: Path, m: dict, rederive: str = REDERIVE) -> None:
+    """Every file the manifest lists has its recorded size and sha256 (a tampered or truncated base is caught before
+    it is installed, with the advice to restore or re-derive it - not to delete a run's copy)."""
+    files = m.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ShippedBaseError(f"{_display(Path(folder) / MANIFEST)} lists no files: re-derive the base with `{rederive}`")
+    for name, info in sorted(files.items()):
+        f = Path(folder) / str(name)
+        ok = isinstance(info, dict) and f.is_file() and f.stat().st_size == info.get("size") \
+            and file_sha256(f) == info.get("sha256")
+        if not ok:
+            raise ShippedBaseError(f"the shipped base file {_display(f)} is missing or differs from its manifest (size or "
+                                   f"sha256): restore it with `git checkout -- {_display(folder)}` (or reinstall the "
+                                   f"project) or re-derive the base with `{rederive}`")
 
 
 _SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -105,6 +124,7 @@ def check_shipped_base(cfg: Config, folder: Path | None = None) -> dict:
     if not tok.is_file() or file_sha256(tok) != m.get("tokenizer_sha256"):
         raise ShippedBaseError(f"the shipped tokenizer {_display(tok)} is missing or differs from its manifest: restore it "
                                f"(git checkout {_display(folder)}) or re-derive the base with `{REDERIVE}`")
+    check_files(folder, m)
     return m
 
 
@@ -135,18 +155,54 @@ def _display(p: Path) -> str:
         return str(p)
 
 
+def check_out(out: Path) -> Path:
+    """`out` may receive a shipped base: a new or empty folder, or a previous shipped base (manifest.json present and
+    nothing but plain files beside it). Anything else - `outputs`, the project, a folder of someone's files - is
+    refused before any training, so that writing the base can never delete what the project did not write."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ShippedBaseError(f"--out {out}: not a folder (a file or a link); name a new or empty folder, or a previous "
+                               f"shipped base")
+    if out.is_dir() and any(out.iterdir()):
+        entries = list(out.iterdir())
+        if not (out / MANIFEST).is_file() or any(e.is_dir() or e.is_symlink() for e in entries):
+            raise ShippedBaseError(f"--out {out} is a non-empty folder that is not a shipped base (no manifest.json, or "
+                                   f"sub-folders): refused, nothing written; name a new or empty folder")
+    resolved = out.resolve()
+    if resolved in (PROJECT_ROOT, PROJECT_ROOT / "outputs", Path.home(), Path("/")) or resolved in PROJECT_ROOT.parents:
+        raise ShippedBaseError(f"--out {out}: refused (the project, outputs/, a home or a root folder); name a new folder")
+    return out
+
+
+def prepare_out(out: Path) -> Path:
+    """check_out, then a fresh temporary folder beside `out` to write the new base into -> that folder."""
+    out = check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # our own leftover from an earlier call of this process id
+    tmp.mkdir()
+    return tmp
+
+
+def swap_in(tmp: Path, out: Path) -> Path:
+    """Rename the finished `tmp` over `out` (checked again: nothing but a previous shipped base is replaced)."""
+    check_out(out)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    return replace_folder(tmp, out)
+
+
 def write_shipped(checkpoint: Path, out: Path, manifest: dict) -> Path:
-    """The shipped folder from a finished base checkpoint: its files and manifest.json, written to a temporary
-    folder and renamed over `out` (a crash never leaves half a base)."""
+    """The shipped folder from a finished base checkpoint: its files and manifest.json, written beside `out` and
+    swapped in (a crash never leaves half a base; check_out refuses any folder but a previous shipped base)."""
     tok = Path(checkpoint) / "tokenizer.json"
     manifest = {"format": MANIFEST_FORMAT, **manifest, "tokenizer_sha256": file_sha256(tok),
                 "files": {f.name: {"size": f.stat().st_size, "sha256": file_sha256(f)}
                           for f in sorted(Path(checkpoint).iterdir()) if f.is_file()}}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(checkpoint, tmp)
+    tmp = prepare_out(Path(out))
+    for f in sorted(Path(checkpoint).iterdir()):
+        if f.is_file():
+            shutil.copy2(f, tmp / f.name)
     write_json(tmp / MANIFEST, manifest)
-    return replace_folder(tmp, out)
+    return swap_in(tmp, Path(out))

@@ -28,6 +28,7 @@ from causal_lib.book import progress
 from causal_lib.book.run_folder import copy_folder_atomic
 from causal_lib.config import Config
 from causal_lib.models.checkpoints import checkpoint_json, save_checkpoint
+from causal_lib.models.load import resolved_dtype
 from causal_lib.training.examples import make_collator
 from causal_lib.training.losses import response_window, task_loss
 
@@ -219,6 +220,7 @@ def training_arguments(cfg: Config, out_dir: Path, *, epochs: float, learning_ra
                        logging_steps: int = 10) -> TrainingArguments:
     tc, mc = cfg.train, cfg.model
     cuda = torch.cuda.is_available()
+    dtype = resolved_dtype(mc)
     report = [] if tc.report_to == "none" else [tc.report_to]
     return TrainingArguments(
         output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=learning_rate,
@@ -226,9 +228,9 @@ def training_arguments(cfg: Config, out_dir: Path, *, epochs: float, learning_ra
         warmup_steps=tc.warmup_ratio, max_grad_norm=tc.max_grad_norm, weight_decay=tc.weight_decay,
         lr_scheduler_type="cosine", logging_steps=logging_steps, logging_nan_inf_filter=False,
         save_strategy="epoch", save_total_limit=None, eval_strategy="no", report_to=report, seed=seed, data_seed=seed,
-        # bf16 autocast on the CPU too (model.dtype: bfloat16): SmolLM2 LoRA steps 1.9x faster on this CPU (DESIGN.md
-        # s.9); fp16 autocast only on CUDA. The embedded model trains in float32 (its default dtype).
-        use_cpu=not cuda, bf16=mc.dtype == "bfloat16", fp16=cuda and mc.dtype == "float16",
+        # bf16 autocast on the CPU too (model.dtype bfloat16, or auto on a CPU with native bf16): SmolLM2 LoRA steps
+        # 1.9x faster there (DESIGN.md s.9); fp16 autocast only on CUDA. The embedded model trains in float32.
+        use_cpu=not cuda, bf16=dtype == "bfloat16", fp16=cuda and dtype == "float16",
         activation_checkpointing=mc.gradient_checkpointing, dataloader_num_workers=0, dataloader_pin_memory=False,
         remove_unused_columns=False, disable_tqdm=True, save_only_model=False,
     )
