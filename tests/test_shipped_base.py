@@ -123,3 +123,25 @@ def test_book_check_and_run_refuse_a_missing_base_in_one_line(tmp_path):
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and "no shipped base" in lines[0] and "derive_base" in lines[0], p.stderr
     assert not (PROJECT_ROOT / "outputs" / "missing-base-test").exists()  # nothing written
+
+
+def test_a_tampered_shipped_base_is_caught_at_check_time_with_the_right_advice(tmp_path):
+    """One flipped byte of the shipped model.safetensors: `book check` (and chapter 01/04, through check_shipped_base)
+    say which file differs from the manifest and advise restoring or re-deriving it - not deleting a run's copy."""
+    import subprocess
+    import sys
+
+    from causal_lib.config import PROJECT_ROOT
+
+    copy = tmp_path / "base"
+    shutil.copytree(SHIPPED, copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ShippedBaseError, match=r"model.safetensors is missing or differs from its manifest.*restore.*re-derive"):
+        shipped_base.check_shipped_base(load_config("params/tiny.yaml", {"base.path": str(copy)}))
+    p = subprocess.run([sys.executable, "-m", "causal_lib.book", "check", "--params", "params/tiny.yaml",
+                        "--set", f"base.path={copy}"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode != 0 and len(lines) == 1 and "differs from its manifest" in lines[0], p.stderr
+    assert "delete" not in lines[0]
