@@ -1,0 +1,173 @@
+"""Results of record: a finished run's small outputs committed under results/, with provenance, and README's comparison
+table regenerated from them (DESIGN.md s.11).
+
+    python -m causal_lib.book.results save --run default      # -> results/<preset>/<date>-<commit>/
+    python -m causal_lib.book.results table --preset default  # the comparison table of the newest saved run
+
+A saved run holds the metrics JSON and the Markdown reports of the main run and of each seed replica (no checkpoints,
+no per-item outputs, no data), with every absolute path of the checkout removed, and provenance.json: the commit the
+run's code was at (and whether the tree had uncommitted changes), params file and hash, seeds, the machine (CPU model,
+cores, native bf16), versions, each chapter run's status, wall time and peak memory, and the book's wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from causal_lib.book.run_folder import SEEDS_DIR, write_json, write_text_atomic
+from causal_lib.config import PROJECT_ROOT, RUN_NAME_RULE
+
+RESULTS_DIR = PROJECT_ROOT / "results"
+MAX_FILE_BYTES = 2 * 1024 * 1024  # a metrics file larger than this is per-item data, not a result of record
+SKIP = re.compile(r"_items\.jsonl$|\.jsonl$")
+
+
+class ResultsError(RuntimeError):
+    """A run that cannot be saved as a result of record; the message says why and what to do."""
+
+
+def _git(*args: str, root: Path = PROJECT_ROOT) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine() -> dict:
+    from causal_lib.models.load import cpu_has_native_bf16
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    import torch
+    import transformers
+
+    return {"cpu": model, "cores": os.cpu_count(), "native_bf16": cpu_has_native_bf16(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _portable(text: str, roots: list[str]) -> str:
+    for r in sorted(roots, key=len, reverse=True):
+        text = text.replace(r + "/", "").replace(r, ".")
+    return text
+
+
+def _copy_small(src_dir: Path, dest_dir: Path, pattern: str, roots: list[str]) -> list[str]:
+    out = []
+    for f in sorted(src_dir.glob(pattern)):
+        if not f.is_file() or f.is_symlink() or SKIP.search(f.name) or f.stat().st_size > MAX_FILE_BYTES:
+            continue
+        write_text_atomic(dest_dir / f.name, _portable(f.read_text(errors="replace"), roots))
+        out.append(f.name)
+    return out
+
+
+def save_run(run_dir: Path, results_root: Path = RESULTS_DIR, commit: str | None = None) -> Path:
+    """Copy a run's metrics and reports (main run and seed replicas) to results/<preset>/<date>-<commit>/ with its
+    provenance -> that folder."""
+    run_dir = Path(run_dir)
+    state_path = run_dir / "run.json"
+    if not state_path.is_file():
+        raise ResultsError(f"{run_dir} is not a run folder (no run.json): run the book first")
+    state = json.loads(state_path.read_text())
+    chapters = state.get("chapters", {})
+    code_root = Path(__file__).resolve().parents[2]
+    commit = commit or _git("rev-parse", "HEAD", root=code_root)
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", root=code_root))
+    preset = Path(str(state.get("params_file", run_dir.name))).stem
+    date = datetime.date.today().isoformat()
+    dest = Path(results_root) / preset / f"{date}-{(commit or 'nocommit')[:7]}"
+    roots = [str(code_root), str(PROJECT_ROOT), str(run_dir.resolve())]
+    files = {"metrics": _copy_small(run_dir / "metrics", dest / "metrics", "*.json", roots),
+             "reports": _copy_small(run_dir / "reports", dest / "reports", "*.md", roots)}
+    for replica in sorted((run_dir / SEEDS_DIR).glob("seed_*")):
+        rel = Path(SEEDS_DIR) / replica.name
+        files[str(rel / "metrics")] = _copy_small(replica / "metrics", dest / rel / "metrics", "*.json", roots)
+        files[str(rel / "reports")] = _copy_small(replica / "reports", dest / rel / "reports", "*.md", roots)
+    config = state.get("config", {})
+    provenance = {
+        "commit": commit, "uncommitted_changes": dirty, "saved": date, "run": run_dir.name,
+        "params_file": state.get("params_file"), "params_hash": state.get("params_hash"),
+        "seed": config.get("run", {}).get("seed"), "seeds": config.get("run", {}).get("seeds", []),
+        "machine": machine(),
+        "book_wall_s": round(sum(c.get("wall_s", 0) for c in chapters.values()), 1),
+        "peak_rss_gb": max((c.get("peak_rss_gb", 0) for c in chapters.values()), default=0),
+        "complete": bool(chapters) and all(c.get("status") == "ok" for c in chapters.values()),
+        "chapters": {k: {"status": c.get("status"), "wall_s": c.get("wall_s"), "peak_rss_gb": c.get("peak_rss_gb"),
+                         "finished_at": c.get("finished_at")} for k, c in chapters.items()},
+        "files": files,
+    }
+    write_json(dest / "provenance.json", provenance)
+    return dest
+
+
+def newest(preset: str, results_root: Path = RESULTS_DIR) -> Path:
+    runs = sorted(p for p in (Path(results_root) / preset).glob("*-*") if (p / "provenance.json").is_file())
+    if not runs:
+        raise ResultsError(f"no saved results for {preset!r} under {results_root}: save a run first "
+                           f"(python -m causal_lib.book.results save --run NAME)")
+    return runs[-1]
+
+
+def comparison_markdown(folder: Path) -> str:
+    """README's comparison table: the saved WEEK4_COMPARISON_TABLE.md's first table, headed by its provenance."""
+    prov = json.loads((folder / "provenance.json").read_text())
+    table_md = folder / "reports" / "WEEK4_COMPARISON_TABLE.md"
+    if not table_md.is_file():
+        raise ResultsError(f"{folder} has no reports/WEEK4_COMPARISON_TABLE.md (chapter 08 did not finish)")
+    lines = table_md.read_text().splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("|")), None)
+    if start is None:
+        raise ResultsError(f"{table_md} holds no table")
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    m = prov.get("machine", {})
+    head = (f"From `{folder.relative_to(folder.parents[1]) if len(folder.parents) > 1 else folder}` "
+            f"(commit {str(prov.get('commit'))[:7]}{' + uncommitted changes' if prov.get('uncommitted_changes') else ''}, "
+            f"params hash {prov.get('params_hash')}, seed {prov.get('seed')}"
+            f"{', seeds ' + str(prov.get('seeds')) if prov.get('seeds') else ''}; {m.get('cpu')}, {m.get('cores')} cores; "
+            f"book {prov.get('book_wall_s', 0) / 60:.1f} min{'' if prov.get('complete') else ', incomplete'}):")
+    return head + "\n\n" + "\n".join(lines[start:end]) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m causal_lib.book.results", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("save", help="copy a finished run's metrics and reports to results/ with provenance")
+    s.add_argument("--run", default="default")
+    s.add_argument("--output-root", default=str(PROJECT_ROOT / "outputs"))
+    s.add_argument("--results-root", default=str(RESULTS_DIR))
+    s.add_argument("--commit", default=None, help="the commit the run's code was at (default: this checkout's HEAD)")
+    t = sub.add_parser("table", help="print README's comparison table from the newest saved run of a preset")
+    t.add_argument("--preset", default="default")
+    t.add_argument("--results-root", default=str(RESULTS_DIR))
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "save":
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", a.run) or a.run in (".", ".."):
+                raise ResultsError(f"--run {a.run!r} refused: {RUN_NAME_RULE}")
+            print(save_run(Path(a.output_root) / a.run, Path(a.results_root), a.commit))
+        else:
+            print(comparison_markdown(newest(a.preset, Path(a.results_root))), end="")
+    except ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

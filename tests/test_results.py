@@ -1,0 +1,50 @@
+"""Results of record (book/results.py): a run's small outputs saved under results/<preset>/<date>-<commit>/ with
+provenance, without per-item data or absolute paths, and README's comparison table regenerated from them."""
+import json
+
+import pytest
+
+from causal_lib.book import results
+from causal_lib.config import PROJECT_ROOT
+
+
+def _fake_run(root, complete=True):
+    run = root / "outputs" / "default"
+    (run / "metrics").mkdir(parents=True)
+    (run / "reports").mkdir()
+    (run / "seeds" / "seed_1" / "metrics").mkdir(parents=True)
+    chapters = {"01_setup_check": {"status": "ok", "wall_s": 10.0, "peak_rss_gb": 0.4},
+                "08_attack_evaluation": {"status": "ok" if complete else "failed", "wall_s": 100.0, "peak_rss_gb": 2.0}}
+    (run / "run.json").write_text(json.dumps({"params_file": "params/default.yaml", "params_hash": "abc",
+                                              "config": {"run": {"seed": 0, "seeds": [1]}}, "chapters": chapters}))
+    (run / "metrics" / "comparison.json").write_text(json.dumps({"where": f"{PROJECT_ROOT}/outputs/default/x"}))
+    (run / "metrics" / "eval_none_items.jsonl").write_text("{}\n")
+    (run / "seeds" / "seed_1" / "metrics" / "base.json").write_text("{}")
+    (run / "reports" / "WEEK4_COMPARISON_TABLE.md").write_text(
+        "# Comparison\n\nsome text\n\n| defense | ASR |\n| --- | --- |\n| causal | 1.0% |\n\nafter\n")
+    return run
+
+
+def test_save_keeps_small_outputs_with_provenance_and_no_absolute_path(tmp_path):
+    run = _fake_run(tmp_path)
+    dest = results.save_run(run, tmp_path / "results", commit="0123456789abcdef")
+    assert dest.name.endswith("-0123456") and dest.parent.name == "default"
+    assert (dest / "metrics" / "comparison.json").is_file() and not (dest / "metrics" / "eval_none_items.jsonl").exists()
+    assert str(PROJECT_ROOT) not in (dest / "metrics" / "comparison.json").read_text()
+    assert (dest / "seeds" / "seed_1" / "metrics" / "base.json").is_file()
+    prov = json.loads((dest / "provenance.json").read_text())
+    assert prov["commit"] == "0123456789abcdef" and prov["params_hash"] == "abc" and prov["seeds"] == [1]
+    assert prov["complete"] and prov["book_wall_s"] == 110.0 and prov["machine"]["cores"]
+    table = results.comparison_markdown(results.newest("default", tmp_path / "results"))
+    assert "| causal | 1.0% |" in table and "commit 0123456" in table and "after" not in table
+
+
+def test_incomplete_runs_say_so_and_missing_ones_are_one_line(tmp_path, capsys):
+    dest = results.save_run(_fake_run(tmp_path, complete=False), tmp_path / "results", commit="f" * 40)
+    assert not json.loads((dest / "provenance.json").read_text())["complete"]
+    assert "incomplete" in results.comparison_markdown(dest)
+    assert results.main(["save", "--run", "nope", "--output-root", str(tmp_path)]) == 2
+    assert results.main(["save", "--run", "../x"]) == 2
+    assert results.main(["table", "--preset", "none", "--results-root", str(tmp_path / "results")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 3 and all(ln.startswith("error: ") for ln in err)
