@@ -309,3 +309,33 @@ def test_response_window_gives_the_full_sequence_losses(tok, model, lora):
     kl_cut = kl_along_response(cut_c.logits, cut_i.logits, lab_c, lab_i)
     assert float(kl_cut) == pytest.approx(float(kl_full), rel=1e-4, abs=1e-7)
     assert response_window(torch.full((2, 5), -100)) == 1
+
+
+def test_unbiased_hsic_has_no_floor_under_independence_and_its_gradient_removes_a_planted_dependence():
+    """HSIC_u (issue 32): 0 in expectation when R is independent of Z, where the biased estimate sits at a positive
+    floor; and descending it removes a dependence planted in R (the test a d-separation term must pass)."""
+    from causal_lib.training.losses import hsic_loss
+
+    g = torch.Generator().manual_seed(0)
+    biased, unbiased = [], []
+    for _ in range(200):
+        r = torch.randn(16, 8, generator=g)
+        z = torch.randint(0, 3, (16,), generator=g)
+        biased.append(float(hsic_loss(r, z)))
+        unbiased.append(float(hsic_loss(r, z, unbiased=True)))
+    b, u = torch.tensor(biased), torch.tensor(unbiased)
+    assert b.mean() > 10 * b.std() / 200 ** 0.5  # the biased floor: clearly above 0
+    assert abs(u.mean()) < 3 * u.std() / 200 ** 0.5  # unbiased: 0 within its standard error
+    z = torch.randint(0, 3, (32,), generator=g)
+    base = torch.randn(32, 8, generator=g)
+    shift = torch.nn.Parameter(torch.nn.functional.one_hot(z, 8).float() * 3.0)  # Z written into R
+    opt = torch.optim.SGD([shift], lr=10.0)  # HSIC values are ~0.05: a small loss needs a large step
+    start = float(hsic_loss(base + shift.detach(), z, unbiased=True))
+    for _ in range(300):
+        opt.zero_grad()
+        hsic_loss(base + shift, z, unbiased=True).backward()
+        opt.step()
+    end = float(hsic_loss(base + shift.detach(), z, unbiased=True))
+    null = [float(hsic_loss(base + shift.detach(), z[torch.randperm(32, generator=g)], unbiased=True)) for _ in range(100)]
+    assert start > sorted(null)[94] * 5 and end < start / 5
+    assert end <= sorted(null)[94]  # no longer above the shuffled-Z 95th percentile

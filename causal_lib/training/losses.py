@@ -136,6 +136,18 @@ def _hsic(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     return (Kc * L).sum() / n ** 2
 
 
+def _hsic_unbiased(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC_u (Song et al. 2012, eq. 5) of one group, n >= 4: with K~, L~ the kernels with zero diagonals,
+    [tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)). Its expectation is 0 when R and Z are
+    independent, whatever n: the biased HSIC_b sits at an O(1/n) floor there (0.12 +/- 0.016 for groups >= 4 in a
+    batch of 32, DESIGN.md s.3), which its gradient can only push on, not the dependence. It can be negative."""
+    n = K.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=K.device)
+    Kt, Lt = K.masked_fill(eye, 0.0), L.masked_fill(eye, 0.0)
+    KL = Kt @ Lt
+    return (torch.trace(KL) + Kt.sum() * Lt.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * KL.sum()) / (n * (n - 3))
+
+
 # Groups with fewer members are skipped. On 2 points H K H has rank 1 and HSIC_b only says whether the two Z
 # differ (scaled by their distance in R); on 3 it has rank 2, and the estimate's O(1/n) bias is as large as a
 # strong dependence. From 4 members on, a group's kernel matrix carries a dependence; with the 8 tasks a random
@@ -144,7 +156,7 @@ MIN_GROUP_SIZE = 4
 
 
 def hsic_loss(r: torch.Tensor, z_features: torch.Tensor, groups=None, sigma2: torch.Tensor | None = None,
-              min_group_size: int = MIN_GROUP_SIZE) -> torch.Tensor:
+              min_group_size: int = MIN_GROUP_SIZE, unbiased: bool = False) -> torch.Tensor:
     """Differentiable biased HSIC between R and Z features within groups (the task of S), averaged over the
     groups with >= min_group_size members weighted by their sizes: sum_s (n_s / sum n_s) HSIC_b,s, the batch
     form of the stratified statistic of verification.hsic.conditional_hsic_test. 0 when no group is that large.
@@ -154,7 +166,8 @@ def hsic_loss(r: torch.Tensor, z_features: torch.Tensor, groups=None, sigma2: to
     z_features: integer labels are one-hot encoded (the delta kernel); the training's family and goal one-hot
     blocks give the sum of a delta kernel per block, with clean rows (all zero) at the origin, unlike the
     verification's delta kernel on whole rows, where "clean" is one more label. groups=None uses the whole
-    batch as one group.
+    batch as one group. unbiased=True uses HSIC_u per group (_hsic_unbiased; groups of >= 4): 0 in expectation
+    under independence instead of the biased estimate's floor.
     """
     r = r.float()
     Z = _as_features(z_features).to(r.device)
@@ -166,8 +179,9 @@ def hsic_loss(r: torch.Tensor, z_features: torch.Tensor, groups=None, sigma2: to
     values, sizes = [], []
     for gid in torch.unique(g):
         idx = (g == gid).nonzero(as_tuple=True)[0]
-        if len(idx) >= max(2, min_group_size):
-            values.append(_hsic(K_all[idx][:, idx], L_all[idx][:, idx]))
+        if len(idx) >= max(4 if unbiased else 2, min_group_size):
+            estimate = _hsic_unbiased if unbiased else _hsic
+            values.append(estimate(K_all[idx][:, idx], L_all[idx][:, idx]))
             sizes.append(len(idx))
     if not values:
         return r.sum() * 0.0
