@@ -109,5 +109,10 @@ def train(cfg: Config, paths, resume: bool = False, name: str = "causal", **loss
                         learning_rate=cfg.train.learning_rate, score_fn=score, select_by="causal_stability",
                         resume=resume, extra_meta={"defense": name, **loss_weights,
                                                    "train_families": sorted({i.family for _, i in pairs if i.family}),
+                                                   # the training table of the comparison (issue 30): each pair is one
+                                                   # injected input and its clean twin
+                                                   "n_injected": len(pairs), "n_clean": len(pairs),
+                                                   "learning_rate": cfg.train.learning_rate, "epochs": cfg.train.epochs,
+                                                   "selection_rule": "highest causal stability on validation pairs",
                                                          # relative to the run folder: a shared run stays readable
                                                          "base": base_checkpoint(paths).relative_to(paths.root).as_posix()})
