@@ -412,13 +412,16 @@ RUN_NAME_RULE = ("a run name is a plain folder name under outputs/: letters, dig
                  "not '.' or '..', no absolute path")
 
 
+def is_plain_name(segment: str) -> bool:
+    """One folder name under outputs/ as RUN_NAME_RULE states it."""
+    return segment not in (".", "..") and re.fullmatch(r"[A-Za-z0-9_.-]+", str(segment)) is not None
+
+
 def check_run_location(run: RunConfig) -> None:
     """run.name is plain path segments under run.output_root (the book runner itself adds "<name>/seeds/seed_<s>"
     for seed replicas); a relative run.output_root must stay inside the project (no '..')."""
-    import re
-
     segments = str(run.name).split("/")
-    if not run.name or any(s in (".", "..") or not re.fullmatch(r"[A-Za-z0-9_.-]+", s) for s in segments):
+    if not run.name or not all(is_plain_name(s) for s in segments):
         raise ConfigError(f"run.name: {run.name!r} refused: {RUN_NAME_RULE}")
     root = Path(run.output_root)
     if not str(run.output_root).strip() or ".." in root.parts:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from causal_lib.book.run_folder import SEEDS_DIR, write_json, write_text_atomic
-from causal_lib.config import PROJECT_ROOT, RUN_NAME_RULE
+from causal_lib.config import PROJECT_ROOT, RUN_NAME_RULE, is_plain_name
 
 RESULTS_DIR = PROJECT_ROOT / "results"
 MAX_FILE_BYTES = 2 * 1024 * 1024  # a metrics file larger than this is per-item data, not a result of record
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "save":
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", a.run) or a.run in (".", ".."):
+            if not is_plain_name(a.run):
                 raise ResultsError(f"--run {a.run!r} refused: {RUN_NAME_RULE}")
             print(save_run(Path(a.output_root) / a.run, Path(a.results_root), a.commit))
         else:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import re
 import sys
 import tarfile
 from pathlib import Path
 
 from causal_lib.book.run_folder import SEEDS_DIR, RunPaths, notebook_stem, split_replica_label, write_text_atomic
-from causal_lib.config import PROJECT_ROOT, RUN_NAME_RULE
+from causal_lib.config import PROJECT_ROOT, RUN_NAME_RULE, is_plain_name
 
 
 def write_index(paths: RunPaths) -> Path:
@@ -77,7 +76,7 @@ def main(argv=None) -> int:
     a_.add_argument("--output-root", default=str(PROJECT_ROOT / "outputs"))
     a_.add_argument("--with-checkpoints", action="store_true")
     a = ap.parse_args(argv)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", a.run) or a.run in (".", ".."):
+    if not is_plain_name(a.run):
         print(f"error: --run {a.run!r} refused: {RUN_NAME_RULE}", file=sys.stderr)
         return 2
     try:

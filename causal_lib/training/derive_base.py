@@ -40,6 +40,23 @@ def base_metrics(summary: dict) -> dict:
     return {k: summary[k] for k in keys if k in summary}
 
 
+def manifest_common(params_file: str, cfg: Config, summary: dict, validation: dict) -> dict:
+    """What every shipped base's manifest holds: its recipe and hash, the world and data it was trained on, its metrics
+    on validation (what recipe choices may look at) and test (reported), the date and the re-derive command."""
+    return {"recipe": str(params_file), "recipe_hash": shipped_base.recipe_hash(cfg),
+            "params": shipped_base.base_recipe(cfg), "world_fingerprint": world_fingerprint(),
+            "generator_version": GENERATOR_VERSION, "data_hash": data_hash(cfg),
+            "metrics": base_metrics(summary), "metrics_validation": base_metrics(validation),
+            "created": datetime.date.today().isoformat(),
+            "rederive": f"python -m causal_lib.training.derive_base --params {params_file}"}
+
+
+def training_environment(train_seconds: float) -> dict:
+    return {"wall_seconds_this_call": round(train_seconds, 1), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads()}
+
+
 def stage_steps(cfg: Config, paths: RunPaths) -> list[dict]:
     """Steps and seconds of each training stage of the base (curriculum stages, then the whole corpus)."""
     out = []
@@ -78,17 +95,11 @@ def derive_tiny(params_file: str, cfg: Config, paths: RunPaths, out: Path | None
     validation = evaluate_defense(cfg, paths, "none", split="val", use_cache=False)["summary"]
     summary = evaluate_defense(cfg, paths, "none", use_cache=False)["summary"]
     manifest = {
-        "recipe": str(params_file), "recipe_hash": shipped_base.recipe_hash(cfg), "params": shipped_base.base_recipe(cfg),
-        "world_fingerprint": world_fingerprint(), "generator_version": GENERATOR_VERSION, "data_hash": data_hash(cfg),
+        **manifest_common(params_file, cfg, summary, validation),
         "model": {"kind": cfg.model.kind, "tiny": {k: getattr(cfg.model.tiny, k) for k in shipped_base._SHAPE_KEYS}},
         # seconds = the stages' own training time from their logs (a --resume call adds only what it trained)
         "training": {"stages": stages, "seconds": round(sum(st["seconds"] for st in stages), 1),
-                     "wall_seconds_this_call": round(train_seconds, 1),
-                     "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version(), "threads": torch.get_num_threads()},
-        "metrics": base_metrics(summary), "metrics_validation": base_metrics(validation),
-        "created": datetime.date.today().isoformat(),
-        "rederive": f"python -m causal_lib.training.derive_base --params {params_file}",
+                     **training_environment(train_seconds)},
     }
     shipped_base.write_shipped(base_checkpoint(paths), Path(out) if out else shipped_base.SHIPPED_DIR, manifest)
     return manifest
@@ -123,19 +134,13 @@ def derive_adapter(params_file: str, cfg: Config, paths: RunPaths, out: Path | N
     rows = read_train_log(paths, REAL_BASE_ADAPTER_RUN)
     tok = load_hf_model(dataclasses.replace(cfg.model, use_lora=False))[1]
     manifest = {
-        "recipe": str(params_file), "recipe_hash": shipped_base.recipe_hash(cfg), "params": shipped_base.base_recipe(cfg),
-        "world_fingerprint": world_fingerprint(), "generator_version": GENERATOR_VERSION, "data_hash": data_hash(cfg),
+        **manifest_common(params_file, cfg, summary, validation),
         "model": identity, "tokenizer_hash": tokenizer_hash(tok),
         "lora": dataclasses.asdict(cfg.model.lora), "dtype": resolved_dtype(cfg.model),
         "training": {"steps": result.steps, "stages": [{"stage": REAL_BASE_ADAPTER_RUN, "steps": result.steps,
                                                         "seconds": round(result.train_seconds, 1)}],
                      "seconds": round(max((r.get("train_runtime", 0.0) for r in rows), default=result.train_seconds), 1),
-                     "wall_seconds_this_call": round(train_seconds, 1),
-                     "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version(), "threads": torch.get_num_threads()},
-        "metrics": base_metrics(summary), "metrics_validation": base_metrics(validation),
-        "created": datetime.date.today().isoformat(),
-        "rederive": f"python -m causal_lib.training.derive_base --params {params_file}",
+                     **training_environment(train_seconds)},
     }
     adapter = paths.checkpoints / REAL_BASE_ADAPTER_RUN / "best_model"
     shipped_adapter.write_shipped_adapter(adapter, dest, manifest)

