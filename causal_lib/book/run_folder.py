@@ -156,7 +156,9 @@ def start(params_file: str, overrides: dict | None = None) -> tuple[Config, RunP
     set_seed(cfg.run.seed)
     try:
         import torch
-        torch.set_num_threads(cfg.run.torch_threads)
+        from causal_lib.training.distributed import threads_per_process
+
+        torch.set_num_threads(threads_per_process(cfg.run.torch_threads))  # shared by a launcher's local ranks
     except ImportError:
         pass
     return cfg, paths

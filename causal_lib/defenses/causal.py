@@ -13,6 +13,7 @@ from causal_lib.data.records import load_split
 from causal_lib.defenses.load import load_model
 from causal_lib.models.load import apply_lora, is_peft_model
 from causal_lib.models.representation import representation
+from causal_lib.training import distributed
 from causal_lib.training.examples import PairDataset, make_pairs, z_vocabulary
 from causal_lib.training.losses import causal_loss, hsic_loss, task_loss, total_loss
 from causal_lib.training.pretrain import base_checkpoint
@@ -66,8 +67,8 @@ class CausalTrainer(Trainer):
         return (loss, out_i) if return_outputs else loss
 
     def log(self, logs, start_time=None):
-        if self._parts_n and "loss" in logs:
-            logs.update({k: v / self._parts_n for k, v in self._parts_sum.items()})
+        if self._parts_n and "loss" in logs:  # the mean over processes, as the Trainer's own "loss" (one process: as is)
+            logs.update(distributed.all_mean({k: v / self._parts_n for k, v in self._parts_sum.items()}))
             self._parts_sum, self._parts_n = {}, 0
         super().log(logs, start_time)
 

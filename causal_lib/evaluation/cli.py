@@ -129,6 +129,9 @@ def interrupted_line(out=None) -> str:
 
 def _run_cli(args) -> int:
     out = _check_out_path(args.out)
+    from causal_lib.training import distributed
+
+    distributed.init()  # under torchrun / accelerate launch: generation split by rank, rank 0 writes (one process: no-op)
     try:
         cfg = load_config(args.params)
     except ConfigError as e:
@@ -164,13 +167,15 @@ def _run_cli(args) -> int:
         model, tok = load_checkpoint(model_dir, cfg.model, is_trainable=False)
     except (CheckpointError, ModelLoadError) as e:
         raise EvalCLIError(str(e)) from None
-    torch.set_num_threads(cfg.run.torch_threads)
+    torch.set_num_threads(distributed.threads_per_process(cfg.run.torch_threads))
     records, block = _defense_view(args.defense_name, records, model, tok, cfg, data_dir)
     t0 = time.perf_counter()
     results = evaluate_records(model, tok, records, cfg.eval, block=block,
                                max_length=max(cfg.model.max_seq_length - cfg.eval.max_new_tokens, 1),
                                seed=cfg.run.seed)
     summary = summarise(results, cfg.stats.alpha)
+    if not distributed.is_main_process():
+        return 0
     try:
         write_json(out, {"defense": args.defense_name, "model": str(model_dir), "data_dir": str(data_dir),
                          "attack_files": list(args.attacks), "params_hash": cfg.params_hash(),

@@ -7,6 +7,8 @@ Layout of one trained model `name` (base, causal, struq, secalign) under outputs
     best_model/             the epoch chosen by causal stability on the validation pairs (or by val loss for SFT)
 Logs: metrics/train_<name>_log.jsonl (every logged step: losses, lr, grad norm, RSS, CUDA peak, steps/s),
 TensorBoard events under logs/<name>/ when report_to is tensorboard.
+On several processes (DDP under accelerate launch / torchrun, causal_lib.training.distributed) every rank trains on
+its share of each global batch (train.batch_size) and rank 0 alone writes all of the above.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from causal_lib.book.run_folder import copy_folder_atomic
 from causal_lib.config import Config
 from causal_lib.models.checkpoints import checkpoint_json, save_checkpoint
 from causal_lib.models.load import resolved_dtype
+from causal_lib.training import distributed
 from causal_lib.training.examples import make_collator
 from causal_lib.training.losses import response_window, task_loss
 
@@ -78,10 +81,24 @@ def forward_for_labels(model, input_ids, attention_mask, labels, **kwargs):
 class SFTTrainer(Trainer):
     """Cross-entropy on the response tokens (L_task alone): the base model and StruQ."""
 
+    def _get_train_sampler(self, train_dataset=None):
+        # Batches of similar length are formed from the global batch, as in one process, then each rank takes its
+        # share of every batch: the same examples per optimizer step on any number of processes.
+        sampler = super()._get_train_sampler(train_dataset)
+        if hasattr(sampler, "batch_size") and type(sampler).__name__ == "LengthGroupedSampler":
+            sampler.batch_size *= self.args.world_size
+        return sampler
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out, labels = forward_for_labels(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         loss = task_loss(out.logits, labels)
         check_finite(loss, "L_task")
+        if self.args.world_size > 1 and num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # DDP averages the ranks' gradients: weigh this rank's token mean by its share of the global batch's
+            # response tokens (the Trainer counts them over every rank), so the step optimises the global batch's
+            # token mean, as one process does. In one process nothing changes.
+            mine = (labels[:, 1:] != -100).sum()
+            loss = loss * mine * self.args.world_size / num_items_in_batch
         return (loss, out) if return_outputs else loss
 
 
@@ -97,6 +114,8 @@ class JsonlLogger(TrainerCallback):
         self._t0, self._step0 = time.time(), state.global_step
 
     def on_log(self, args, state, control, logs=None, **kw):
+        if not getattr(state, "is_world_process_zero", True):  # one log per run: rank 0's (the Trainer's loss is the mean over ranks)
+            return
         import psutil
 
         rec = {"step": state.global_step, "epoch": state.epoch, **(logs or {}),
@@ -123,6 +142,8 @@ class ConsoleProgress(TrainerCallback):
             self._loss = logs["loss"]
 
     def on_step_end(self, args, state, control, **kw):
+        if not getattr(state, "is_world_process_zero", True):
+            return
         done, total = state.global_step - self._step0, max(state.max_steps - self._step0, 1)
         loss = f", loss {self._loss:.4g}" if isinstance(self._loss, (int, float)) else ""
         progress.report(f"train {self.name}: step {state.global_step}/{state.max_steps}{loss} "
@@ -149,11 +170,14 @@ class EpochExport(TrainerCallback):
         self.model = None
 
     def on_save(self, args, state, control, **kw):
+        distributed.barrier()  # every rank's part (its RNG state) is written before the checkpoint counts
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if ckpt.is_dir():
+        if getattr(state, "is_world_process_zero", True) and ckpt.is_dir():
             (ckpt / "COMPLETE").write_text(str(state.global_step))
 
     def on_epoch_end(self, args, state, control, model=None, **kw):
+        if not getattr(state, "is_world_process_zero", True):  # rank 0 scores and exports the epoch; the others train on
+            return
         epoch = int(round(state.epoch))
         score = self.score_fn(model) if self.score_fn else {}
         self.scores[epoch] = score
@@ -224,7 +248,9 @@ def training_arguments(cfg: Config, out_dir: Path, *, epochs: float, learning_ra
     report = [] if tc.report_to == "none" else [tc.report_to]
     return TrainingArguments(
         output_dir=str(out_dir), num_train_epochs=epochs, learning_rate=learning_rate,
-        per_device_train_batch_size=tc.batch_size, gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        # train.batch_size is the global batch: on N processes each takes batch_size / N per step
+        per_device_train_batch_size=distributed.per_process_batch(tc.batch_size),
+        gradient_accumulation_steps=tc.gradient_accumulation_steps,
         warmup_steps=tc.warmup_ratio, max_grad_norm=tc.max_grad_norm, weight_decay=tc.weight_decay,
         lr_scheduler_type="cosine", logging_steps=logging_steps, logging_nan_inf_filter=False,
         save_strategy="epoch", save_total_limit=None, eval_strategy="no", report_to=report, seed=seed, data_seed=seed,
@@ -245,20 +271,26 @@ def run_training(cfg: Config, paths, name: str, model, tokenizer, train_dataset:
     ckpt_root = paths.checkpoints / name
     trainer_dir = ckpt_root / "trainer"
     log_path = paths.metrics / f"train_{name}_log.jsonl"
-    resume_from = complete_trainer_checkpoint(trainer_dir) if resume else None
-    if resume_from is None:  # nothing complete to continue from: start clean, as an uninterrupted run would
-        shutil.rmtree(ckpt_root, ignore_errors=True)
-        log_path.unlink(missing_ok=True)
-    else:
-        _forget_after(ckpt_root, log_path, _checkpoint_step(resume_from))
+    main = distributed.is_main_process()
+
+    def clean_up():  # rank 0 alone tidies the folder and picks the checkpoint; the other ranks take its choice
+        resume_from = complete_trainer_checkpoint(trainer_dir) if resume else None
+        if resume_from is None:  # nothing complete to continue from: start clean, as an uninterrupted run would
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+            log_path.unlink(missing_ok=True)
+        else:
+            _forget_after(ckpt_root, log_path, _checkpoint_step(resume_from))
+        return resume_from
+
+    resume_from = distributed.broadcast(clean_up() if main else None)
     os.environ["TENSORBOARD_LOGGING_DIR"] = _cwd_relative(paths.logs / name)
     os.environ.setdefault("WANDB_MODE", "offline")  # W&B never needs the network unless asked
     args = training_arguments(cfg, Path(_cwd_relative(trainer_dir)), epochs=epochs, learning_rate=learning_rate, seed=cfg.run.seed,
                               logging_steps=logging_steps)
     if batch_size:
-        args.per_device_train_batch_size = batch_size
+        args.per_device_train_batch_size = distributed.per_process_batch(batch_size, "the batch size")
     # a short run (a real model on the CPU: tens of steps) still logs about ten loss points
-    steps = max_steps or math.ceil(len(train_dataset) / (args.per_device_train_batch_size
+    steps = max_steps or math.ceil(len(train_dataset) / (args.per_device_train_batch_size * distributed.world_size()
                                                          * args.gradient_accumulation_steps) * epochs)
     args.logging_steps = max(1, min(logging_steps, steps // 10))
     if getattr(train_dataset, "items", None) and "input_ids" in train_dataset.items[0]:
@@ -289,6 +321,9 @@ def run_training(cfg: Config, paths, name: str, model, tokenizer, train_dataset:
     extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False)
     result = TrainResult(name=name, train_seconds=time.time() - t0, steps=trainer.state.global_step,
                          log_path=str(log_path), resumed_from=resume_from)
+    if not main:  # rank 0 selects and writes best_model; best_epoch stays None here, so nothing else is written
+        distributed.barrier()
+        return result
     # On resume the epochs already done were scored in the earlier process: read their exports back.
     for ep_dir in sorted(ckpt_root.glob("epoch_*")):
         ep = int(ep_dir.name.split("_")[1])
@@ -301,6 +336,7 @@ def run_training(cfg: Config, paths, name: str, model, tokenizer, train_dataset:
         else:
             result.best_epoch = max(result.epochs)
         set_best_model(ckpt_root, result.best_epoch)
+    distributed.barrier()  # the other ranks go on (a next curriculum stage) once best_model is there
     return result
 
 
