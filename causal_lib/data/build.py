@@ -39,9 +39,10 @@ from pathlib import Path
 from causal_lib.book import progress
 from causal_lib.book.run_folder import file_sha256, write_json
 from causal_lib.config import PROJECT_ROOT, portable_config, portable_path
-from causal_lib.data import attacks, world
+from causal_lib.data import attacks, realistic, world
 from causal_lib.data.records import FILES, SCHEMA_VERSION, DataError, Record, data_folder, write_split
 
+REALISTIC_KEYS = ("realistic_train", "realistic_val", "realistic_base")
 GENERATOR_VERSION = 2  # bump when the generator's output changes for the same params (forces a rebuild)
 
 
@@ -201,7 +202,23 @@ def build_dataset(cfg) -> dict[str, list[Record]]:
     rng = _rng(seed, "train")
     out["train"] = build_pairs(build_clean(dc.n_train, rng, seen, "train"), attacks.training_families(held), held, rng)
     out["base_corpus"] = build_base_corpus(dc.n_base_corpus, _rng(seed, "base"), seen)
+    add_realistic(out, dc, seed)
     return {k: out[k] for k in FILES}
+
+
+def add_realistic(out: dict[str, list[Record]], dc, seed: int) -> None:
+    """The realistic items of data.realistic_* (data/realistic.py) appended to train, val and the base corpus, in a
+    seeded order of their own (so the world's records are the same with or without them): the train split's first
+    realistic_train SEP train items with their injected twins, the base corpus the next realistic_base of them
+    (clean, kind base), validation realistic_val SEP val items with twins. The test split is never touched (the
+    realistic benchmarks are built at evaluation time, evaluation/literature.py)."""
+    if dc.realistic_train:
+        out["train"] += realistic.realistic_records("train", dc.realistic_train, seed)
+    if dc.realistic_base:
+        out["base_corpus"] += realistic.realistic_records("train", dc.realistic_base, seed, offset=dc.realistic_train,
+                                                          injected=False, kind="base")
+    if dc.realistic_val:
+        out["val"] += realistic.realistic_records("val", dc.realistic_val, seed)
 
 
 def data_hash(cfg) -> str:
@@ -218,6 +235,11 @@ def data_hash(cfg) -> str:
     else:
         p = resolve_attack_file(data["documents_file"], "data.documents_file")
         files.append(["documents", p.name, hashlib.sha256(p.read_bytes()).hexdigest()])
+    if not any(data.get(k) for k in REALISTIC_KEYS):
+        for k in REALISTIC_KEYS:  # world only: likewise
+            data.pop(k, None)
+    else:
+        files.append(["realistic", realistic.fingerprint()])
     key = {"schema": SCHEMA_VERSION, "generator": GENERATOR_VERSION, "seed": data_seed(cfg), "data": data,
            "attack_files": files}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -25,6 +25,9 @@ KINDS = ("base", "clean", "injected", "lookalike", "probe_system", "probe_data")
 
 
 CUSTOM = "custom"  # goal of an attack with its own instruction and judge; task of a user's own document
+# task of a realistic instruction item (data/realistic.py: an instruction with an input, open-ended answer): its
+# answer is not scored by exact match (scoring.is_correct -> None); its utility is reference-based (ROUGE-L)
+REALISTIC = "realistic"
 
 
 JUDGES = ("canary", "starts_with", "regex")  # judges of custom attacks (evaluation.scoring.judge_passes)
@@ -140,7 +143,7 @@ class Record:
             elif v is not None and not isinstance(v, str):
                 raise ValueError(f"{f.name} must be a string or null, got {v!r}")
         for name, value, allowed in (("split", self.split, SPLITS), ("kind", self.kind, KINDS),
-                                     ("task", self.task, world.TASK_NAMES + (CUSTOM,)),
+                                     ("task", self.task, world.TASK_NAMES + (CUSTOM, REALISTIC)),
                                      ("goal", self.goal, world.GOALS + (CUSTOM, None)),
                                      ("judge", self.judge, JUDGES + (None,)),
                                      ("answer_match", self.answer_match, ANSWER_MATCHES + (None,)),

@@ -34,7 +34,7 @@ import torch
 
 from causal_lib.config import Config
 from causal_lib.data import attacks, world
-from causal_lib.data.records import load_split
+from causal_lib.data.records import REALISTIC, load_split
 from causal_lib.data.world import GOALS, POSITIONS
 from causal_lib.defenses.cards import write_model_card
 from causal_lib.defenses.load import load_model
@@ -265,6 +265,18 @@ def injected_mixture(records: Sequence, clean: Sequence, completion_share: float
     they are drawn from the records' own naive / fake-completion items (with replacement only when a pool
     is smaller than needed; a missing style falls back to the other one, then to every seen family, with a
     warning). `require(record)` filters candidates (SecAlign needs an O_inj different from O*)."""
+    real = [c for c in clean if c.task == REALISTIC]
+    if real:  # realistic items (data/realistic.py) bring their own injected twin, built by the published recipe
+        out, stats = (injected_mixture(records, [c for c in clean if c.task != REALISTIC], completion_share, seed,
+                                       require) if len(real) < len(clean) else ([], {"source": "records"}))
+        twin = {r.pair_id: r for r in records if r.kind == "injected" and r.task == REALISTIC
+                and (require is None or require(r))}
+        extra = [twin[c.pair_id] for c in real if c.pair_id in twin]
+        stats = {**stats, "n_realistic": len(extra)}
+        for style in ("naive", "completion"):
+            stats[f"n_{style}"] = stats.get(f"n_{style}", 0) + sum(attack_style(r.family) == style for r in extra)
+        stats["distinct_injected"] = stats.get("distinct_injected", 0) + len(extra)
+        return out + extra, stats
     rng = np.random.default_rng(seed)
     n = len(clean)
     n_comp = int(round(n * completion_share))

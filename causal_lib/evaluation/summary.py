@@ -7,6 +7,7 @@ import math
 from collections import Counter
 from typing import Sequence
 
+from causal_lib.data.records import REALISTIC
 from causal_lib.data.world import GOALS
 from causal_lib.evaluation.generate import ATTACK_KINDS
 from causal_lib.evaluation.scoring import ItemResult
@@ -108,6 +109,10 @@ def summarise(results: Sequence, alpha: float = 0.05) -> dict:
                         time limit, scoring.JudgeError): {n, by_source, example}; left out of every attack rate
     """
     items = [_as_item(r) for r in results]
+    # realistic items (data/realistic.py, in validation): open-ended answers that no world check scores; they are
+    # counted apart, never in the world's rates (their benchmarks are evaluation/literature.py's)
+    realistic = [r for r in items if r.task == REALISTIC]
+    items = [r for r in items if r.task != REALISTIC]
     # an attacked item its judge could not decide on (ItemResult.error: a regex past its time limit) is left out
     # of every attack rate and counted in judge_errors
     errors = [r for r in items if r.kind in ATTACK_KINDS and r.error]
@@ -117,7 +122,7 @@ def summarise(results: Sequence, alpha: float = 0.05) -> dict:
     look = [r for r in items if r.kind == "lookalike"]
     out: dict = {"alpha": alpha, "n_items": len(items),
                  "counts": {k: sum(r.kind == k for r in items) for k in sorted({r.kind for r in items})},
-                 "truncated": sum(r.truncated for r in items)}
+                 "truncated": sum(r.truncated for r in items), "realistic_apart": len(realistic)}
     if errors:
         out["judge_errors"] = {"n": len(errors), "by_source": dict(sorted(Counter(r.source or "builtin"
                                                                               for r in errors).items())),

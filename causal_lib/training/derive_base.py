@@ -27,6 +27,7 @@ from causal_lib.book import run_folder
 from causal_lib.book.run_folder import RunPaths
 from causal_lib.config import Config
 from causal_lib.data.build import GENERATOR_VERSION, data_hash, ensure_dataset, world_fingerprint
+from causal_lib.evaluation import literature
 from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.training import shipped_adapter, shipped_base
 from causal_lib.training.pretrain import base_checkpoint, curriculum_runs, train_base
@@ -131,12 +132,15 @@ def derive_adapter(params_file: str, cfg: Config, paths: RunPaths, out: Path | N
     train_seconds = time.perf_counter() - t0
     validation = evaluate_defense(cfg, paths, "none", split="val", use_cache=False)["summary"]
     summary = evaluate_defense(cfg, paths, "none", use_cache=False)["summary"]
+    # beyond the world (eval.literature_items / utility_items / sep_items of the recipe): reported, never a choice
+    realistic = literature.evaluate_realistic(cfg, paths, "none")["summary"] if literature.enabled(cfg) else None
     rows = read_train_log(paths, REAL_BASE_ADAPTER_RUN)
     tok = load_hf_model(dataclasses.replace(cfg.model, use_lora=False))[1]
     manifest = {
         **manifest_common(params_file, cfg, summary, validation),
         "model": identity, "tokenizer_hash": tokenizer_hash(tok),
         "lora": dataclasses.asdict(cfg.model.lora), "dtype": resolved_dtype(cfg.model),
+        **({"metrics_realistic": realistic} if realistic else {}),
         "training": {"steps": result.steps, "stages": [{"stage": REAL_BASE_ADAPTER_RUN, "steps": result.steps,
                                                         "seconds": round(result.train_seconds, 1)}],
                      "seconds": round(max((r.get("train_runtime", 0.0) for r in rows), default=result.train_seconds), 1),

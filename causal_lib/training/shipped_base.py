@@ -23,7 +23,8 @@ from pathlib import Path
 
 from causal_lib.book.run_folder import copy_folder_atomic, file_sha256, replace_folder, write_json
 from causal_lib.config import PROJECT_ROOT, Config
-from causal_lib.data.build import world_fingerprint
+from causal_lib.data import realistic
+from causal_lib.data.build import REALISTIC_KEYS, world_fingerprint
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "base_model"
 MANIFEST = "manifest.json"
@@ -43,6 +44,13 @@ def base_recipe(cfg: Config) -> dict:
     train = dataclasses.asdict(cfg.train)
     # attacks_per_clean only adds attacked variants to the test split: no training text changes with it
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "attacks_per_clean"}
+    # the realistic items (added after bases were shipped) enter only when used, with the vendored files' content
+    # (not the injection recipe: the base trains on clean items only)
+    if any(data.get(k) for k in REALISTIC_KEYS):
+        data["realistic_fingerprint"] = realistic.base_fingerprint()
+    else:
+        for k in REALISTIC_KEYS:
+            data.pop(k, None)
     # a base_* key added after a base was shipped enters the hash only when set: the recipes that do not use it
     # keep their hash (and their shipped base)
     unset_later_keys = {k for k in ("base_boost_tasks",) if not train.get(k)}
