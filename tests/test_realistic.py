@@ -155,3 +155,34 @@ def test_the_base_recipe_depends_on_the_clean_realistic_items_not_on_the_injecti
     assert shipped_base.recipe_hash(cfg) == before  # the base trains on clean items only
     assert build.data_hash(cfg) != data_before  # the run's data does change
     assert shipped_base.recipe_hash(Config(data=DataConfig(seed=0))) != before
+
+
+def test_chapter_08s_realistic_path_runs_on_the_shipped_tiny_base_and_reuses_its_cache(tmp_path):
+    """evaluate_realistic end to end on a small model (the shipped embedded base, seconds): every part present, the
+    protocol's counts per attack, the cache reused while nothing changed, the report section rendered."""
+    from causal_lib.book import report_text
+    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.config import load_config
+    from causal_lib.training.pretrain import train_base
+
+    cfg = load_config("params/smoke.yaml", {"eval.literature_items": 3, "eval.utility_items": 2, "eval.sep_items": 2,
+                                             "eval.utility_new_tokens": 8, "eval.sep_new_tokens": 8})
+    paths = RunPaths(tmp_path / "run").make()
+    build.ensure_dataset(cfg, paths)
+    train_base(cfg, paths)  # base.source: shipped -> installs the shipped tiny base
+    assert literature.enabled(cfg)
+    res = literature.evaluate_realistic(cfg, paths, "none")
+    s = res["summary"]
+    # the embedded model's 192 positions cannot take every realistic instruction: those items are counted, not run
+    unfit = s["unfit"]
+    assert unfit["protocol"] < 3 * 4 and len(res["items"]["protocol"]) > 0  # some are generated and scored
+    assert set(unfit) == {"protocol", "utility", "sep"} and all(v >= 0 for v in unfit.values())
+    assert sum(v["starts_with"]["n"] for v in s["protocol"].values()) == 3 * 4 - unfit["protocol"]
+    assert len(res["items"]["utility"]) == 2 - unfit["utility"]
+    assert len(res["items"]["sep"]) == 4 - unfit["sep"]
+    assert (paths.metrics / "realistic_none.json").is_file()
+    again = literature.evaluate_realistic(cfg, paths, "none")
+    assert again["cache_key"] == res["cache_key"] and again["items"] == json.loads(json.dumps(res["items"]))
+    text = report_text.realistic_text(literature.realistic_rows({"none": res}), literature.realistic_paired({"none": res}),
+                                      literature.contamination_check(paths))
+    assert "Beyond the world" in text and "AlpacaFarm inputs 0/208" in text

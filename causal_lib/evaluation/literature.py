@@ -27,7 +27,9 @@ from causal_lib.config import Config
 from causal_lib.data import realistic
 from causal_lib.defenses.load import block_for, load_model, records_for
 from causal_lib.evaluation import run as eval_run
+from causal_lib.evaluation.generate import default_prompt_budget
 from causal_lib.evaluation.scoring import judge_passes, rouge_l
+from causal_lib.models.prompts import encode_example, prompt_of
 from causal_lib.evaluation.summary import rate_dict
 from causal_lib.verification.intervals import bootstrap_ci, paired_bootstrap_ci
 from causal_lib.verification.paired import holm, mcnemar_exact
@@ -48,7 +50,23 @@ def _cache_key(cfg: Config, paths: RunPaths, defense: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def fits(model, tok, records: list, new_tokens: int) -> list[bool]:
+    """Whether each record's prompt fits the model's context once its data is cut to a few tokens (the instruction is
+    never cut): a model with a short context (the embedded one, 192 positions) cannot take every realistic
+    instruction; such items are left out of that model's rates and counted (summary["unfit"])."""
+    budget = default_prompt_budget(model, new_tokens)
+    out = []
+    for r in records:
+        try:
+            encode_example(tok, *prompt_of(r), max_length=budget)
+            out.append(True)
+        except ValueError:
+            out.append(False)
+    return out
+
+
 def _run(model, tok, defense: str, records: list, cfg: Config, block, new_tokens: int):
+    records = [r for r, ok in zip(records, fits(model, tok, records, new_tokens)) if ok]
     if not records:
         return []
     ev = SimpleNamespace(batch_size=cfg.eval.batch_size, max_new_tokens=new_tokens, n_attacked=0, pass_k=1)
@@ -74,17 +92,20 @@ def evaluate_realistic(cfg: Config, paths: RunPaths, defense: str, use_cache: bo
     proto = realistic.protocol_records(e.literature_items, e.literature_attacks, seed=cfg.run.seed)
     attacked = [r for r in proto if r.kind == "injected"]
     clean = [r for r in realistic.protocol_records(e.utility_items, (), seed=cfg.run.seed)]
+    sep = realistic.sep_test_records(e.sep_items)
+    reference = {r.id: r.target for r in clean}
     items = {
         "protocol": [r.to_dict() for r in _run(model, tok, defense, attacked, cfg, block, e.literature_new_tokens)],
-        "utility": [dict(r.to_dict(), rouge_l=rouge_l(r.output, rec.target) if not r.blocked else 0.0)
-                    for rec, r in zip(clean, _run(model, tok, defense, clean, cfg, block, e.utility_new_tokens))],
-        "sep": [r.to_dict() for r in _run(model, tok, defense, realistic.sep_test_records(e.sep_items), cfg, block,
-                                          e.sep_new_tokens)],
+        "utility": [dict(r.to_dict(), rouge_l=rouge_l(r.output, reference[r.id]) if not r.blocked else 0.0)
+                    for r in _run(model, tok, defense, clean, cfg, block, e.utility_new_tokens)],
+        "sep": [r.to_dict() for r in _run(model, tok, defense, sep, cfg, block, e.sep_new_tokens)],
     }
+    asked = {"protocol": len(attacked), "utility": len(clean), "sep": len(sep)}
     for it in items["protocol"]:  # the papers' second number: the payload word anywhere in the output
         it["contains"] = judge_passes("canary", realistic.HACKED_WORD, it["output"])
-    payload = {"defense": defense, "cache_key": key, "items": items,
-               "summary": summarise_realistic(items, cfg.stats.alpha)}
+    summary = summarise_realistic(items, cfg.stats.alpha)
+    summary["unfit"] = {part: asked[part] - len(items[part]) for part in asked}  # prompts the context cannot take
+    payload = {"defense": defense, "cache_key": key, "items": items, "summary": summary}
     write_json(out_path, payload)
     return payload
 
