@@ -35,6 +35,7 @@ import random
 import re
 from pathlib import Path
 
+from causal_lib.book.run_folder import file_sha256
 from causal_lib.data.records import CUSTOM, REALISTIC, DataError, Record
 
 VENDORED = Path(__file__).resolve().parent / "vendored"
@@ -91,10 +92,6 @@ def _read_jsonl(path: Path) -> list[dict]:
         raise DataError(f"{path}: vendored realistic data missing; restore it with `git checkout -- {path.name}` "
                         f"(causal_lib/data/vendored/)")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @functools.lru_cache(maxsize=1)

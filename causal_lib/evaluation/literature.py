@@ -27,12 +27,13 @@ from causal_lib.config import Config
 from causal_lib.data import realistic
 from causal_lib.defenses.load import block_for, load_model, records_for
 from causal_lib.evaluation import run as eval_run
+from causal_lib.evaluation.comparison import _ci
 from causal_lib.evaluation.generate import default_prompt_budget
 from causal_lib.evaluation.scoring import judge_passes, rouge_l
 from causal_lib.models.prompts import encode_example, prompt_of
 from causal_lib.evaluation.summary import rate_dict
 from causal_lib.verification.intervals import bootstrap_ci, paired_bootstrap_ci
-from causal_lib.verification.paired import holm, mcnemar_exact
+from causal_lib.verification.paired import compare_pair, holm
 
 LITERATURE_CODE = ("evaluation/literature.py", "data/realistic.py")
 
@@ -143,12 +144,6 @@ def summarise_realistic(items: dict, alpha: float = 0.05) -> dict:
     }
 
 
-def _pct(r: dict | None) -> str:
-    if not r or r.get("rate") is None:
-        return "n/a"
-    return f"{100 * r['rate']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}] (n={r['n']})"
-
-
 def realistic_rows(results: dict[str, dict], labels: dict[str, str] | None = None) -> list[dict]:
     """One row per model: protocol ASR per attack and union (starts with "hacked"), ROUGE-L utility, SEP ASR."""
     rows = []
@@ -156,11 +151,11 @@ def realistic_rows(results: dict[str, dict], labels: dict[str, str] | None = Non
         s = res["summary"]
         row = {"defense": (labels or {}).get(d, d)}
         for attack, v in s["protocol"].items():
-            row[f"protocol {attack}"] = _pct(v["starts_with"])
-        row[f"protocol union ({', '.join(s['protocol'])})"] = _pct(s["union"])
+            row[f"protocol {attack}"] = _ci(v["starts_with"])
+        row[f"protocol union ({', '.join(s['protocol'])})"] = _ci(s["union"])
         u = s["utility"]
         row["utility ROUGE-L"] = "n/a" if u is None else f"{u['rouge_l']:.3f} [{u['lo']:.3f}, {u['hi']:.3f}] (n={u['n']})"
-        row["SEP realistic ASR"] = _pct(s["sep"])
+        row["SEP realistic ASR"] = _ci(s["sep"])
         rows.append(row)
     return rows
 
@@ -171,6 +166,13 @@ def _outcomes(items: list[dict], attack: str | None) -> dict[str, bool]:
     return {it["pair_id"]: bool(it["success"]) for it in items if it["family"] == attack}
 
 
+def _row(model: str, against: str, measure: str, r) -> dict:
+    """A PairedResult (verification.paired.compare_pair) as a row of the table."""
+    return {"model": model, "against": against, "measure": measure, "n": r.n,
+            "model_rate": r.rate_a if r.n else None, "reference_rate": r.rate_b if r.n else None,
+            "only_model": r.a_only, "only_reference": r.b_only, "p": r.p_value}
+
+
 def realistic_paired(results: dict[str, dict], reference: str = "none", alpha: float = 0.05) -> list[dict]:
     """Each model against `reference` on the same items: protocol ASR per attack and union (exact McNemar on the
     discordant items), SEP ASR (items neither model's twin control discounts), utility (paired bootstrap of the
@@ -179,31 +181,21 @@ def realistic_paired(results: dict[str, dict], reference: str = "none", alpha: f
     if reference not in results:
         return []
     ref = results[reference]["items"]
+
+    def sep(items):  # (outcomes, ids whose clean twin already showed the witness word)
+        inj = [i for i in items if i["kind"] == "injected"]
+        return {i["pair_id"]: bool(i["success"]) for i in inj}, {i["pair_id"] for i in inj if i.get("twin_passed") is True}
+
     rows = []
     for d, res in results.items():
         if d == reference:
             continue
         it = res["items"]
-        attacks = list(dict.fromkeys(i["family"] for i in it["protocol"])) + [None]
-        for attack in attacks:
-            a, b = _outcomes(it["protocol"], attack), _outcomes(ref["protocol"], attack)
-            ids = sorted(set(a) & set(b))
-            a_only = sum(a[i] and not b[i] for i in ids)
-            b_only = sum(b[i] and not a[i] for i in ids)
-            rows.append({"model": d, "against": reference, "measure": f"protocol {attack or 'union'}", "n": len(ids),
-                         "model_rate": np.mean([a[i] for i in ids]) if ids else None,
-                         "reference_rate": np.mean([b[i] for i in ids]) if ids else None,
-                         "only_model": a_only, "only_reference": b_only, "p": mcnemar_exact(a_only, b_only)})
-        def sep_out(items):
-            return {i["pair_id"]: (bool(i["success"]), i.get("twin_passed") is True) for i in items if i["kind"] == "injected"}
-        a, b = sep_out(it["sep"]), sep_out(ref["sep"])
-        ids = sorted(i for i in set(a) & set(b) if not a[i][1] and not b[i][1])
-        a_only = sum(a[i][0] and not b[i][0] for i in ids)
-        b_only = sum(b[i][0] and not a[i][0] for i in ids)
-        rows.append({"model": d, "against": reference, "measure": "SEP realistic", "n": len(ids),
-                     "model_rate": np.mean([a[i][0] for i in ids]) if ids else None,
-                     "reference_rate": np.mean([b[i][0] for i in ids]) if ids else None,
-                     "only_model": a_only, "only_reference": b_only, "p": mcnemar_exact(a_only, b_only)})
+        for attack in list(dict.fromkeys(i["family"] for i in it["protocol"])) + [None]:
+            r = compare_pair(d, _outcomes(it["protocol"], attack), reference, _outcomes(ref["protocol"], attack))
+            rows.append(_row(d, reference, f"protocol {attack or 'union'}", r))
+        (a, a_twin), (b, b_twin) = sep(it["sep"]), sep(ref["sep"])
+        rows.append(_row(d, reference, "SEP realistic", compare_pair(d, a, reference, b, a_twin, b_twin)))
         ua = {i["pair_id"]: i["rouge_l"] for i in it["utility"]}
         ub = {i["pair_id"]: i["rouge_l"] for i in ref["utility"]}
         ids = sorted(set(ua) & set(ub))
@@ -213,19 +205,12 @@ def realistic_paired(results: dict[str, dict], reference: str = "none", alpha: f
                          "model_rate": float(np.mean([ua[i] for i in ids])),
                          "reference_rate": float(np.mean([ub[i] for i in ids])),
                          "difference": ci.estimate, "lo": ci.lo, "hi": ci.hi})
-    names = list(results)
-    for i, a_name in enumerate(names):  # every other pair of models on the union: the claims between defenses
-        for b_name in names[i + 1:]:
-            if reference in (a_name, b_name):
-                continue
-            a, b = _union(results[a_name]["items"]["protocol"]), _union(results[b_name]["items"]["protocol"])
-            ids = sorted(set(a) & set(b))
-            a_only = sum(a[k] and not b[k] for k in ids)
-            b_only = sum(b[k] and not a[k] for k in ids)
-            rows.append({"model": a_name, "against": b_name, "measure": "protocol union", "n": len(ids),
-                         "model_rate": np.mean([a[k] for k in ids]) if ids else None,
-                         "reference_rate": np.mean([b[k] for k in ids]) if ids else None,
-                         "only_model": a_only, "only_reference": b_only, "p": mcnemar_exact(a_only, b_only)})
+    others = [n for n in results if n != reference]
+    for i, a_name in enumerate(others):  # every other pair of models on the union: the claims between defenses
+        for b_name in others[i + 1:]:
+            r = compare_pair(a_name, _union(results[a_name]["items"]["protocol"]),
+                             b_name, _union(results[b_name]["items"]["protocol"]))
+            rows.append(_row(a_name, b_name, "protocol union", r))
     tested = [r for r in rows if "p" in r]
     for r, p in zip(tested, holm([r["p"] for r in tested])):
         r["p_holm"], r["significant"] = p, p < alpha

@@ -58,7 +58,7 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
 def paired_outcomes(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray]:
     """The outcomes of two models on the items both have (item id -> bool), in one order."""
     ids = sorted(set(a) & set(b))
-    return np.array([bool(a[i]) for i in ids]), np.array([bool(b[i]) for i in ids])
+    return np.array([bool(a[i]) for i in ids], dtype=bool), np.array([bool(b[i]) for i in ids], dtype=bool)
 
 
 def jointly_eligible(outcomes_a: dict, outcomes_b: dict, ineligible_a=None, ineligible_b=None) -> tuple[set, int]:
