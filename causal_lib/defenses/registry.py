@@ -54,19 +54,24 @@ REGISTRY: dict[str, Defense] = {d.name: d for d in (
     Defense("none", "no defense", reference_asr=0.87, description="the undefended base model"),
     Defense("filter", "input filtering", "causal_lib.defenses.filters", reference_asr=0.62,
             description="the base behind detectors on the data (known-answer detection, a trained classifier)"),
+    # StruQ and SecAlign train on the training contract's examples (issue 30): the causal method's pairs, every
+    # training family, the same count and steps; their published 2-family recipes are the "original recipe" rows
     Defense("struq", "StruQ", "causal_lib.defenses.struq", trains=True, reference_asr=0.41,
-            description="reserved delimiters + SFT on injected samples with the original answer (Chen et al. 2025)"),
+            description="reserved delimiters + SFT with the original answer on the training contract's examples "
+                        "(Chen et al. 2025)",
+            train_options=(("name", "struq"), ("data", "matched"))),
     Defense("secalign", "SecAlign", "causal_lib.defenses.secalign", trains=True, reference_asr=0.34,
-            description="DPO with chosen = original answer, rejected = the injection's answer (Chen et al. 2025)"),
+            description="DPO with chosen = original answer, rejected = the injection's answer, on the training "
+                        "contract's injected inputs (Chen et al. 2025)",
+            train_options=(("name", "secalign"), ("data", "matched"))),
     Defense("causal", "causal (ours)", "causal_lib.defenses.causal", trains=True,
             description="L_task + counterfactual invariance + HSIC d-separation on counterfactual pairs (DESIGN.md s.3)"),
-    # the baselines on the causal method's data: every (clean, injected) pair of the train split, its families
-    Defense("struq_matched", "StruQ, data-matched", "causal_lib.defenses.struq", trains=True,
-            description="StruQ's recipe on the causal method's training pairs (every training family)",
-            train_options=(("name", "struq_matched"), ("data", "matched"))),
-    Defense("secalign_matched", "SecAlign, data-matched", "causal_lib.defenses.secalign", trains=True,
-            description="SecAlign's DPO on the causal method's training pairs (every training family)",
-            train_options=(("name", "secalign_matched"), ("data", "matched"))),
+    Defense("struq_original", "StruQ, original recipe", "causal_lib.defenses.struq", trains=True,
+            description="StruQ's published mixture: naive and completion-style injections of the train split only",
+            train_options=(("name", "struq_original"), ("data", "paper"))),
+    Defense("secalign_original", "SecAlign, original recipe", "causal_lib.defenses.secalign", trains=True,
+            description="SecAlign's published mixture: naive and completion-style injections of the train split only",
+            train_options=(("name", "secalign_original"), ("data", "paper"))),
     # ablations of the causal method: the same pairs, data, schedule and epoch selection, parts of the loss off
     Defense("causal_sft", "adversarial SFT (causal, both weights 0)", "causal_lib.defenses.causal", trains=True,
             description="the causal recipe with lambda_causal = lambda_spurious = 0: L_task on the same pairs",

@@ -30,7 +30,6 @@ from causal_lib.defenses.struq import (
     check_data_recipe,
     injected_mixture,
     load_base,
-    matched_records,
     prepare_struq_model,
     struq_prompt,
     train_records,
@@ -38,6 +37,7 @@ from causal_lib.defenses.struq import (
     view_records,  # noqa: F401 - SecAlign's model reads StruQ's structured prompt
 )
 from causal_lib.models.prompts import answer_ids, encode_example, prompt_text
+from causal_lib.training.examples import make_pairs
 from causal_lib.training.trainer import run_training
 
 # SecAlign's injection mixture.
@@ -52,21 +52,25 @@ def _has_rejected(r) -> bool:
 
 
 def secalign_pairs(records: Sequence, tokenizer, max_length: int, seed: int = 0,
-                   completion_share: float = SECALIGN_COMPLETION_SHARE, data: str = "paper") -> tuple[list[dict], dict]:
+                   completion_share: float = SECALIGN_COMPLETION_SHARE, data: str = "matched") -> tuple[list[dict], dict]:
     """Preference samples over the TRAIN records -> (pairs, stats).
 
     One injected input per clean training item (SecAlign injects every training sample; see
     struq.injected_mixture) whose injection has an answer of its own, different from O*. Each pair:
     prompt_ids (the StruQ prompt of the injected input, its data cut so that prompt + the longer completion
     fit `max_length`), chosen_ids / rejected_ids (O* / O_inj + eos), and the texts for inspection.
-    data="matched": every injected record of the causal method's pairs (struq.matched_records) instead."""
+    data="matched" (the default rows): the injected twin of every (clean, injected) pair of the training contract."""
     check_data_recipe(data)
     clean = [r for r in records if r.kind == "clean" and not r.held_out]
     if not clean:
         raise ValueError("SecAlign: no clean training records (kind='clean') in the records given")
     if data == "matched":
-        mix, stats = matched_records(records)
-        picked = [r for r in mix if r.kind == "injected" and _has_rejected(r)]
+        # every pair's injected twin: DPO needs a rejected answer, so where the SFT defenses train a slot on its clean
+        # item SecAlign keeps the injected one (its SFT term, train.dpo_sft_weight, trains O* on it); one preference
+        # pair per pair of the contract = the same number of optimiser steps
+        picked = [inj for _, inj in make_pairs(records) if _has_rejected(inj)]
+        stats = {"source": "matched", "n_clean": 0, "n_injected": len(picked), "n_total": len(picked),
+                 "families": sorted({r.family for r in picked if r.family})}
     else:
         picked, stats = injected_mixture(records, clean, completion_share, seed, require=_has_rejected)
     if not picked:
@@ -146,7 +150,7 @@ def dpo_epochs(cfg: Config) -> float:
 
 
 def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = False, name: str = "secalign",
-          data: str = "paper"):
+          data: str = "matched"):
     """Train SecAlign on the same base: StruQ front-end + DPO (beta = train.dpo_beta, lr =
     train.dpo_learning_rate or train.learning_rate, epochs = train.dpo_epochs or train.epochs) on the TRAIN
     records (default: the run's train split; data="matched": the causal method's pairs). -> TrainResult;

@@ -43,7 +43,7 @@ from causal_lib.models.load import apply_lora, base_model_of, forget_pristine_ba
 from causal_lib.models.prompts import ensure_chat_template, prompt_text
 from causal_lib.models.tokens import SPECIAL_TOKENS
 from causal_lib.training.epoch_selection import mean_task_loss
-from causal_lib.training.examples import SFTDataset, make_pairs
+from causal_lib.training.examples import SFTDataset, make_pairs, training_slots
 from causal_lib.training.pretrain import base_checkpoint
 from causal_lib.training.trainer import SFTTrainer, run_training
 
@@ -327,24 +327,27 @@ def struq_training_records(records: Sequence, seed: int = 0, clean_fraction: flo
     return keep + inj, stats
 
 
-# Training data of a baseline: "paper" = its own recipe (StruQ: naive + completion-style injections; SecAlign
-# likewise), "matched" = the causal method's examples (every (clean, injected) pair of the train split, all its
-# training families), so that a difference between them and the causal method is the loss, not the data.
+# Training data of a baseline: "matched" (the default rows, issue 30) = the training contract's examples, the very
+# inputs and targets the causal method and adversarial SFT train on (training.examples.training_slots over every
+# (clean, injected) pair of the train split: all its families, the realistic pairs, the same clean share), so that
+# a difference between the defenses is the method, not the data; "paper" = the baseline's published 2-family recipe
+# (StruQ: naive + completion-style injections; SecAlign likewise), the rows labelled "original recipe".
 DATA_RECIPES = ("paper", "matched")
 
 
-def matched_records(records: Sequence) -> tuple[list, dict]:
-    """The causal method's training examples as a baseline's mixture: the clean item and every injected twin of
-    each (clean, injected) pair of `records` (training.examples.make_pairs, as defenses/causal.py trains on),
-    every target O*. -> (records, stats)."""
+def matched_records(records: Sequence, clean_pair_fraction: float = 0.25, seed: int = 0) -> tuple[list, dict]:
+    """The training contract's examples as a baseline's mixture: the `trained` record of each slot of
+    training.examples.training_slots (the injected twin, or the clean item for a `clean_pair_fraction` share),
+    in the slots' order, every target O*: one example per pair, as many optimiser steps as the causal method.
+    -> (records, stats)."""
     pairs = make_pairs(records)
     if not pairs:
         raise ValueError("data-matched baseline: no (clean, injected) pairs in the training records")
-    clean = list({c.id: c for c, _ in pairs}.values())
-    inj = [r for _, r in pairs]
+    mix = [trained for _, trained in training_slots(pairs, clean_pair_fraction, seed)]
+    inj = [r for r in mix if r.kind == "injected"]
     fams = sorted({r.family for r in inj if r.family})
-    return clean + inj, {"source": "matched", "n_clean": len(clean), "n_injected": len(inj),
-                         "n_total": len(clean) + len(inj), "families": fams}
+    return mix, {"source": "matched", "n_clean": len(mix) - len(inj), "n_injected": len(inj),
+                 "n_total": len(mix), "families": fams}
 
 
 def check_data_recipe(data: str) -> None:
@@ -434,16 +437,18 @@ def validation_score_fn(cfg: Config, paths, tokenizer, limit: int = 200):
 
 
 def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = False, name: str = "struq",
-          data: str = "paper"):
+          data: str = "matched"):
     """Train StruQ on the same base: reserved delimiters + SFT on the StruQ mixture of the TRAIN records
-    (default: the run's train split; data="matched": the causal method's pairs, matched_records).
+    (default: the run's train split; data="matched": the training contract's examples, matched_records;
+    data="paper": StruQ's own 2-family mixture).
     -> training.trainer.TrainResult; checkpoints/<name>/{epoch_N,best_model} (best = the last epoch),
     metrics/train_<name>_log.jsonl, best_model/model_card.json."""
     check_data_recipe(data)
     model, tok, source = load_base(cfg, paths, base_model_dir)
     model, tok = prepare_struq_model(cfg, model, tok)
     records = train_records(cfg, paths, records)
-    mix, stats = matched_records(records) if data == "matched" else struq_training_records(records, seed=cfg.run.seed)
+    mix, stats = (matched_records(records, cfg.train.clean_pair_fraction, seed=cfg.run.seed) if data == "matched"
+                  else struq_training_records(records, seed=cfg.run.seed))
     ds = struq_dataset(mix, tok, cfg.model.max_seq_length)
     meta = {"defense": name, "base": source, "reserved_tokens": list(RESERVED_TOKENS), "mixture": stats, "data": data,
             "train_families": sorted({r.family for r in mix if r.kind == "injected" and r.family})}

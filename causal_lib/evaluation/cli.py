@@ -57,16 +57,13 @@ def _expand_attack_files(files: Sequence[str], test_records: list, cfg) -> list:
 
 
 def _defense_view(defense: str | None, records: list, model, tok, cfg, data_dir: Path):
-    """What the named defense needs at test time: StruQ/SecAlign read their structured prompt
-    (defenses.load.records_for), input filtering blocks with the run's filter (outputs/<run>/ = data_dir/..)."""
+    """What the named defense needs at test time: its view of the records through the registry (StruQ/SecAlign and
+    their original recipes read their structured prompt; defenses.load.records_for), input filtering blocks with the run's filter (outputs/<run>/ = data_dir/..)."""
     if not defense or defense == "none":
         return records, None
 
     if defense not in registry.names():
         raise EvalCLIError(f"--defense-name {defense!r}: not one of {registry.names()} (or leave it out for a plain model)")
-    if defense in ("struq", "secalign"):
-
-        return records_for(defense, records, tok), None
     if defense == "filter":
 
         try:
@@ -74,7 +71,8 @@ def _defense_view(defense: str | None, records: list, model, tok, cfg, data_dir:
         except (ImportError, FileNotFoundError) as e:
             raise EvalCLIError(f"--defense-name filter: the run's input filter could not be loaded ({e}); evaluate the "
                                f"'filter' defense in the book first (chapter 08) or leave out --defense-name") from None
-    return records, None
+    # every other defense through the registry (StruQ, SecAlign and their original recipes: their structured prompt)
+    return records_for(defense, records, tok), None
 
 
 def _check_out_path(out: str) -> Path:

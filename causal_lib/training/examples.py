@@ -18,6 +18,15 @@ def make_pairs(records: Sequence) -> list[tuple]:
     return [(clean[r.pair_id], r) for r in records if r.kind == "injected" and r.pair_id in clean]
 
 
+def training_slots(pairs: Sequence[tuple], clean_pair_fraction: float = 0.25, seed: int = 0) -> list[tuple]:
+    """The training contract's examples (issue 30): one slot per (clean, injected) pair -> (clean, trained), where
+    `trained` is the injected twin or, for a `clean_pair_fraction` share drawn with `seed`, the clean item itself
+    (a task gradient on clean inputs). Every SFT-style defense trains on exactly these `trained` records, in this
+    order: the causal method (as the injected side of its pairs), adversarial SFT and the data-matched StruQ."""
+    rng = np.random.default_rng(seed)
+    return [(clean, clean if rng.random() < clean_pair_fraction else inj) for clean, inj in pairs]
+
+
 def z_vocabulary(records: Sequence) -> list[str]:
     """Feature names of Z for the HSIC term: one-hot of the attack family and of the goal."""
     fam = sorted({r.family for r in records if r.family})
@@ -63,15 +72,12 @@ class PairDataset(Dataset):
 
     def __init__(self, pairs: Sequence[tuple], tokenizer, max_length: int, z_vocab: Sequence[str],
                  clean_pair_fraction: float = 0.25, seed: int = 0):
-        rng = np.random.default_rng(seed)
         # s_group, the strata of L_spurious: the task of S (8 in the world), as in chapter 07's d-separation test.
         # The exact S strings (32 in the world's training split) left a median group of 1 in a random batch of 32
         # and 7% of its items in groups of >= 4 (losses.MIN_GROUP_SIZE); by task: median 4, 76%.
         groups: dict[str, int] = {}
         self.items = []
-        for clean, inj in pairs:
-            if rng.random() < clean_pair_fraction:
-                inj = clean
+        for clean, inj in training_slots(pairs, clean_pair_fraction, seed):
             c = encode_example(tokenizer, clean.system, clean.data, clean.target, max_length=max_length)
             i = encode_example(tokenizer, inj.system, inj.data, inj.target, max_length=max_length)
             self.items.append({
