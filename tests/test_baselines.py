@@ -517,3 +517,15 @@ def test_a_detector_that_fails_its_own_validation_is_left_out_of_the_combination
     # no detector meets the floor: the best one is kept alone, never none
     bad = {"a": {"j": 0.05}, "b": {"j": 0.1}}
     assert validated_detectors(bad) == (["b"], ["a"])
+
+
+def test_eval_cli_reads_every_defense_through_the_registry(make_record, struq):
+    """evaluation/cli.py named struq and secalign by hand: --defense-name struq_original evaluated plain records."""
+    from causal_lib.evaluation.cli import _defense_view
+
+    _, t = struq
+    recs = world(make_record, 4, split="test")
+    for name in ("struq", "secalign", "struq_original", "secalign_original"):
+        viewed, block = _defense_view(name, recs, None, t, None, None)
+        assert block is None and [v.system for v in viewed] == [struq_prompt(r, t)[0] for r in recs], name
+    assert _defense_view("causal_sft", recs, None, t, None, None)[0] == recs

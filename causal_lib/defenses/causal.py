@@ -1,6 +1,6 @@
 """The causal defense: the objective (L_task + lambda_causal * L_causal + lambda_spurious * L_spurious on
 counterfactual (clean, injected) pairs), the Trainer that optimises it, and `train`, which fine-tunes the
-run's base on the train pairs and keeps the epoch with the highest causal stability on validation pairs."""
+run's base on the train pairs and keeps the epoch that the training contract's rule picks (training.selection)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +14,8 @@ from causal_lib.defenses.load import load_model
 from causal_lib.models.load import apply_lora, is_peft_model
 from causal_lib.models.representation import representation
 from causal_lib.training import distributed
-from causal_lib.training.examples import PairDataset, make_pairs, z_vocabulary
+from causal_lib.training import selection
+from causal_lib.training.examples import PairDataset, make_pairs, training_slots, z_vocabulary
 from causal_lib.training.losses import causal_loss, hsic_loss, task_loss, total_loss
 from causal_lib.training.pretrain import base_checkpoint
 from causal_lib.training.trainer import TrainResult, check_finite, forward_for_labels, run_training
@@ -81,7 +82,7 @@ def validation_pairs(paths, limit: int | None = None) -> list[tuple]:
 
 def train(cfg: Config, paths, resume: bool = False, name: str = "causal", **loss_weights) -> TrainResult:
     """Fine-tune the base with L_task + lambda_causal L_causal + lambda_spurious L_spurious on the train pairs;
-    best_model = the epoch with the highest causal stability on the validation pairs.
+    best_model = the epoch of lowest validation loss on O* (training.selection, the rule of every defense).
 
     `name` is the defense (checkpoints/<name>/); `loss_weights` (lambda_causal, lambda_spurious, kl_weight)
     replace the params' weights for this model only: the registry's ablations train the same pairs, data and
@@ -100,20 +101,27 @@ def train(cfg: Config, paths, resume: bool = False, name: str = "causal", **loss
     ds = PairDataset(pairs, tok, cfg.model.max_seq_length, z_vocabulary(train),
                      cfg.train.clean_pair_fraction, seed=cfg.run.seed)
     val = validation_pairs(paths, limit=cfg.train.val_pairs)
+    val_loss = selection.validation_score_fn(cfg, load_split(paths.data, "val"), tok)
 
     def score(m):
+        # the contract's rule picks the epoch (validation loss on O*); causal stability and epsilon_causal are
+        # recorded beside it, labelled: they are what the invariance term optimises, so they cannot choose
         r = representation_metrics(m, tok, val, cfg, n_boot=100)
-        return {"causal_stability": r["causal_stability"]["value"], "epsilon_causal": r["epsilon_causal"]["value"]}
+        return {**(val_loss(m) if val_loss else {}), "causal_stability_optimised": r["causal_stability"]["value"],
+                "epsilon_causal": r["epsilon_causal"]["value"]}
 
+    n_injected = sum(t is not c for c, t in training_slots(pairs, cfg.train.clean_pair_fraction, cfg.run.seed))
     return run_training(cfg, paths, name, model, tok, ds, trainer_cls=CausalTrainer, trainer_kwargs={"cfg": cfg},
-                        epochs=cfg.train.epochs,
-                        learning_rate=cfg.train.learning_rate, score_fn=score, select_by="causal_stability",
+                        epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate, score_fn=score,
+                        select_by=selection.SELECT_BY, higher_is_better=False,
                         resume=resume, extra_meta={"defense": name, **loss_weights,
                                                    "train_families": sorted({i.family for _, i in pairs if i.family}),
-                                                   # the training table of the comparison (issue 30): each pair is one
-                                                   # injected input and its clean twin
-                                                   "n_injected": len(pairs), "n_clean": len(pairs),
+                                                   # the training table of the comparison (issue 30): one example per
+                                                   # pair (training.examples.training_slots), its clean twin the
+                                                   # invariance target
+                                                   "n_injected": n_injected, "n_clean": len(pairs) - n_injected,
+                                                   "clean_twins": len(pairs),
                                                    "learning_rate": cfg.train.learning_rate, "epochs": cfg.train.epochs,
-                                                   "selection_rule": "highest causal stability on validation pairs",
-                                                         # relative to the run folder: a shared run stays readable
-                                                         "base": base_checkpoint(paths).relative_to(paths.root).as_posix()})
+                                                   "selection_rule": selection.SELECTION_RULE,
+                                                   # relative to the run folder: a shared run stays readable
+                                                   "base": base_checkpoint(paths).relative_to(paths.root).as_posix()})

@@ -37,6 +37,7 @@ from causal_lib.defenses.struq import (
     view_records,  # noqa: F401 - SecAlign's model reads StruQ's structured prompt
 )
 from causal_lib.models.prompts import answer_ids, encode_example, prompt_text
+from causal_lib.training import selection
 from causal_lib.training.examples import make_pairs
 from causal_lib.training.trainer import run_training
 
@@ -154,7 +155,7 @@ def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = 
     """Train SecAlign on the same base: StruQ front-end + DPO (beta = train.dpo_beta, lr =
     train.dpo_learning_rate or train.learning_rate, epochs = train.dpo_epochs or train.epochs) on the TRAIN
     records (default: the run's train split; data="matched": the causal method's pairs). -> TrainResult;
-    checkpoints/<name>/{epoch_N, best_model} (best = the last epoch), metrics/train_<name>_log.jsonl,
+    checkpoints/<name>/{epoch_N, best_model} (best: training.selection's rule), metrics/train_<name>_log.jsonl,
     best_model/model_card.json."""
 
     model, tok, source = load_base(cfg, paths, base_model_dir)
@@ -167,10 +168,12 @@ def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = 
     lr, epochs = dpo_learning_rate(cfg), dpo_epochs(cfg)
     meta = {"defense": name, "data": data, "train_families": sorted({p["family"] for p in pairs if p["family"]}),
             "base": source, "reserved_tokens": list(RESERVED_TOKENS), "mixture": stats,
-            "dpo_beta": cfg.train.dpo_beta, "dpo_sft_weight": cfg.train.dpo_sft_weight}
+            "dpo_beta": cfg.train.dpo_beta, "dpo_sft_weight": cfg.train.dpo_sft_weight,
+            "selection_rule": selection.SELECTION_RULE}
     result = run_training(
         cfg, paths, name, model, tok, ds, trainer_cls=_make_trainer_cls(), epochs=epochs,
-        learning_rate=lr, score_fn=validation_score_fn(cfg, paths, tok), resume=resume, extra_meta=meta,
+        learning_rate=lr, score_fn=validation_score_fn(cfg, paths, tok), select_by=selection.SELECT_BY,
+        higher_is_better=False, resume=resume, extra_meta=meta,
         trainer_kwargs={"processing_class": tok, "beta": cfg.train.dpo_beta, "ref_model": None,
                         "precompute_ref": True, "max_length": cfg.model.max_seq_length,
                         "sft_weight": cfg.train.dpo_sft_weight})

@@ -42,7 +42,7 @@ from causal_lib.models.checkpoints import load_checkpoint
 from causal_lib.models.load import apply_lora, base_model_of, forget_pristine_base, is_peft_model
 from causal_lib.models.prompts import ensure_chat_template, prompt_text
 from causal_lib.models.tokens import SPECIAL_TOKENS
-from causal_lib.training.epoch_selection import mean_task_loss
+from causal_lib.training import selection
 from causal_lib.training.examples import SFTDataset, make_pairs, training_slots
 from causal_lib.training.pretrain import base_checkpoint
 from causal_lib.training.trainer import SFTTrainer, run_training
@@ -409,31 +409,13 @@ def train_records(cfg: Config, paths, records=None) -> list:
 
 
 def validation_score_fn(cfg: Config, paths, tokenizer, limit: int = 200):
-    """Per-epoch score: mean task loss on O* of validation items in the StruQ format, clean and injected.
-    None when the run has no validation split (then epochs carry no score and best = last epoch)."""
+    """Per-epoch score of the training contract's rule (training.selection): the loss on O* of the clean and
+    injected validation items in the StruQ format. None when the run has no validation split (best = last epoch)."""
     try:
-
         val = load_split(paths.data, "val")
     except Exception:  # noqa: BLE001 - no data folder (tests, a custom records list): train without scores
         return None
-
-    def to_struq(rs):
-        return [dataclasses.replace(r, system=s, data=u) for r in rs for s, u in [struq_prompt(r, tokenizer)]]
-
-    clean = to_struq([r for r in val if r.kind == "clean"][:limit])
-    inj = to_struq([r for r in val if r.kind == "injected"][:limit])
-    if not clean and not inj:
-        return None
-
-    def score(model):
-        out = {}
-        if clean:
-            out["val_loss_clean"] = mean_task_loss(model, tokenizer, clean, cfg, limit=limit)
-        if inj:
-            out["val_loss_injected"] = mean_task_loss(model, tokenizer, inj, cfg, limit=limit)
-        return out
-
-    return score
+    return selection.validation_score_fn(cfg, val, tokenizer, lambda rs: view_records(rs, tokenizer), limit)
 
 
 def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = False, name: str = "struq",
@@ -441,7 +423,7 @@ def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = 
     """Train StruQ on the same base: reserved delimiters + SFT on the StruQ mixture of the TRAIN records
     (default: the run's train split; data="matched": the training contract's examples, matched_records;
     data="paper": StruQ's own 2-family mixture).
-    -> training.trainer.TrainResult; checkpoints/<name>/{epoch_N,best_model} (best = the last epoch),
+    -> training.trainer.TrainResult; checkpoints/<name>/{epoch_N,best_model} (best: training.selection's rule),
     metrics/train_<name>_log.jsonl, best_model/model_card.json."""
     check_data_recipe(data)
     model, tok, source = load_base(cfg, paths, base_model_dir)
@@ -451,10 +433,11 @@ def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = 
                   else struq_training_records(records, seed=cfg.run.seed))
     ds = struq_dataset(mix, tok, cfg.model.max_seq_length)
     meta = {"defense": name, "base": source, "reserved_tokens": list(RESERVED_TOKENS), "mixture": stats, "data": data,
+            "selection_rule": selection.SELECTION_RULE,
             "train_families": sorted({r.family for r in mix if r.kind == "injected" and r.family})}
     result = run_training(cfg, paths, name, model, tok, ds, trainer_cls=SFTTrainer, epochs=cfg.train.epochs,
                           learning_rate=cfg.train.learning_rate, score_fn=validation_score_fn(cfg, paths, tok),
-                          resume=resume, extra_meta=meta)
+                          select_by=selection.SELECT_BY, higher_is_better=False, resume=resume, extra_meta=meta)
     if result.best_epoch is not None:
         write_model_card(paths.checkpoints / name / "best_model", cfg, {
             **meta, "method": "StruQ (Chen et al. 2025): reserved delimiters stripped from data + SFT, target O*",

@@ -1,8 +1,6 @@
 """Chapter 06: the plan's metrics for every epoch checkpoint of one defense, and the choice of best_model."""
 from __future__ import annotations
 
-import torch
-
 from causal_lib.book.run_folder import RunPaths
 from causal_lib.config import Config
 from causal_lib.data.records import load_split
@@ -10,26 +8,10 @@ from causal_lib.defenses.load import records_for
 from causal_lib.evaluation.run import evaluate_records
 from causal_lib.evaluation.summary import summarise
 from causal_lib.models.checkpoints import checkpoint_json, load_checkpoint
-from causal_lib.training.examples import SFTDataset, make_collator, make_pairs
-from causal_lib.training.losses import task_loss
+from causal_lib.training.examples import make_pairs
+from causal_lib.training.selection import SELECT_BY, SELECTION_RULE, mean_task_loss, validation_score_fn
 from causal_lib.training.trainer import set_best_model
 from causal_lib.verification.invariance import representation_metrics
-
-
-@torch.no_grad()
-def mean_task_loss(model, tokenizer, records, cfg: Config, limit: int = 200) -> float:
-    """Token-averaged cross-entropy on the targets of `records` (the same L_task as training)."""
-
-    ds = SFTDataset(records[:limit], tokenizer, cfg.model.max_seq_length)
-    collate = make_collator(tokenizer.pad_token_id)
-    total, n = 0.0, 0
-    for i in range(0, len(ds), cfg.eval.batch_size):
-        b = collate([ds[j] for j in range(i, min(i + cfg.eval.batch_size, len(ds)))])
-        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-        k = int((b["labels"][:, 1:] != -100).sum())
-        total += float(task_loss(out.logits, b["labels"])) * k
-        n += k
-    return total / max(n, 1)
 
 
 def validate_epochs(cfg: Config, paths: RunPaths, defense: str) -> dict:
@@ -44,6 +26,7 @@ def validate_epochs(cfg: Config, paths: RunPaths, defense: str) -> dict:
     rows = []
     for d in epoch_dirs:
         model, tok = load_checkpoint(d, cfg.model, is_trainable=False)
+        select = validation_score_fn(cfg, val_items, tok, lambda rs: records_for(defense, rs, tok))
         pairs = make_pairs(records_for(defense, val, tok))[: cfg.train.val_pairs]
         rep = representation_metrics(model, tok, pairs, cfg)
         summary = summarise(evaluate_records(model, tok, records_for(defense, val_items, tok), cfg.eval))
@@ -56,9 +39,11 @@ def validate_epochs(cfg: Config, paths: RunPaths, defense: str) -> dict:
                      "asr": asr["rate"], "asr_lo": asr["lo"], "asr_hi": asr["hi"],
                      "benign_accuracy": ben["rate"], "benign_accuracy_lo": ben["lo"], "benign_accuracy_hi": ben["hi"],
                      "train_loss": mean_task_loss(model, tok, clean_train, cfg),
-                     "val_loss": mean_task_loss(model, tok, clean_val, cfg)})
+                     "val_loss": mean_task_loss(model, tok, clean_val, cfg),
+                     # the contract's rule (training.selection), the same score training selected by
+                     "selection_loss": select(model)[SELECT_BY]})
         del model
-    best = max(rows, key=lambda r: r["causal_stability"])["epoch"]
+    best = min(rows, key=lambda r: r["selection_loss"])["epoch"]
     trained_best = None
     best_dir = root / "best_model"
     if best_dir.exists():
@@ -69,4 +54,4 @@ def validate_epochs(cfg: Config, paths: RunPaths, defense: str) -> dict:
     at_best = next(r for r in rows if r["epoch"] == best)
     return {"defense": defense, "epochs": rows, "best_epoch": best, "training_best_epoch": trained_best,
             "selection_agrees": trained_best == best, "gap_at_best": at_best["val_loss"] - at_best["train_loss"],
-            "criterion": "highest causal stability on validation pairs"}
+            "criterion": SELECTION_RULE}
