@@ -23,7 +23,8 @@ from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.defenses.load import load_model, records_for
-from causal_lib.evaluation.comparison import comparison_rows, paired_comparison, seed_spread_rows, training_families
+from causal_lib.evaluation.comparison import (comparison_rows, paired_comparison, seed_paired, seed_paired_rows,
+                                               seed_spread_rows, training_families)
 from causal_lib.evaluation.comparison import training_differences, training_records, training_rows
 from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.data.records import load_split
@@ -164,12 +165,16 @@ comparison_payload = {"defenses": defenses, "summaries": {d: evals[d]["summary"]
                       "realistic": {d: r["summary"] for d, r in realistic_results.items()},
                       "realistic_paired": realistic_paired_rows, "contamination": contamination,
                       "seed": cfg.run.seed}
-spread = None
+spread, over_seeds = None, None
 if cfg.run.seeds:
     from causal_lib.evaluation.comparison import seed_replicas, seed_spread
     spread = seed_spread({cfg.run.seed: comparison_payload, **seed_replicas(paths, cfg.run.seeds)})
     run_folder.write_metrics(paths, "seeds", spread)
     display(pd.DataFrame(seed_spread_rows(spread)))
+    # differences are claimed from the across-seed test only: items and seeds both resampled
+    over_seeds = seed_paired(paths, cfg.run.seed, {d: evals[d] for d in defenses}, cfg.run.seeds, alpha=cfg.stats.alpha)
+    run_folder.write_metrics(paths, "seed_paired", {"pairs": over_seeds})
+    display(pd.DataFrame(seed_paired_rows(over_seeds)))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for i, d in enumerate(spread["defenses"]):
         vals = list(spread["defenses"][d]["ASR (all attacks)"]["values"].values())
@@ -188,7 +193,7 @@ reports.write_report(paths, "WEEK4_COMPARISON_TABLE.md", report_text.comparison_
     rows, cfg.run.seed, seed_spread_rows(spread) if spread else None, spread["seeds"] if spread else None,
     paired_result, training_rows=train_rows, training_differ=training_differ,
     realistic_rows=realistic_table if realistic_results else None, realistic_paired=realistic_paired_rows,
-    contamination=contamination))
+    contamination=contamination, seed_paired_rows=seed_paired_rows(over_seeds) if over_seeds else None))
 asr_by = {key: long[(long["metric"] == "asr") & (long["group_type"] == key)][["defense", "group", "k", "n", "rate", "lo", "hi"]]
           .to_dict("records") for key, _ in report_text.ASR_GROUPS}
 gcg_rows = [{"defense": registry.label(d), **{k: g["asr"][k] for k in ("k", "n", "rate", "lo", "hi")},

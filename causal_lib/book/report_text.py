@@ -260,7 +260,7 @@ def comparison_table_report(rows: list[dict], seed: int, spread_rows: list[dict]
                             seeds: list | None = None, paired_result: dict | None = None,
                             training_rows: list[dict] | None = None, training_differ: list[str] | None = None,
                             realistic_rows: list[dict] | None = None, realistic_paired: list[dict] | None = None,
-                            contamination: dict | None = None) -> str:
+                            contamination: dict | None = None, seed_paired_rows: list[dict] | None = None) -> str:
     """WEEK4_COMPARISON_TABLE.md."""
     text = ("# Week 4 comparison table\n\nAll defenses trained and evaluated here on the same base model and test set; "
             f"seed {seed}. Rates with 95% Clopper-Pearson intervals; ASR is twin-controlled (an item counts only "
@@ -273,6 +273,13 @@ def comparison_table_report(rows: list[dict], seed: int, spread_rows: list[dict]
         text += (f"\n## Over seeds {seeds}\n\nMean ± standard deviation [min, max] of each rate over the seeds "
                  "(same data and test set; each seed's own table is under `seeds/seed_<s>/reports/`).\n\n"
                  + markdown_table(spread_rows))
+    if seed_paired_rows:
+        text += ("\n### Differences over seeds and items\n\nThe paired ASR difference of every pair of defenses "
+                 "over all seeds on the same attacked items (joint twin control per seed), with a 95% interval from a "
+                 "two-way cluster bootstrap that resamples items and seeds; a difference is established only when "
+                 "that interval excludes 0 (one seed's McNemar covers the items drawn, not training randomness). "
+                 "Each seed's own discordant counts and exact McNemar p are beside it.\n\n"
+                 + markdown_table(seed_paired_rows))
     return text
 
 

@@ -293,6 +293,42 @@ def seed_spread_rows(spread: dict) -> list[dict]:
     return rows
 
 
+def seed_paired(paths: RunPaths, main_seed: int, main_evals: dict[str, dict], seeds, alpha: float = 0.05) -> list[dict]:
+    """Every pair of defenses over the main seed and the seed replicas (run.seeds) on the same attacked items:
+    verification.paired.across_seeds (a two-way cluster bootstrap over items and seeds, the joint twin control of
+    each seed), with each seed's own exact McNemar beside it. A difference is claimed only from this test when
+    the run has several seeds (README, "Statistics")."""
+    import itertools
+
+    from causal_lib.evaluation.run import load_items
+
+    per_seed = {main_seed: main_evals}
+    for s in seeds:
+        per_seed[s] = {d: {"items": load_items(paths.replica(s), d)} for d in main_evals}
+    out = []
+    for a, b in itertools.combinations(main_evals, 2):
+        outs_a = {s: attack_outcomes(per_seed[s][a]) for s in per_seed}
+        outs_b = {s: attack_outcomes(per_seed[s][b]) for s in per_seed}
+        inel = {s: twin_passed_items(per_seed[s][a]) | twin_passed_items(per_seed[s][b]) for s in per_seed}
+        r = paired.across_seeds(a, outs_a, b, outs_b, ineligible=inel, alpha=alpha)
+        out.append({**r, "label_a": registry.label(a), "label_b": registry.label(b)})
+    return out
+
+
+def seed_paired_rows(results: list[dict]) -> list[dict]:
+    """One markdown row per pair: the difference over seeds with its two-way interval, and each seed's counts."""
+    rows = []
+    for r in results:
+        rows.append({"A": r["label_a"], "B": r["label_b"], "seeds": len(r["seeds"]), "items": r["n_items"],
+                     "ASR A - B over seeds and items": f"{r['difference'] * 100:+.1f} pt "
+                                                      f"[{r['lo'] * 100:+.1f}, {r['hi'] * 100:+.1f}]",
+                     "difference established": "yes" if r["significant"] else "no",
+                     "sign-flip p": f"{r['p_sign_flip']:.3g}",
+                     "per seed (A only / B only, McNemar p)": "; ".join(
+                         f"{p['seed']}: {p['a_only']}/{p['b_only']}, {p['p_value']:.2g}" for p in r["per_seed"])})
+    return rows
+
+
 def attack_outcomes(evaluation: dict) -> dict[str, bool]:
     """item id -> attack succeeded (twin-controlled; blocked = failed) for every attacked item of one
     defense's evaluation (evaluate_defense's payload with its items)."""

@@ -153,3 +153,66 @@ def sentence(r: PairedResult, label=lambda x: x, mdd: float | None = None) -> st
         return base + f": {la if r.difference < 0 else lb} has the lower rate (significant)."
     tail = f"; differences below ~{mdd:.1%} could not be detected at this n" if mdd and not math.isnan(mdd) else ""
     return base + f": no difference detected{tail}."
+
+
+# ------------------------------------------------------------------ across training seeds (issue 30, item 4)
+#
+# Exact McNemar covers which test items were drawn, not training randomness: two runs of the same recipe with
+# another seed move the discordant counts. With several training seeds on the same test items, the outcomes
+# form a seeds x items grid per model, and a claim must hold over both sources of variation. The test here is
+# a two-way cluster bootstrap of the mean paired difference (items and seeds resampled independently, each
+# with replacement: the items' and the seeds' variation both enter the interval); beside it each seed's own exact
+# McNemar and an item-level sign-flip permutation test of the seed-averaged differences.
+
+def seed_grid(per_seed_a: dict, per_seed_b: dict, ineligible: dict | None = None) -> tuple[list, list, np.ndarray, np.ndarray]:
+    """(seeds, item ids, A, B): the boolean seeds x items outcome grids of two models over the items every seed of
+    both scored and no seed's twin control discounts (`ineligible`: seed -> ids dropped under either model)."""
+    seeds = sorted(set(per_seed_a) & set(per_seed_b))
+    if not seeds:
+        raise ValueError("across-seed comparison: the two models share no seed")
+    ids = set.intersection(*[set(per_seed_a[s]) & set(per_seed_b[s]) for s in seeds])
+    for s in seeds:
+        ids -= set((ineligible or {}).get(s, ()))
+    ids = sorted(ids)
+    a = np.array([[bool(per_seed_a[s][i]) for i in ids] for s in seeds], dtype=bool).reshape(len(seeds), len(ids))
+    b = np.array([[bool(per_seed_b[s][i]) for i in ids] for s in seeds], dtype=bool).reshape(len(seeds), len(ids))
+    return seeds, ids, a, b
+
+
+def across_seeds(name_a: str, per_seed_a: dict, name_b: str, per_seed_b: dict, ineligible: dict | None = None,
+                 n_boot: int = 2000, n_perm: int = 2000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """A against B over training seeds and items. `per_seed_a` / `per_seed_b`: seed -> {item id -> attack
+    succeeded}; `ineligible`: seed -> ids dropped for the pair (the joint twin control of each seed).
+
+    -> {difference (mean rate_a - rate_b over seeds and items), lo, hi (two-way cluster bootstrap, percentile),
+    significant (the interval excludes 0), p_sign_flip (items' seed-averaged differences, random signs),
+    per_seed: [{seed, n, rate_a, rate_b, a_only, b_only, p_value}], n_items, seeds}. With one seed the interval is
+    the items' bootstrap alone and says so (`seed_variation: False`)."""
+    seeds, ids, a, b = seed_grid(per_seed_a, per_seed_b, ineligible)
+    n_s, n_i = a.shape
+    per_seed = []
+    for k, s in enumerate(seeds):
+        x, y = a[k], b[k]
+        a_only, b_only = int((x & ~y).sum()), int((~x & y).sum())
+        per_seed.append({"seed": s, "n": n_i, "rate_a": float(x.mean()) if n_i else float("nan"),
+                         "rate_b": float(y.mean()) if n_i else float("nan"), "a_only": a_only, "b_only": b_only,
+                         "p_value": mcnemar_exact(a_only, b_only)})
+    out = {"a": name_a, "b": name_b, "seeds": seeds, "n_items": n_i, "per_seed": per_seed,
+           "seed_variation": n_s > 1, "method": "two-way cluster bootstrap over items and seeds (percentile 95%)"}
+    if n_i == 0:
+        return {**out, "difference": float("nan"), "lo": float("nan"), "hi": float("nan"), "significant": False,
+                "p_sign_flip": 1.0}
+    d = a.astype(float) - b.astype(float)  # seeds x items
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for r in range(n_boot):
+        si = rng.integers(0, n_s, n_s) if n_s > 1 else np.zeros(1, dtype=int)
+        ii = rng.integers(0, n_i, n_i)
+        boots[r] = d[np.ix_(si, ii)].mean()
+    lo, hi = (float(v) for v in np.quantile(boots, [alpha / 2, 1 - alpha / 2]))
+    item_means = d.mean(axis=0)
+    observed = abs(item_means.sum())
+    signs = rng.choice([-1.0, 1.0], size=(n_perm, n_i))
+    p_flip = float((1 + (np.abs(signs @ item_means) >= observed - 1e-12).sum()) / (n_perm + 1))
+    return {**out, "difference": float(d.mean()), "lo": lo, "hi": hi, "significant": bool(lo > 0 or hi < 0),
+            "p_sign_flip": p_flip}
