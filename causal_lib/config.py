@@ -238,6 +238,10 @@ class TrainConfig:
     defenses: list[str] = field(default_factory=lambda: ["causal", "struq", "secalign"])
     epochs: float = field(default=2.0, metadata=_range(0.0, MAX_EPOCHS))
     learning_rate: float = field(default=3e-4, metadata=_range(0.0, 1.0))
+    # the training contract's learning-rate search (training.lr_search): every trained defense trains once per rate
+    # and keeps the one whose selected epoch has the lowest validation loss (training.selection); [] = no search,
+    # train.learning_rate (SecAlign: train.dpo_learning_rate when set) as given
+    learning_rate_grid: list[float] = field(default_factory=list, metadata=_range(0.0, 1.0))
     batch_size: int = field(default=32, metadata=_range(1, MAX_BATCH))
     gradient_accumulation_steps: int = field(default=1, metadata=_range(1, MAX_BATCH))
     warmup_ratio: float = field(default=0.05, metadata=_range(0.0, 1.0))
@@ -249,9 +253,9 @@ class TrainConfig:
     dpo_beta: float = field(default=0.1, metadata=_range(0.0, 100.0))
     # SecAlign's DPO learning rate; 0 = train.learning_rate (LoRA-DPO needs a higher lr than full FT)
     dpo_learning_rate: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    # SecAlign's DPO epochs; 0 = train.epochs. One by default: a DPO step costs ~2-3 SFT steps on CPU
-    # (chosen + rejected) and reward accuracy passes 0.95 within the first epoch on the embedded world
-    dpo_epochs: float = field(default=1.0, metadata=_range(0.0, MAX_EPOCHS))
+    # SecAlign's DPO epochs; 0 = train.epochs, the training contract (every defense the same epochs; it was 1 against
+    # the others' 2 before issue 30, since a DPO step costs ~2-3 SFT steps on CPU)
+    dpo_epochs: float = field(default=0.0, metadata=_range(0.0, MAX_EPOCHS))
     # weight of an NLL term on the chosen answer next to the DPO loss (RPO, Pang et al. 2024); 0 = plain
     # DPO as in SecAlign. Plain DPO on injected prompts alone can erode the answers on clean inputs
     dpo_sft_weight: float = field(default=0.0, metadata=_range(0.0, MAX_WEIGHT))
@@ -480,6 +484,12 @@ def _check_consistency(cfg: Config) -> None:
     if stage_epochs and len(stage_epochs) != len(cfg.train.base_curriculum):
         raise ConfigError(f"train.base_curriculum_stage_epochs: {len(stage_epochs)} values for "
                           f"{len(cfg.train.base_curriculum)} curriculum stages; give one per stage or none")
+    grid = cfg.train.learning_rate_grid
+    for i, lr in enumerate(grid):
+        if lr <= 0:
+            raise ConfigError(f"train.learning_rate_grid[{i}]: {lr} must be > 0, e.g. [2.0e-4, 5.0e-4, 1.0e-3]")
+    if len(set(grid)) != len(grid):
+        raise ConfigError(f"train.learning_rate_grid: {grid} repeats a rate; give each rate once")
     seeds = cfg.run.seeds
     if cfg.run.seed in seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"run.seeds: {seeds} must be distinct extra seeds, without run.seed ({cfg.run.seed}), "

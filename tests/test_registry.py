@@ -86,8 +86,10 @@ def test_causal_ablations_train_the_causal_recipe_with_their_terms_off(monkeypat
 
     calls = {}
     monkeypatch.setattr(causal, "train", lambda cfg, paths, resume=False, **kw: calls.setdefault(kw["name"], kw))
+    from causal_lib.config import Config
+
     for name in ("causal_sft", "causal_invariance", "causal_hsic"):
-        registry.get(name).train(cfg=None, paths=None)
+        registry.get(name).train(cfg=Config(), paths=None)
     assert calls["causal_sft"]["lambda_causal"] == calls["causal_sft"]["lambda_spurious"] == 0.0
     assert calls["causal_invariance"]["lambda_spurious"] == 0.0 and "lambda_causal" not in calls["causal_invariance"]
     assert calls["causal_hsic"]["lambda_causal"] == 0.0 and "lambda_spurious" not in calls["causal_hsic"]

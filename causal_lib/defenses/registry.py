@@ -35,10 +35,13 @@ class Defense:
         return getattr(importlib.import_module(self.module), attr, None)
 
     def train(self, cfg, paths, resume: bool = False):
+        """Train this defense's model (once per rate of train.learning_rate_grid, keeping the best on validation)."""
         fn = self._impl("train")
         if not self.trains or fn is None:
             raise ValueError(f"defense {self.name!r} trains no model of its own (it uses the base)")
-        return fn(cfg, paths, resume=resume, **dict(self.train_options))
+        from causal_lib.training.lr_search import train_over_grid
+
+        return train_over_grid(fn, cfg, paths, self.name, resume=resume, **dict(self.train_options))
 
     def view_records(self, records, tokenizer) -> list:
         fn = self._impl("view_records")

@@ -128,7 +128,8 @@ def training_record(paths: RunPaths, defense: str) -> dict:
     train = _read_json(paths.metrics / f"train_{defense}.json")
     chosen = _read_json(paths.metrics / f"epochs_{defense}.json")
     mix = extra.get("mixture") or card.get("mixture") or {}
-    sources = [extra, card]
+    # a learning-rate search (training.lr_search) records the grid and the rate it chose beside best_model
+    sources = [_read_json(paths.checkpoints / defense / "lr_search.json"), extra, card]
     injected, clean = _first(sources + [mix], TRAINING_KEYS["injected"]), _first(sources + [mix], TRAINING_KEYS["clean"])
     if injected is None and mix.get("n_pairs") is not None:  # preference pairs (DPO): one injected input each
         injected = mix["n_pairs"]
