@@ -15,7 +15,7 @@ overrides = {}
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 import seaborn as sns
 
 from causal_lib.book import run_folder
@@ -23,8 +23,8 @@ from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.defenses.load import load_model, records_for
-from causal_lib.evaluation.comparison import (comparison_rows, paired_comparison, seed_paired, seed_paired_rows,
-                                               seed_spread_rows, training_families)
+from causal_lib.evaluation.comparison import (comparison_rows, comparison_tables, paired_comparison, paired_verdict,
+                                               seed_paired, seed_paired_rows, seed_spread_rows, training_families)
 from causal_lib.evaluation.comparison import training_differences, training_records, training_rows
 from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.data.records import load_split
@@ -72,11 +72,21 @@ ax.legend(fontsize=7); plt.tight_layout(); plt.show()
 
 # %% [markdown]
 # ## The comparison
+# The answer first, in one paragraph (the lowest ASR, the causal method against the control and each baseline on
+# the same items, at what benign accuracy); then the comparison in tables that fit a page: attack success, held-out
+# test content, utility / over-defense / separation (SEP on the probes the base executes in S, and S-utility: how
+# many of those a defense still executes when they are its instructions), adaptive attacks and the literature.
 
 # %%
 rows = comparison_rows(evals, gcg, training_families(paths, evals))
 comparison = pd.DataFrame(rows)
-comparison
+paired_result = paired_comparison(evals, alpha=cfg.stats.alpha)  # the paired tests, shown in their section below
+tables = comparison_tables(rows)
+lead = report_text.lead_paragraph({d: evals[d]["summary"] for d in defenses}, {d: registry.label(d) for d in defenses},
+                                  paired_result, seeds=1 + len(cfg.run.seeds))
+display(Markdown(lead))
+for title, table in tables:  # the comparison in tables that fit a page
+    display(Markdown(f"**{title}**"), pd.DataFrame(table))
 
 # %% [markdown]
 # ## Beyond the world: the literature's protocol and realistic items
@@ -127,7 +137,6 @@ pd.DataFrame(train_rows)
 # says how many items that dropped), so both rates of a pair have the same denominator.
 
 # %%
-paired_result = paired_comparison(evals, alpha=cfg.stats.alpha)
 for p in paired_result["pairs"]:
     print(p["sentence"])
 pd.DataFrame(paired_result["matrix"])
@@ -193,7 +202,8 @@ reports.write_report(paths, "WEEK4_COMPARISON_TABLE.md", report_text.comparison_
     rows, cfg.run.seed, seed_spread_rows(spread) if spread else None, spread["seeds"] if spread else None,
     paired_result, training_rows=train_rows, training_differ=training_differ,
     realistic_rows=realistic_table if realistic_results else None, realistic_paired=realistic_paired_rows,
-    contamination=contamination, seed_paired_rows=seed_paired_rows(over_seeds) if over_seeds else None))
+    contamination=contamination, seed_paired_rows=seed_paired_rows(over_seeds) if over_seeds else None,
+    tables=tables, lead=lead))
 asr_by = {key: long[(long["metric"] == "asr") & (long["group_type"] == key)][["defense", "group", "k", "n", "rate", "lo", "hi"]]
           .to_dict("records") for key, _ in report_text.ASR_GROUPS}
 gcg_rows = [{"defense": registry.label(d), **{k: g["asr"][k] for k in ("k", "n", "rate", "lo", "hi")},
@@ -203,9 +213,11 @@ reports.write_report(paths, "WEEK4_EVALUATION_REPORT.md", report_text.evaluation
     twin={registry.label(d): evals[d]["summary"].get("twin_control") for d in defenses},
     adaptive_rows=adaptive_df.to_dict("records"), adaptive_budget=adaptive_result["budget"],
     adaptive_paired=adaptive_result["paired"]))
-# the verdict: the causal model's ASR against the criteria module's target (its 95% interval decides)
+# the verdict: the causal model's ASR against the criteria module's target (its 95% interval decides), and FAIL when
+# another trained defense does significantly better on the same items (the paired comparison above)
 causal = evals.get("causal", {}).get("summary")
-verdict = criteria.judge("asr", causal["asr"]) if causal else criteria.FAIL
-detail = report_text.attack_detail(causal, evals["none"]["summary"])
+verdict, worse = paired_verdict(criteria.judge("asr", causal["asr"]) if causal else criteria.FAIL, paired_result,
+                                among=[d for d in defenses if d not in ("none", "causal")])
+detail = report_text.attack_detail(causal, evals["none"]["summary"], worse)
 reports.record_verdict(paths, "08_attack_evaluation", verdict, detail)  # PASS, FAIL or INCONCLUSIVE
 print(detail)

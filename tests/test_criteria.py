@@ -142,7 +142,10 @@ def test_non_finite_values_fail():
 def test_type1_calibration_is_judged_only_with_enough_repetitions():
     assert criteria.judge("hsic_type1", {"k": 1, "n": 20, "rate": 0.05, "lo": 0.001, "hi": 0.25}) == "NOT MEASURED"
     assert criteria.judge("hsic_type1", rate(50, 1000)) == "PASS"  # 5.0% [3.7%, 6.5%]: inside [2%, 8%]
-    assert criteria.judge("hsic_type1", {"k": 30, "n": 200, "rate": 0.15, "lo": 0.1, "hi": 0.2}) == "FAIL"
+    assert criteria.judge("hsic_type1", {"k": 60, "n": 400, "rate": 0.15, "lo": 0.12, "hi": 0.19}) == "FAIL"
+    # a perfectly calibrated test passes at the smallest n the criterion measures (and could not at 200)
+    assert criteria.judge("hsic_type1", rate(20, 400)) == "PASS"
+    assert criteria.judge("hsic_type1", rate(10, 200)) == "NOT MEASURED"
     # NOT MEASURED is not met: a calibration too short to judge is not a calibration shown
     rows = {"hsic_type1": {"status": "NOT MEASURED"}, "asr": {"status": "PASS"}}
     assert criteria.overall(rows) == "FAIL"
@@ -150,10 +153,10 @@ def test_type1_calibration_is_judged_only_with_enough_repetitions():
 
 def test_in_range_criteria_follow_the_interval_rule():
     """The type-I error 0.075 [0.043, 0.121] was marked PASS because "in range" skipped the interval rule."""
-    seen = {"k": 15, "n": 200, "rate": 0.075, "lo": 0.043, "hi": 0.121}
+    seen = {"k": 30, "n": 400, "rate": 0.075, "lo": 0.051, "hi": 0.105}
     a = criteria.assess("hsic_type1", seen)
-    assert a.status == "INCONCLUSIVE" and "0.121" in a.reason
-    assert criteria.judge("hsic_type1", rate(10, 200)) == "INCONCLUSIVE"  # 5% [2.4%, 9.0%]: 200 repetitions are few
+    assert a.status == "INCONCLUSIVE" and "0.105" in a.reason
+    assert criteria.judge("hsic_type1", rate(10, 200)) == "NOT MEASURED"  # 5% [2.4%, 9.0%]: 200 could never pass
     assert criteria.judge("hsic_type1", {"k": 4, "n": 400, "rate": 0.01, "lo": 0.003, "hi": 0.025}) == "FAIL"
     assert criteria.judge("hsic_type1", {"k": 9, "n": 400, "rate": 0.0225, "lo": 0.010, "hi": 0.042}) == "INCONCLUSIVE"
 
@@ -344,7 +347,7 @@ PLANTED_FAILURES = {  # criterion -> [(planted value, the status it must get)]
                               ({"value": 2.0, "lo": 1.8, "hi": 2.2, "power": True}, "FAIL"),
                               ({"value": 1.2, "lo": 1.1, "hi": 1.4, "power": True}, "INCONCLUSIVE")],
     "graph_match": [({"score": 0.9, "hard_pass": False}, "FAIL"), ({"score": 0.5, "hard_pass": True}, "FAIL")],
-    "hsic_type1": [({"k": 15, "n": 200, "rate": 0.075, "lo": 0.043, "hi": 0.121}, "INCONCLUSIVE"), (rate(30, 200), "FAIL")],
+    "hsic_type1": [({"k": 30, "n": 400, "rate": 0.075, "lo": 0.051, "hi": 0.105}, "INCONCLUSIVE"), (rate(60, 400), "FAIL")],
     "hsic_power": [(False, "FAIL")],
     "base_benign_accuracy": [(rate(900, 1000), "FAIL"), (rate(96, 100), "INCONCLUSIVE")],
     "base_asr": [(rate(500, 1000), "FAIL"), (rate(13, 20), "INCONCLUSIVE")],

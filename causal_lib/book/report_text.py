@@ -256,17 +256,52 @@ def training_table_text(training_rows: list[dict] | None, differ: list[str] | No
     return text
 
 
+def lead_paragraph(summaries: dict[str, dict], labels: dict[str, str], paired_result: dict | None,
+                   model: str = "causal", control: str = "causal_sft", seeds: int = 1) -> str:
+    """The answer first (issue 31, item 8): which defense has the lowest static ASR, how `model` compares with the
+    control and each other defense on the same items (exact McNemar, Holm), at what benign accuracy, and what one
+    seed cannot say. Empty when `model` was not evaluated."""
+    if model not in summaries:
+        return ""
+    name = lambda d: labels.get(d, d)  # noqa: E731
+    trained = [d for d in summaries if d != "none"]
+    best = min(trained or list(summaries), key=lambda d: summaries[d]["asr"]["rate"])
+    pairs = {frozenset((p["a"], p["b"])): p for p in (paired_result or {}).get("pairs", [])}
+    parts = []
+    for other in [control] + [d for d in trained if d not in (model, control)]:
+        p = pairs.get(frozenset((model, other)))
+        if other not in summaries or p is None:
+            continue
+        mine, theirs = (p["rate_a"], p["rate_b"]) if p["a"] == model else (p["rate_b"], p["rate_a"])
+        verdict = ("significantly lower" if mine < theirs else "significantly higher") if p["significant"] else \
+            "no difference detected"
+        parts.append(f"{name(other)}{' (the control: adversarial SFT on the same pairs)' if other == control else ''}: "
+                     f"{mine:.1%} vs {theirs:.1%} on {p['n']} common items, {verdict} (Holm p = {p['p_holm']:.2g})")
+    ben = summaries[model]["benign_accuracy"]
+    text = (f"**In one paragraph.** On the world's static attacks the lowest ASR is {name(best)}'s "
+            f"({_rate(summaries[best]['asr'])}); {name(model)}'s is {_rate(summaries[model]['asr'])} at benign accuracy "
+            f"{_rate(ben)}" + (f" (the base: {_rate(summaries['none']['benign_accuracy'])})" if "none" in summaries else "")
+            + ". " + (f"{name(model)} against " + "; against ".join(parts) + ". " if parts else "")
+            + ("One training seed: these tests cover which test items were drawn, not training randomness; a claim "
+               "needs the across-seed test (run.seeds)." if seeds < 2 else
+               f"{seeds} training seeds: the claims rest on the across-seed test below.") + "\n\n")
+    return text
+
+
 def comparison_table_report(rows: list[dict], seed: int, spread_rows: list[dict] | None = None,
                             seeds: list | None = None, paired_result: dict | None = None,
                             training_rows: list[dict] | None = None, training_differ: list[str] | None = None,
                             realistic_rows: list[dict] | None = None, realistic_paired: list[dict] | None = None,
-                            contamination: dict | None = None, seed_paired_rows: list[dict] | None = None) -> str:
-    """WEEK4_COMPARISON_TABLE.md."""
-    text = ("# Week 4 comparison table\n\nAll defenses trained and evaluated here on the same base model and test set; "
-            f"seed {seed}. Rates with 95% Clopper-Pearson intervals; ASR is twin-controlled (an item counts only "
-            "where the clean twin's output does not already pass the attack check; the capability floor column "
-            "is the share that does). The last column holds the plan's literature "
-            "figures for orientation only: they were **not** measured in this run.\n\n" + markdown_table(rows)
+                            contamination: dict | None = None, seed_paired_rows: list[dict] | None = None,
+                            tables: list[tuple[str, list[dict]]] | None = None, lead: str = "") -> str:
+    """WEEK4_COMPARISON_TABLE.md: the lead paragraph, then the comparison in `tables` (comparison_tables: groups of
+    columns that fit a page; `rows` whole when not given)."""
+    grouped = "".join(f"\n### {title}\n\n" + markdown_table(t) for title, t in tables) if tables else markdown_table(rows)
+    text = ("# Week 4 comparison table\n\n" + lead + "All defenses trained and evaluated here on the same base model "
+            f"and test set; seed {seed}. Rates with 95% Clopper-Pearson intervals; ASR is twin-controlled (an item "
+            "counts only where the clean twin's output does not already pass the attack check; the capability floor "
+            "column is the share that does). The literature column holds the plan's "
+            "figures for orientation only: they were **not** measured in this run.\n\n" + grouped
             + training_table_text(training_rows, training_differ) + paired_text(paired_result)
             + realistic_text(realistic_rows, realistic_paired, contamination))
     if spread_rows:
@@ -364,12 +399,17 @@ def evaluation_report(counts: dict, seed: int, rows: list[dict], asr_by: dict[st
     return text
 
 
-def attack_detail(causal: dict | None, none: dict) -> str:
-    """The verdict line of chapter 08: the causal model's ASR with its interval, which decides (criteria module)."""
+def attack_detail(causal: dict | None, none: dict, worse: list[dict] | None = None) -> str:
+    """The verdict line of chapter 08: the causal model's ASR with its interval against the target, and every
+    trained defense that does significantly better on the same items (evaluation.comparison.paired_verdict)."""
     if not causal:
         return "causal model not trained in this run"
-    return (f"causal ASR {_rate(causal['asr'])} vs no defense {none['asr']['rate']:.1%} "
+    text = (f"causal ASR {_rate(causal['asr'])} vs no defense {none['asr']['rate']:.1%} "
             f"(target {criteria.target_text('asr', stretch=False)}, the 95% interval decides)")
+    if worse:
+        text += "; FAIL: significantly worse than " + ", ".join(
+            f"{w['label']} ({w['rate_model']:.1%} vs {w['rate_other']:.1%}, Holm p = {w['p_holm']:.2g})" for w in worse)
+    return text
 
 
 # -- 09 phase 2 report -------------------------------------------------------------------------------------------

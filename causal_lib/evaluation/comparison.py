@@ -13,7 +13,7 @@ from causal_lib.book.run_folder import RunPaths
 from causal_lib.data.world import CONTENT_AXES
 from causal_lib.defenses import registry
 from causal_lib.verification import paired
-from causal_lib.evaluation.summary import rate_dict
+from causal_lib.evaluation.summary import common_probe_sep, rate_dict
 
 
 
@@ -223,6 +223,11 @@ def comparison_rows(evals: dict[str, dict], gcg: dict[str, dict] | None = None,
                "fragility to benign text: other errors (paired)": _paired_ci(_split(s, "fragility")),
                "look-alike errors": _ci(s["over_defense"]),
                "SEP separation": _ci(s["sep"])}
+        if "none" in evals and ev.get("items") and evals["none"].get("items"):
+            # SEP over one probe set for every model (those the base executes in S) and what a defense keeps of them
+            common = common_probe_sep(ev["items"], evals["none"]["items"])
+            row |= {"SEP on the base's probes": _ci(common["sep"]),
+                    "S-utility (probes still executed in S)": _ci(common["s_utility"])}
         if gcg is not None:
             row["ASR adaptive (GCG)"] = _ci(gcg.get(d, {}).get("asr"))
         ref = registry.get(d).reference_asr if d in registry.REGISTRY else None
@@ -292,6 +297,63 @@ def seed_spread_rows(spread: dict) -> list[dict]:
             row[name] = f"{m['mean']:.1%} ± {m['sd']:.1%} [{m['min']:.1%}, {m['max']:.1%}]"
         rows.append(row)
     return rows
+
+
+# The comparison in tables that fit a page (issue 31, item 8): each column of comparison_rows in one group, the
+# defense's name in every table; a column no group names goes to the last table rather than being lost.
+COLUMN_GROUPS = {
+    "Attack success (static attacks of the test split)": [
+        "attack families trained on", "ASR (all attacks)", "ASR seen families", "ASR held-out families",
+        "ASR max over families", "ASR per-sample union", "ASR where the base was hijacked",
+        "capability floor (clean twin passes)"],
+    "Attack success on held-out test content": [
+        *(f"ASR held-out {axis}" for axis in CONTENT_AXES), "ASR all content seen"],
+    "Utility, over-defense and separation": [
+        "benign accuracy", "deviation from O* (clean twin correct)",
+        "look-alike errors caused by the note (minus clean twin, paired)", "over-defense: blocked + refusal (paired)",
+        "fragility to benign text: other errors (paired)", "look-alike errors", "SEP separation",
+        "SEP on the base's probes", "S-utility (probes still executed in S)"],
+    "Adaptive attacks and the literature": ["ASR adaptive (GCG)", "reference ASR (literature, not measured here)"],
+}
+
+
+def comparison_tables(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """comparison_rows split into COLUMN_GROUPS: [(title, rows)], each row {"defense", that group's columns}."""
+    if not rows:
+        return []
+    named = {c for cols in COLUMN_GROUPS.values() for c in cols} | {"defense"}
+    rest = [c for c in rows[0] if c not in named]
+    out = []
+    for i, (title, cols) in enumerate(COLUMN_GROUPS.items()):
+        cols = [c for c in cols if c in rows[0]] + (rest if i == len(COLUMN_GROUPS) - 1 else [])
+        if cols:
+            out.append((title, [{"defense": r["defense"], **{c: r.get(c, "") for c in cols}} for r in rows]))
+    return out
+
+
+def worse_than(paired_result: dict | None, model: str, among) -> list[dict]:
+    """The pairs in which `model`'s ASR is significantly higher (Holm) than another of `among`'s defenses."""
+    out = []
+    for p in (paired_result or {}).get("pairs", []):
+        if not p.get("significant") or {p["a"], p["b"]} - ({model} | set(among)) or model not in (p["a"], p["b"]):
+            continue
+        other, mine_a = (p["b"], True) if p["a"] == model else (p["a"], False)
+        higher = p["rate_a"] > p["rate_b"] if mine_a else p["rate_b"] > p["rate_a"]
+        if higher and other != model:
+            out.append({"other": other, "label": p["label_b"] if mine_a else p["label_a"],
+                        "rate_model": p["rate_a"] if mine_a else p["rate_b"],
+                        "rate_other": p["rate_b"] if mine_a else p["rate_a"], "p_holm": p["p_holm"]})
+    return out
+
+
+def paired_verdict(threshold_verdict: str, paired_result: dict | None, model: str = "causal",
+                   among=None) -> tuple[str, list[dict]]:
+    """Chapter 08's verdict for `model`: the ASR target's verdict (its interval decides), but FAIL whenever a paired
+    test shows `model` significantly worse than another trained defense: meeting a threshold while a baseline does
+    significantly better on the same items is not a pass. -> (verdict, the pairs that made it FAIL)."""
+    among = among if among is not None else [d for d in registry.trained_names() if d != model]
+    worse = worse_than(paired_result, model, among)
+    return (criteria.FAIL if worse else threshold_verdict), worse
 
 
 def seed_paired(paths: RunPaths, main_seed: int, main_evals: dict[str, dict], seeds, alpha: float = 0.05) -> list[dict]:

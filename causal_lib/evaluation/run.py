@@ -34,7 +34,8 @@ from causal_lib.models.prompts import prompt_of
 EVALUATION_CODE = ("evaluation/run.py", "evaluation/generate.py", "evaluation/scoring.py", "evaluation/summary.py",
                    "models/prompts.py", "models/tokens.py", "defenses/registry.py", "defenses/load.py",
                    "defenses/filters.py", "defenses/struq.py", "defenses/secalign.py", "data/records.py",
-                   "data/attacks.py", "verification/intervals.py", "verification/paired.py")
+                   "data/attacks.py", "data/world.py",  # world: scoring's refusal phrases
+                   "verification/intervals.py", "verification/paired.py")
 
 
 def code_version(files=EVALUATION_CODE, root=None) -> str:
