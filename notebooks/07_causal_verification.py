@@ -71,6 +71,18 @@ controls = verify_models.power_controls(results, sc.alpha)
 table_df = pd.DataFrame(verify_models.summary_rows(results, sc.alpha))
 table_df
 
+# %% [markdown]
+# ## What the loss did not train: R at other layers and poolings
+# The causal loss pulls R at one point (`model.repr_layer`, `model.repr_pooling`: the last layer at the last prompt
+# token) of an injected input towards its clean twin, so its numbers at that point (causal stability, the distance
+# ratio) cannot speak for the method. The same measurements at three depths x three poolings (last prompt token,
+# mean over the prompt, the first response positions teacher-forced along O*), on the same pairs and benign twins;
+# the insertion criterion below is judged at the untrained point where the ratio reaches highest.
+
+# %%
+points_df = pd.DataFrame(verify_models.point_rows(results))
+points_df
+
 # %%
 verify_models.plot_controls(results, alpha=sc.alpha)
 plt.show()
@@ -99,7 +111,9 @@ pd.DataFrame([{"model": r["model"], "edges": ", ".join(r["discovery"]["graph"].e
 # every target and rule is in causal_lib.book.criteria: a rate or estimate passes only when its whole 95%
 # interval meets the target, INCONCLUSIVE otherwise
 mine = results[model_name]
-eqm = mine["equivalence"]
+# judged where the loss did not train: the untrained point whose ratio reaches highest (the trained point's row is
+# in the table above, labelled)
+eqm = mine["worst_untrained"] or mine["equivalence"]
 match = mine["discovery"]["match"]
 power = controls["base_above_margin"]
 criteria_rows = {
@@ -108,9 +122,8 @@ criteria_rows = {
                                measured=f"planted rejects on every model: {controls['planted_rejects_everywhere']}; shuffled "
                                         f"null not rejected on every model: {controls['null_not_rejected_everywhere']}"),
     "insertion_equivalence": criteria.row("insertion_equivalence", {**eqm, "power": power},
-                                          measured=f"{eqm['value']:.2f} [{eqm['lo']:.2f}, {eqm['hi']:.2f}]; base "
-                                                   f"{controls['base_verdict']}"),
-    "causal_stability": criteria.row("causal_stability", mine["representation"]["causal_stability"]),
+                                          measured=f"{eqm['value']:.2f} [{eqm['lo']:.2f}, {eqm['hi']:.2f}] at "
+                                                   f"{eqm.get('point', 'the trained point')}; base {controls['base_verdict']}"),
     "epsilon_causal": criteria.row("epsilon_causal", mine["representation"]["epsilon_causal"]),
     "sep": criteria.row("sep", mine["representation"]["sep"]),
     "graph_match": criteria.row("graph_match", match, measured=f"{match['score']:.2f} (base "
@@ -125,6 +138,6 @@ metrics = verify_models.metrics_record(results, model_name, calibration, control
 run_folder.write_metrics(paths, "verification", metrics)
 reports.write_report(paths, "WEEK3_VERIFICATION_REPORT.md", report_text.verification_report(
     model_name, cfg.run.seed, len(pairs), d, table, table_df.to_dict("records"), hsic_df.to_dict("records"),
-    cal, controls, metrics["bounds"], verdict))
+    cal, controls, metrics["bounds"], verdict, point_rows=points_df.to_dict("records")))
 reports.record_verdict(paths, "07_causal_verification", verdict, report_text.criteria_summary(table))
 pd.DataFrame(table)

@@ -89,7 +89,13 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
         from causal_lib.book.report_text import base_rows
 
         rows += list(base_rows(base).values())
-    rows.append(criteria.row("causal_stability", rep.get("causal_stability")))
+    # causal stability where the loss did not train it: the untrained point (chapter 07) where it is lowest; the
+    # trained point's value is what the invariance term optimised (the trained point alone when no other was read)
+    pts = {k: p for k, p in ver.get("models", {}).get(model, {}).get("points", {}).items() if not p.get("optimised")}
+    low = min(pts.items(), key=lambda kv: kv[1]["causal_stability"]["value"]) if pts else None
+    cs = low[1]["causal_stability"] if low else rep.get("causal_stability")
+    rows.append(criteria.row("causal_stability", cs, measured=(f"{criteria.measured_text('causal_stability', cs)} at "
+                                                               f"{low[0]} (lowest untrained point)") if low else None))
     rows.append(criteria.row("epsilon_causal", rep.get("epsilon_causal")))
     # SEP on the probes the base executes in S, and what the model lost of them (S-utility): its own SEP
     # denominator, the probes it still executes in S, rewards a model that follows no extra instruction at all
@@ -100,11 +106,13 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
                              measured=criteria.measured_text("sep_common", probes["sep"]) + n_text if probes else None))
     rows.append(criteria.row("s_utility", probes["s_utility"] if probes else None,
                              measured=criteria.measured_text("s_utility", probes["s_utility"]) + n_text if probes else None))
-    eq = ver.get("insertion_equivalence", {}).get(model)
+    # judged at the untrained point where the ratio reaches highest (chapter 07), the trained point only as a fallback
+    eq = ver.get("insertion_equivalence_untrained", {}).get(model) or ver.get("insertion_equivalence", {}).get(model)
     power = bool(ver.get("power_controls", {}).get("base_above_margin"))
     rows.append(criteria.row("insertion_equivalence", {**eq, "power": power} if eq else None,
-                             measured=f"{eq['value']:.2f} [{eq['lo']:.2f}, {eq['hi']:.2f}] ({eq['verdict']}); base shown "
-                                      f"above the margin: {power}" if eq else None))
+                             measured=f"{eq['value']:.2f} [{eq['lo']:.2f}, {eq['hi']:.2f}] ({eq['verdict']}) at "
+                                      f"{eq.get('point', 'the trained point')}; base shown above the margin: {power}"
+                             if eq else None))
     g = ver.get("discovery", {}).get(model, {}).get("match")
     rows.append(criteria.row("graph_match", g, measured=f"{g['score']:.2f}; hard checks pass: {bool(g.get('hard_pass'))}"
                              if g else None))

@@ -168,8 +168,14 @@ def epoch_detail(table: dict) -> str:
 
 # -- 07 causal verification ----------------------------------------------------------------------------------
 
+# Where the insertion margin comes from, said in the report (issue 31, item 5): it was not chosen on validation pairs
+MARGIN_PROVENANCE = ("set to 1.25 in commit e402425 (2026-12-03), the commit that also produced the first verification "
+                     "results; not chosen on validation pairs")
+
+
 def verification_report(model_name: str, seed: int, n_pairs: int, d: int, table: list[dict], model_rows: list[dict],
-                        hsic_rows: list[dict], calibration, controls: dict, bounds: dict, verdict: str) -> str:
+                        hsic_rows: list[dict], calibration, controls: dict, bounds: dict, verdict: str,
+                        point_rows: list[dict] | None = None) -> str:
     """WEEK3_VERIFICATION_REPORT.md: the criteria for `model_name`, then every model's row side by side.
     `calibration`: the hsic.Calibration; `table`: the criteria rows; `model_rows`: verify_models.summary_rows;
     `hsic_rows`: one row per model and HSIC test; `bounds`: {defense: verify_models bounds}."""
@@ -200,13 +206,20 @@ def verification_report(model_name: str, seed: int, n_pairs: int, d: int, table:
             + f"\n**Verdict: {verdict}** ({n_pass}/{len(table)} criteria pass)\n\n"
             "## Every model\n\n"
             f"Distance ratio: mean ||R(inj) - R(clean)|| / mean ||R(benign) - R(clean)|| in standardised R, paired "
-            f"bootstrap 95% interval; equivalent when the whole interval is at or below {margin} (margin fixed in "
-            "advance). Probes: logistic regression on the full R, 5 folds grouped by document, accuracy on held-out "
+            f"bootstrap 95% interval; equivalent when the whole interval is at or below {margin} (margin "
+            f"{MARGIN_PROVENANCE}). These rows read R at the point the causal loss trains; the criterion is judged at "
+            "the untrained points (next section). Probes: logistic regression on the full R, 5 folds grouped by document, accuracy on held-out "
             "documents (chance 0.5). HSIC: stratified within-pair permutation test of R _||_ Z | S on "
             f"{d} principal components (standardised R; the same rule for every model). "
             "eps_causal: mean total variation along O* with its 90th percentile, maximum and share above 0.5. "
             "Graph: PC over S, D, Z, R, O on the full R against the expected CPDAG with S - D dependent.\n\n"
-            + markdown_table(model_rows) + f"\n{power}\n\n## HSIC tests and their controls\n\n"
+            + markdown_table(model_rows) + f"\n{power}\n\n"
+            + ("## What the loss did not train: R at other layers and poolings\n\nThe distance ratio and causal "
+               "stability at three depths x three poolings (last prompt token, mean over the prompt, the first "
+               "response positions along O*); the point the causal loss optimises is labelled, and the insertion "
+               "criterion is judged at the untrained point where the ratio reaches highest.\n\n"
+               + markdown_table(point_rows) + "\n" if point_rows else "")
+            + "## HSIC tests and their controls\n\n"
             "`null control`: the model's real R with clean/inserted labels swapped at random within pairs (must not "
             "reject); `planted control`: a dependence planted on that null (must reject).\n\n"
             + markdown_table(hsic_rows)

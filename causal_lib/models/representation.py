@@ -41,16 +41,31 @@ def prompt_token_mask(attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
     return (mask == 1) & (counts <= prompt_lengths.to(mask.device).long()[:, None])
 
 
+RESPONSE_POSITIONS = 4  # pooling="response": the states of the first response tokens (teacher-forced along O*)
+POOLINGS = ("last", "mean", "response")
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "last",
          prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, T, H] -> [B, H] at the last prompt token or averaged over the prompt tokens."""
+    """[B, T, H] -> [B, H] at the last prompt token ("last"), averaged over the prompt tokens ("mean"), or averaged
+    over the first RESPONSE_POSITIONS response tokens ("response": rows hold prompt + O*, prompt_lengths given;
+    O* is the same on both sides of a pair, so these states differ only through the prompt)."""
+    if pooling == "response":
+        if prompt_lengths is None:
+            raise ValueError("pooling 'response' needs prompt_lengths (rows of prompt + response)")
+        mask = attention_mask.long()
+        counts = mask.cumsum(dim=1)
+        k = prompt_lengths.to(mask.device).long()[:, None]
+        m = ((mask == 1) & (counts > k) & (counts <= k + RESPONSE_POSITIONS)).to(hidden.device)
+        m = m.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
     if pooling == "last":
         pos = prompt_positions(attention_mask, prompt_lengths)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos.to(hidden.device)]
     if pooling == "mean":
         m = prompt_token_mask(attention_mask, prompt_lengths).to(hidden.device).unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
-    raise ValueError(f"pooling {pooling!r}: expected 'last' or 'mean'")
+    raise ValueError(f"pooling {pooling!r}: expected one of {POOLINGS}")
 
 
 def representation(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int = -1,

@@ -15,7 +15,7 @@ clean and injected twins of the same documents, plus each pair's benign twin, ve
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +37,10 @@ class Sample:
     benign: list | None = None
     r_benign: np.ndarray | None = None
     tv_benign: np.ndarray | None = None
+    # R at further (layer, pooling) points (invariance.verification_points): name -> (R(clean), R(injected)),
+    # and name -> R(benign twin)
+    at: dict = field(default_factory=dict)
+    at_benign: dict = field(default_factory=dict)
 
 
 def test_pairs(records, n: int, seed: int) -> list[tuple]:
@@ -52,18 +56,19 @@ def test_pairs(records, n: int, seed: int) -> list[tuple]:
     return [pairs[i] for i in sorted(idx)]
 
 
-def collect(model, tokenizer, pairs, cfg: Config, benign: list | None = None, view=None) -> Sample:
+def collect(model, tokenizer, pairs, cfg: Config, benign: list | None = None, view=None, points=()) -> Sample:
     """R and TV of each pair (and of each (clean, benign twin) pair when `benign` is given) as the model reads
     them: `view(records) -> records` renders them in the defense's own prompt format (defenses.load.records_for);
-    the sample keeps the world's records."""
+    the sample keeps the world's records. `points`: (layer, pooling) pairs where R is also read (Sample.at)."""
     view = view or (lambda recs: recs)
     seen = [(c, i) for c, i in zip(view([p[0] for p in pairs]), view([p[1] for p in pairs]))]
-    fwd = pair_forward(model, tokenizer, seen, cfg.model, batch_size=cfg.eval.batch_size)
-    out = Sample(pairs, fwd.r_clean, fwd.r_injected, fwd.tv)
+    fwd = pair_forward(model, tokenizer, seen, cfg.model, batch_size=cfg.eval.batch_size, points=points)
+    out = Sample(pairs, fwd.r_clean, fwd.r_injected, fwd.tv, at=fwd.at)
     if benign is not None:
         seen_b = list(zip(view([p[0] for p in pairs]), view(list(benign))))
-        fb = pair_forward(model, tokenizer, seen_b, cfg.model, batch_size=cfg.eval.batch_size)
+        fb = pair_forward(model, tokenizer, seen_b, cfg.model, batch_size=cfg.eval.batch_size, points=points)
         out.benign, out.r_benign, out.tv_benign = list(benign), fb.r_injected, fb.tv
+        out.at_benign = {k: ri for k, (_, ri) in fb.at.items()}
     return out
 
 

@@ -4,14 +4,14 @@ epsilon_causal (attack success, benign accuracy, over-defense and separation liv
 All of them go through `representation()` (the same R that training uses) and the one prompt encoder."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from causal_lib.models.prompts import encode_example, pad_batch
-from causal_lib.models.representation import representation
+from causal_lib.models.representation import POOLINGS, pool, representation
 from causal_lib.verification.intervals import bootstrap_ci, quantile_ci, rate
 
 
@@ -20,6 +20,23 @@ class PairForward:
     r_clean: np.ndarray  # [n, H]
     r_injected: np.ndarray  # [n, H]
     tv: np.ndarray  # [n] mean total-variation distance along O* per pair
+    # R at further (layer, pooling) points, point_name -> (R(clean), R(injected)); empty unless points were asked
+    at: dict = field(default_factory=dict)
+
+
+def point_name(layer: int, pooling: str) -> str:
+    return f"layer {layer}, {pooling}"
+
+
+def verification_points(n_layers: int, trained=(-1, "last")) -> list[tuple[int, str]]:
+    """Where chapter 07 reads R besides the point the causal loss trains (issue 31): three depths (a third, two
+    thirds, the last layer; hidden_states index, 0 = embeddings) x three poolings (last prompt token, mean over the
+    prompt, the first response positions). The trained point is among them, labelled by the caller."""
+    layers = sorted({max(1, round(n_layers / 3)), max(1, round(2 * n_layers / 3))}) + [-1]
+    pts = [(layer, pooling) for layer in layers for pooling in POOLINGS]
+    if tuple(trained) not in pts:
+        pts.append(tuple(trained))
+    return pts
 
 
 def encode_batch(tokenizer, triples, max_length):
@@ -38,10 +55,13 @@ def _response_probs(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Te
 
 
 @torch.no_grad()
-def pair_forward(model, tokenizer, pairs: Sequence[tuple], model_cfg, batch_size: int = 64) -> PairForward:
-    """R(clean), R(injected) and the per-pair TV distance of next-token distributions teacher-forced along O*."""
+def pair_forward(model, tokenizer, pairs: Sequence[tuple], model_cfg, batch_size: int = 64,
+                 points: Sequence[tuple[int, str]] = ()) -> PairForward:
+    """R(clean), R(injected) and the per-pair TV distance of next-token distributions teacher-forced along O*;
+    with `points` ((layer, pooling) pairs) also R at each of them (PairForward.at), from the same forward."""
     model.eval()
     rc, ri, tv = [], [], []
+    at = {point_name(*pt): ([], []) for pt in points}
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         sides = []
@@ -52,12 +72,16 @@ def pair_forward(model, tokenizer, pairs: Sequence[tuple], model_cfg, batch_size
             r = representation(model, ids, mask, layer=model_cfg.repr_layer, pooling=model_cfg.repr_pooling,
                                prompt_lengths=plen, hidden_states=out.hidden_states)
             sides.append((r.float().cpu().numpy(), _response_probs(out.logits, labels)))
+            for layer, pooling in points:
+                at[point_name(layer, pooling)][side].append(
+                    pool(out.hidden_states[layer], mask, pooling, plen).float().cpu().numpy())
         rc.append(sides[0][0])
         ri.append(sides[1][0])
         for pc, pi in zip(sides[0][1], sides[1][1]):
             m = min(len(pc), len(pi))  # same O* on both sides, so the same number of positions
             tv.append(float(0.5 * (pc[:m] - pi[:m]).abs().sum(-1).mean()) if m else 0.0)
-    return PairForward(np.concatenate(rc), np.concatenate(ri), np.asarray(tv))
+    return PairForward(np.concatenate(rc), np.concatenate(ri), np.asarray(tv),
+                       {k: (np.concatenate(c), np.concatenate(i)) for k, (c, i) in at.items()})
 
 
 def centred_cosines(r_clean: np.ndarray, r_injected: np.ndarray) -> np.ndarray:

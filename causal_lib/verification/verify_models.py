@@ -12,8 +12,8 @@ from causal_lib.defenses.load import load_model, records_for
 from causal_lib.verification import dseparation, insertion_control, invariance, pac_bayes
 from causal_lib.verification.discovery import discover, discovery_blocks
 
-# The equivalence margin of the benign-insertion control is criteria.threshold("insertion_equivalence"), fixed
-# before any model was verified. The planted dependence of the power control, in SDs per coordinate:
+# The equivalence margin of the benign-insertion control is criteria.threshold("insertion_equivalence") (its
+# provenance: report_text.MARGIN_PROVENANCE). The planted dependence of the power control, in SDs per coordinate:
 PLANTED_STRENGTH = 0.3
 
 
@@ -49,7 +49,9 @@ def verify_model(cfg: Config, paths, defense: str, pairs: list, benign: list, ev
     progress.report(f"verify: {label(defense)} ({len(pairs)} pairs and their benign twins)", force=True)
     model, tok = load_model(cfg, paths, defense)
     view = lambda recs: records_for(defense, recs, tok)
-    sample = dseparation.collect(model, tok, pairs, cfg, benign=benign, view=view)
+    trained = (cfg.model.repr_layer, cfg.model.repr_pooling)
+    points = invariance.verification_points(_n_layers(model), trained)
+    sample = dseparation.collect(model, tok, pairs, cfg, benign=benign, view=view, points=points)
     margin = _margin()
 
     hsic = {"injected": dseparation.dseparation(sample, cfg),
@@ -80,8 +82,52 @@ def verify_model(cfg: Config, paths, defense: str, pairs: list, benign: list, ev
     ok = np.array([bool(items[r.id]["correct"]) if r.id in items else False for r in recs])
     hij = np.array([bool(items[r.id]["success"]) if r.id in items and r.kind == "injected" else False for r in recs])
     disc = discover(discovery_blocks(sample, ok, hij), defended=(defense != "none"), cfg=cfg)
+    at_points = point_results(sample, invariance.point_name(*trained), margin, sc.n_bootstrap, cfg.run.seed)
     return {"defense": defense, "model": label(defense), "n_pairs": len(pairs), "hsic": hsic, "p_curve": curve,
-            "equivalence": ratio, "probes": probes, "representation": rep, "bounds": bounds, "discovery": disc}
+            "equivalence": ratio, "probes": probes, "representation": rep, "bounds": bounds, "discovery": disc,
+            "points": at_points, "worst_untrained": worst_untrained(at_points)}
+
+
+def _n_layers(model) -> int:
+    from causal_lib.models.load import base_model_of
+
+    return int(base_model_of(model).config.num_hidden_layers)
+
+
+def point_results(sample, trained: str, margin: float, n_boot: int, seed: int) -> dict:
+    """At every point of the sample (Sample.at): the distance ratio against the benign twins with its verdict, and
+    the causal stability; `optimised` marks the point the causal loss trains (its numbers cannot speak for it)."""
+    out = {}
+    for name, (rc, ri) in sample.at.items():
+        eq = (insertion_control.insertion_distance_ratio(rc, ri, sample.at_benign[name], margin, n_boot=n_boot,
+                                                         seed=seed) if name in sample.at_benign else None)
+        out[name] = {"optimised": name == trained, "equivalence": eq,
+                     "causal_stability": invariance.causal_stability(rc, ri, n_boot, seed)}
+    return out
+
+
+def worst_untrained(points: dict) -> dict | None:
+    """The untrained point whose distance ratio reaches highest (upper end of its interval): what the insertion
+    criterion judges, so that a model cannot pass it at the one vector its loss pulled together."""
+    cands = [(name, p) for name, p in points.items() if not p["optimised"] and p["equivalence"]]
+    if not cands:
+        return None
+    name, p = max(cands, key=lambda x: x[1]["equivalence"]["hi"])
+    return {"point": name, **p["equivalence"]}
+
+
+def point_rows(results: dict) -> list[dict]:
+    """One row per model and point: the distance ratio [95%] and its verdict, the causal stability; the point the
+    causal loss optimises is labelled so."""
+    rows = []
+    for r in results.values():
+        for name, p in r.get("points", {}).items():
+            eq, cs = p["equivalence"], p["causal_stability"]
+            rows.append({"model": r["model"], "point": name + (" (optimised by the causal loss)" if p["optimised"] else ""),
+                         "distance ratio inj/benign [95%]": f"{eq['value']:.2f} [{eq['lo']:.2f}, {eq['hi']:.2f}]" if eq else "",
+                         "equivalence": eq["verdict"] if eq else "",
+                         "stability [95%]": f"{cs['value']:.3f} [{cs['lo']:.3f}, {cs['hi']:.3f}]"})
+    return rows
 
 
 def _margin() -> float:
@@ -212,13 +258,15 @@ def metrics_record(results: dict, model_name: str, calibration: dict, controls: 
         return {"edges": d["graph"].edges(), "expected": d["expected"].edges(), "match": d["match"],
                 "stability": d["stability"].to_dict()}
     models = {k: {**{f: r[f] for f in ("model", "n_pairs", "hsic", "p_curve", "equivalence", "probes",
-                                       "representation", "bounds")}, "discovery": discovery(r["discovery"])}
+                                       "representation", "bounds")}, "discovery": discovery(r["discovery"]),
+                  "points": r.get("points", {}), "worst_untrained": r.get("worst_untrained")}
               for k, r in results.items()}
     return {"model": model_name, "seed": seed, "calibration": calibration, "power_controls": controls,
             "models": models,
             # the views chapter 09 reads (book.phase_report)
             "representation": {k: r["representation"] for k, r in results.items()},
             "insertion_equivalence": {k: r["equivalence"] for k, r in results.items()},
+            "insertion_equivalence_untrained": {k: r.get("worst_untrained") for k, r in results.items()},
             "discovery": {k: m["discovery"] for k, m in models.items()},
             "bounds": {k: r["bounds"] for k, r in results.items()},
             "table": table, "verdict": verdict}
