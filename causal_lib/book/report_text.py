@@ -221,7 +221,10 @@ def verification_report(model_name: str, seed: int, n_pairs: int, d: int, table:
                + markdown_table(point_rows) + "\n" if point_rows else "")
             + "## HSIC tests and their controls\n\n"
             "`null control`: the model's real R with clean/inserted labels swapped at random within pairs (must not "
-            "reject); `planted control`: a dependence planted on that null (must reject).\n\n"
+            "reject); `planted control`: a dependence planted on that null, on the full standardised R before the "
+            "reduction to principal components (must reject). The table above gives each model's power: the share of "
+            "20 such planted controls (own swap and direction each) the test rejects. A p-value above alpha is never "
+            "evidence of independence, only a non-rejection at that power.\n\n"
             + markdown_table(hsic_rows)
             + f"\n## Calibration (synthetic pairs, n={2 * n_pairs}, d={d}, {calibration.repetitions} repetitions)\n\n"
               f"type-I error {calibration.type1}, power {calibration.power}\n\n## Bounds on the injected-input "

@@ -15,6 +15,8 @@ from causal_lib.verification.discovery import discover, discovery_blocks
 # The equivalence margin of the benign-insertion control is criteria.threshold("insertion_equivalence") (its
 # provenance: report_text.MARGIN_PROVENANCE). The planted dependence of the power control, in SDs per coordinate:
 PLANTED_STRENGTH = 0.3
+# planted controls per model for the power beside each HSIC p-value (a rate with its interval, not one draw)
+POWER_REPETITIONS = 20
 
 
 def models_to_verify(cfg: Config, paths) -> list[str]:
@@ -85,7 +87,8 @@ def verify_model(cfg: Config, paths, defense: str, pairs: list, benign: list, ev
     at_points = point_results(sample, invariance.point_name(*trained), margin, sc.n_bootstrap, cfg.run.seed)
     return {"defense": defense, "model": label(defense), "n_pairs": len(pairs), "hsic": hsic, "p_curve": curve,
             "equivalence": ratio, "probes": probes, "representation": rep, "bounds": bounds, "discovery": disc,
-            "points": at_points, "worst_untrained": worst_untrained(at_points)}
+            "points": at_points, "worst_untrained": worst_untrained(at_points),
+            "planted_power": dseparation.planted_power(sample, cfg, PLANTED_STRENGTH, POWER_REPETITIONS)}
 
 
 def _n_layers(model) -> int:
@@ -165,6 +168,8 @@ def summary_rows(results: dict, alpha: float = 0.05) -> list[dict]:
         rows.append({
             "model": r["model"],
             "HSIC p inj (n)": f"{h['injected']['p_value']:.3g} ({h['injected']['n']})",
+            # a non-rejection says nothing without the power at this n and d (planted before the reduction)
+            "HSIC power (planted)": _rate_text(r["planted_power"]) if r.get("planted_power") else "",
             "rejects from n": _first_rejecting_n(r["p_curve"]["injected"], alpha),
             "CKA inj / benign": f"{h['injected']['effect_size']:.3f} / {h['benign']['effect_size']:.3f}",
             "distance ratio inj/benign [95%]": f"{eq['value']:.2f} [{eq['lo']:.2f}, {eq['hi']:.2f}]",
@@ -259,7 +264,8 @@ def metrics_record(results: dict, model_name: str, calibration: dict, controls: 
                 "stability": d["stability"].to_dict()}
     models = {k: {**{f: r[f] for f in ("model", "n_pairs", "hsic", "p_curve", "equivalence", "probes",
                                        "representation", "bounds")}, "discovery": discovery(r["discovery"]),
-                  "points": r.get("points", {}), "worst_untrained": r.get("worst_untrained")}
+                  "points": r.get("points", {}), "worst_untrained": r.get("worst_untrained"),
+                  "planted_power": r.get("planted_power")}
               for k, r in results.items()}
     return {"model": model_name, "seed": seed, "calibration": calibration, "power_controls": controls,
             "models": models,
