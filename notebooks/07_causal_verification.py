@@ -39,7 +39,10 @@ from causal_lib.verification.hsic import calibrate, conditional_hsic_test
 cfg, paths = run_folder.start(params_file, overrides)
 sc = cfg.stats
 pairs = dseparation.test_pairs(load_split(paths.data, "test"), sc.n_independence // 2, cfg.run.seed)
-benign = [t[2] for t in insertion_control.control_triples(pairs, cfg.run.seed)]
+# benign twins as long as the injections in the base's tokens (every model reads the same twins); the base's weights
+# are also the PAC-Bayes prior below
+base_model, base_tokenizer = load_model(cfg, paths, "none")
+benign = [t[2] for t in insertion_control.control_triples(pairs, cfg.run.seed, tokenizer=base_tokenizer)]
 defenses = verify_models.models_to_verify(cfg, paths)
 print(f"{len(pairs)} test pairs (n = {2 * len(pairs)} rows per test), each with a benign twin; models: {defenses}")
 pd.DataFrame([{"injection": pairs[k][1].injection, "benign twin's insertion": benign[k].injection} for k in range(3)])
@@ -61,7 +64,6 @@ pd.DataFrame([{"quantity": "type-I error (independent)", **cal.type1.to_dict()},
 # ## 2. Every model: the benign-insertion control, the HSIC tests, ε_causal, bounds, discovery
 
 # %%
-base_model = load_model(cfg, paths, "none")[0]
 results = {}
 for defense in defenses:
     evaluation = verify_models.outputs_on_pairs(cfg, paths, defense, pairs, full=(defense == model_name))

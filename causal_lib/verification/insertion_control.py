@@ -45,37 +45,46 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def neutral_text(n_words: int, rng: random.Random) -> str:
-    """Neutral sentences (distinct, drawn by rng) whose word count is as close to n_words as the pool allows:
-    sentences are added while that brings the count closer, at least one."""
+def token_counter(tokenizer):
+    """The length of a text in the model's own tokens (what moves R is tokens, not words; issue 31, item 6)."""
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def neutral_text(n: int, rng: random.Random, length=_words) -> str:
+    """Neutral sentences (distinct, drawn by rng) whose length (`length`: words by default, or tokens of a model's
+    tokenizer, token_counter) is as close to n as the pool allows: sentences are added while that brings the length
+    closer, at least one."""
     pool = list(NEUTRAL_SENTENCES)
     rng.shuffle(pool)
     chosen = [pool.pop()]
-    count = _words(chosen[0])
+    count = length(chosen[0])
     while pool:
-        best = min(pool, key=lambda s: abs(count + _words(s) - n_words))
-        if abs(count + _words(best) - n_words) >= abs(count - n_words):
+        best = min(pool, key=lambda s: abs(count + length(s) - n))
+        if abs(count + length(best) - n) >= abs(count - n):
             break
         pool.remove(best)
         chosen.append(best)
-        count += _words(best)
+        count += length(best)
     return " ".join(chosen)
 
 
-def benign_twin(injected, seed: int = 0):
+def benign_twin(injected, seed: int = 0, length=_words):
     """The benign twin of an injected record: the same document and position(s), the injection's text (each of
-    its copies) replaced by neutral sentences of about its word count; kind "benign_insertion", no goal."""
+    its copies) replaced by neutral sentences of about its length (`length`: words, or a model's tokens with
+    token_counter); kind "benign_insertion", no goal."""
     if injected.kind != "injected" or not injected.injection or injected.injection not in injected.data:
         raise ValueError(f"benign_twin needs an injected record whose data holds its injection, got {injected.id}")
-    text = neutral_text(_words(injected.injection), random.Random(f"{seed}:{injected.id}:benign"))
+    text = neutral_text(length(injected.injection), random.Random(f"{seed}:{injected.id}:benign"), length)
     return dataclasses.replace(injected, id=f"{injected.id}-benign", kind="benign_insertion",
                                data=injected.data.replace(injected.injection, text), injection=text, goal=None,
                                family=None, injected_target=None, template_id="benign_insertion")
 
 
-def control_triples(pairs, seed: int = 0) -> list[tuple]:
-    """(clean, injected, benign twin) for each test pair, in the pairs' order."""
-    return [(c, i, benign_twin(i, seed)) for c, i in pairs]
+def control_triples(pairs, seed: int = 0, tokenizer=None) -> list[tuple]:
+    """(clean, injected, benign twin) for each test pair, in the pairs' order; with `tokenizer` the twins match the
+    injections in that tokenizer's tokens (chapter 07 passes the base's), else in words."""
+    length = token_counter(tokenizer) if tokenizer is not None else _words
+    return [(c, i, benign_twin(i, seed, length)) for c, i in pairs]
 
 
 def standardise(*blocks: np.ndarray) -> list[np.ndarray]:
