@@ -209,7 +209,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     repr_layer: int = field(default=-1, metadata=_range(-1025, 1024))  # hidden_states index used for R (negative counts from the end)
-    repr_pooling: Literal["last", "mean"] = "last"
+    repr_pooling: Literal["last", "mean", "response"] = "last"  # models.representation.POOLINGS
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -250,6 +250,10 @@ class TrainConfig:
     lambda_causal: float = field(default=0.5, metadata=_range(0.0, MAX_WEIGHT))
     lambda_spurious: float = field(default=0.5, metadata=_range(0.0, MAX_WEIGHT))
     kl_weight: float = field(default=0.0, metadata=_range(0.0, MAX_WEIGHT))  # optional KL term inside L_causal
+    # L_spurious's estimator: "biased" HSIC_b (the recipe so far: its O(1/n) floor is > 0 under independence) or
+    # "unbiased" HSIC_u (0 in expectation under independence; losses.hsic_loss). Training logs the value on
+    # shuffled Z (the floor) and the share of steps with a group large enough to estimate it beside it
+    hsic_estimator: Literal["biased", "unbiased"] = "biased"
     dpo_beta: float = field(default=0.1, metadata=_range(0.0, 100.0))
     # SecAlign's DPO learning rate; 0 = train.learning_rate (LoRA-DPO needs a higher lr than full FT)
     dpo_learning_rate: float = field(default=0.0, metadata=_range(0.0, 1.0))

@@ -16,7 +16,7 @@ from causal_lib.models.representation import representation
 from causal_lib.training import distributed
 from causal_lib.training import selection
 from causal_lib.training.examples import PairDataset, make_pairs, training_slots, z_vocabulary
-from causal_lib.training.losses import causal_loss, hsic_loss, task_loss, total_loss
+from causal_lib.training.losses import MIN_GROUP_SIZE, causal_loss, hsic_loss, task_loss, total_loss
 from causal_lib.training.pretrain import base_checkpoint
 from causal_lib.training.trainer import TrainResult, check_finite, forward_for_labels, run_training
 from causal_lib.verification.invariance import representation_metrics
@@ -44,11 +44,28 @@ def causal_objective(model, inputs: dict, cfg: Config):
     l_causal = causal_loss(r_c, r_i, logits_clean=out_c.logits, logits_injected=out_i.logits,
                            labels=(lab_c, lab_i),
                            kl_weight=tc.kl_weight, center=True)
-    l_spur = hsic_loss(r_i, inputs["z"], groups=inputs["s_group"])
+    unbiased = tc.hsic_estimator == "unbiased"
+    l_spur = hsic_loss(r_i, inputs["z"], groups=inputs["s_group"], unbiased=unbiased)
     loss, parts = total_loss(l_task, l_causal, l_spur, tc.lambda_causal, tc.lambda_spurious)
     for name in ("task", "causal", "spurious", "total"):
         check_finite(torch.tensor(parts[name]), f"L_{name}")
+    parts.update(spurious_diagnostics(r_i, inputs["z"], inputs["s_group"], unbiased))
     return loss, parts, out_i
+
+
+@torch.no_grad()
+def spurious_diagnostics(r: torch.Tensor, z, groups, unbiased: bool) -> dict:
+    """What L_spurious can say at this step (issue 32): `spurious_floor`, the same estimate with Z shuffled within
+    the batch (what it reads when R is independent of Z; the biased estimator's floor is > 0), and
+    `spurious_active`, 1 when some task group of the batch is large enough to be estimated at all (else the term is
+    0 whatever R does)."""
+    z = torch.as_tensor(z)
+    g = torch.as_tensor(groups).reshape(-1)
+    perm = torch.randperm(len(z), generator=torch.Generator().manual_seed(int(len(z)) * 7919))
+    floor = hsic_loss(r.detach(), z[perm], groups=g, unbiased=unbiased)
+    need = max(4 if unbiased else 2, MIN_GROUP_SIZE)
+    active = bool((torch.bincount(g - g.min()) >= need).any()) if len(g) else False
+    return {"spurious_floor": float(floor), "spurious_active": float(active)}
 
 
 class CausalTrainer(Trainer):
@@ -62,7 +79,7 @@ class CausalTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, parts, out_i = causal_objective(model, inputs, self.cfg)
-        for name in ("task", "causal", "spurious", "total"):
+        for name in ("task", "causal", "spurious", "total", "spurious_floor", "spurious_active"):
             self._parts_sum[f"loss_{name}"] = self._parts_sum.get(f"loss_{name}", 0.0) + parts[name]
         self._parts_n += 1
         return (loss, out_i) if return_outputs else loss
@@ -84,7 +101,8 @@ def train(cfg: Config, paths, resume: bool = False, name: str = "causal", **loss
     """Fine-tune the base with L_task + lambda_causal L_causal + lambda_spurious L_spurious on the train pairs;
     best_model = the epoch of lowest validation loss on O* (training.selection, the rule of every defense).
 
-    `name` is the defense (checkpoints/<name>/); `loss_weights` (lambda_causal, lambda_spurious, kl_weight)
+    `name` is the defense (checkpoints/<name>/); `loss_weights` (lambda_causal, lambda_spurious, kl_weight,
+    hsic_estimator)
     replace the params' weights for this model only: the registry's ablations train the same pairs, data and
     schedule with parts of the loss switched off."""
     if loss_weights:
