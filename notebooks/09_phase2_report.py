@@ -18,15 +18,16 @@ import json
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from causal_lib.book import run_folder
 from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
-from causal_lib.book.phase_report import failure_cases, lookalike_rows, success_criteria
+from causal_lib.book.phase_report import comparison_lead, failure_cases, lookalike_rows, success_criteria
 
 cfg, paths = run_folder.start(params_file, overrides)
+display(Markdown(comparison_lead(paths) or "chapter 08 has not run: no comparison to lead with"))
 rows = success_criteria(paths, memory_limit_gb=cfg.run.memory_limit_gb, book_budget_s=60 * cfg.run.time_budget_min)
 research, engineering = criteria.split_rows(rows)
 print("research targets:", criteria.count_text(research))
@@ -69,7 +70,7 @@ run_folder.write_metrics(paths, "phase2", {"criteria": rows, "failures": failure
                                            "research_targets": criteria.count_text(research),  # engineering: machine
                                            "lookalike_errors": look_rows})
 reports.write_report(paths, "PHASE2_COMPLETION_REPORT.md", report_text.phase2_completion_report(
-    paths.root.name, cfg.params_hash(), cfg.run.seed, status, rows, failures, look_rows))
+    paths.root.name, cfg.params_hash(), cfg.run.seed, status, rows, failures, look_rows, lead=comparison_lead(paths)))
 reports.write_report(paths, "PROJECT_STATUS.md", report_text.project_status_report(
     paths.root.name, cfg.params_hash(), cfg.run.seed, status, rows, chapters))
 reports.record_verdict(paths, "09_phase2_report", status, report_text.criteria_summary(rows))

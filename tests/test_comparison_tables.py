@@ -69,3 +69,21 @@ def test_comparison_rows_carry_sep_on_the_base_probes_and_s_utility():
     row = rows["causal (ours)"]
     assert row["SEP on the base's probes"].startswith("100.0%") and row["S-utility (probes still executed in S)"].startswith("33.3%")
     assert rows["no defense"]["S-utility (probes still executed in S)"].startswith("100.0% [29.2%, 100.0%] (n=3)")
+
+
+def test_the_completion_report_leads_with_chapter_08s_answer(tmp_path):
+    import json
+
+    from causal_lib.book.phase_report import comparison_lead
+    from causal_lib.book.report_text import phase2_completion_report
+    from causal_lib.book.run_folder import RunPaths
+
+    paths = RunPaths(tmp_path / "run").make()
+    assert comparison_lead(paths) == ""
+    summaries = {d: {"asr": _rate(r), "benign_accuracy": _rate(0.95)} for d, r in (("none", 0.7), ("causal", 0.05),
+                                                                                     ("struq", 0.01))}
+    (paths.metrics / "comparison.json").write_text(json.dumps({"summaries": summaries, "paired": PAIRED}))
+    lead = comparison_lead(paths)
+    assert lead.startswith("**In one paragraph.**") and "StruQ: 5.0% vs 1.0%" in lead
+    text = phase2_completion_report("run", "h", 0, "NOT MET", [], {}, lead=lead)
+    assert text.index("In one paragraph") < text.index("**Status: NOT MET**")

@@ -168,3 +168,17 @@ def failure_cases(paths: RunPaths, model: str = "causal", k: int = 5) -> dict:
             "lookalike_errors_caused_by_the_note": [
                 {c: it.get(c) for c in ("id", "task", "position", "error_kind", "output")} for it in items
                 if it["kind"] == "lookalike" and not it.get("correct") and it.get("twin_correct") is not False][:k]}
+
+
+def comparison_lead(paths: RunPaths) -> str:
+    """The completion report's opening answer: chapter 08's lead paragraph (report_text.lead_paragraph) rebuilt from
+    metrics/comparison.json; empty when chapter 08 has not run."""
+    from causal_lib.book.report_text import lead_paragraph
+    from causal_lib.defenses import registry
+
+    comp = _read(paths, "comparison")
+    if not comp or not comp.get("summaries"):
+        return ""
+    seeds = _read(paths, "seeds") or {}
+    return lead_paragraph(comp["summaries"], {d: registry.label(d) for d in comp["summaries"]}, comp.get("paired"),
+                          seeds=len(seeds.get("seeds", [])) or 1)

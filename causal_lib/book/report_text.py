@@ -454,7 +454,8 @@ def criteria_tables(rows: list[dict]) -> str:
 
 
 def phase2_completion_report(run_name: str, params_hash: str, seed: int, status: str, rows: list[dict],
-                             failures: dict[str, list[dict]], lookalike_rows: list[dict] | None = None) -> str:
+                             failures: dict[str, list[dict]], lookalike_rows: list[dict] | None = None,
+                             lead: str = "") -> str:
     md_fail = "".join(f"\n### {k.replace('_', ' ')}\n\n" + (markdown_table(v) if v else "_none_\n")
                       for k, v in failures.items())
     look = ("\n## Look-alike errors: over-defense and fragility\n\nA benign look-alike (the document with a note that "
@@ -464,7 +465,7 @@ def phase2_completion_report(run_name: str, params_hash: str, seed: int, status:
             "difference look-alike minus its clean twin (Newcombe's 95% interval, exact McNemar p); the counts are the "
             "errors whose clean twin was answered right.\n\n" + markdown_table(lookalike_rows)) if lookalike_rows else ""
     return (f"# Phase 2 completion report\n\nRun `{run_name}`, params hash {params_hash}, seed {seed}. "
-            f"Every value below is read from `metrics/*.json` written by this run.\n\n**Status: {status}** "
+            f"Every value below is read from `metrics/*.json` written by this run.\n\n" + lead + f"**Status: {status}** "
             f"({criteria_summary(rows)})\n\n" + base_caveat(rows) + criteria_tables(rows) + look
             + "\n## Failure cases\n" + md_fail
             + "\n## The criteria (causal_lib.book.criteria)\n\nA rate or estimate PASSES only when its whole 95% "
