@@ -16,7 +16,8 @@ from causal_lib.models.representation import representation
 from causal_lib.training import distributed
 from causal_lib.training import selection
 from causal_lib.training.examples import PairDataset, make_pairs, training_slots, z_vocabulary
-from causal_lib.training.losses import MIN_GROUP_SIZE, causal_loss, hsic_loss, task_loss, total_loss
+from causal_lib.training.losses import (MIN_GROUP_SIZE, causal_loss, hsic_loss, kl_along_response, task_loss,
+                                        total_loss)
 from causal_lib.training.pretrain import base_checkpoint
 from causal_lib.training.trainer import TrainResult, check_finite, forward_for_labels, run_training
 from causal_lib.verification.invariance import representation_metrics
@@ -40,17 +41,41 @@ def causal_objective(model, inputs: dict, cfg: Config):
                          pooling=mc.repr_pooling, prompt_lengths=inputs["injected_prompt_length"],
                          hidden_states=out_i.hidden_states)
     l_task = task_loss(out_i.logits, lab_i)
+    # On N processes the objective is the one-process objective on the global batch (training.distributed): the
+    # batch-level terms see every rank's rows, with this rank's own rows carrying the gradient.
+    n_proc = distributed.world_size()
+    r_c_all, r_i_all = distributed.global_rows(r_c), distributed.global_rows(r_i)
+    z_all = distributed.global_rows(torch.as_tensor(inputs["z"]))
+    g_all = distributed.global_rows(torch.as_tensor(inputs["s_group"]).reshape(-1))
     # centred like the causal-stability metric: raw hidden states are anisotropic (cosines near 1)
-    l_causal = causal_loss(r_c, r_i, logits_clean=out_c.logits, logits_injected=out_i.logits,
-                           labels=(lab_c, lab_i),
-                           kl_weight=tc.kl_weight, center=True)
+    l_cos = causal_loss(r_c_all, r_i_all, center=True)
+    # the KL along O* is a mean over this rank's pairs: DDP's average of the ranks' gradients is the global mean
+    l_kl = (kl_along_response(out_c.logits, out_i.logits, lab_c, lab_i) if tc.kl_weight
+            else torch.zeros((), device=l_cos.device))
+    l_causal = l_cos + tc.kl_weight * l_kl
     unbiased = tc.hsic_estimator == "unbiased"
-    l_spur = hsic_loss(r_i, inputs["z"], groups=inputs["s_group"], unbiased=unbiased)
-    loss, parts = total_loss(l_task, l_causal, l_spur, tc.lambda_causal, tc.lambda_spurious)
+    l_spur = hsic_loss(r_i_all, z_all, groups=g_all, unbiased=unbiased)
+    _, parts = total_loss(l_task, l_causal, l_spur, tc.lambda_causal, tc.lambda_spurious)
     for name in ("task", "causal", "spurious", "total"):
         check_finite(torch.tensor(parts[name]), f"L_{name}")
-    parts.update(spurious_diagnostics(r_i, inputs["z"], inputs["s_group"], unbiased))
+    # what the backward pass optimises: the token-weighted task loss (the ranks' mean of it is the global token mean),
+    # the KL as it is, and the global-batch terms with their gradient scaled by N (DDP averages N gradients that each
+    # reach only their own rows) but their value kept, so the logged loss is the objective; in one process L itself
+    share = 1.0
+    if n_proc > 1:
+        mine = float((lab_i[:, 1:] != -100).sum())
+        share = mine * n_proc / max(distributed.all_sum(mine), 1.0)
+    loss = (share * l_task + tc.lambda_causal * (_grad_times(l_cos, n_proc) + tc.kl_weight * l_kl)
+            + tc.lambda_spurious * _grad_times(l_spur, n_proc))
+    if n_proc > 1:  # logged as the ranks' mean (CausalTrainer.log): the weighted values average to the global ones
+        parts["task"], parts["total"] = float(share * l_task.detach()), float(loss.detach())
+    parts.update(spurious_diagnostics(r_i_all, z_all, g_all, unbiased))
     return loss, parts, out_i
+
+
+def _grad_times(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x's value with k times its gradient (x itself for k = 1)."""
+    return x if k == 1 else x + (k - 1) * (x - x.detach())
 
 
 @torch.no_grad()

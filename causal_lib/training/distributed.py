@@ -10,6 +10,9 @@ Who does what when WORLD_SIZE > 1 (README "More than one machine"):
 - only rank 0 writes checkpoints, logs, metrics and the COMPLETE marker of a Trainer checkpoint (after a barrier, so
   a checkpoint counts only once every rank's RNG state is in it).
 - generation (`evaluation.generate.generate_ids`) gives batch b to rank b % N and gathers the answers in item order.
+- the causal objective (defenses/causal.py) is the one-process objective on the global batch: L_causal's centring
+  and mean and L_spurious's task groups are computed over every rank's rows (`global_rows`), L_task is each rank's
+  token mean weighted by its share of the global batch's response tokens.
 
 `launch` starts N local processes itself (`python -m causal_lib.training --num-processes N`): it is
 `torchrun --standalone` plus one clear line when a process fails (which rank, how, and the --resume command).
@@ -139,6 +142,42 @@ def all_mean(values: dict[str, float]) -> dict[str, float]:
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
     dist.all_reduce(t)
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
+def global_rows(t):
+    """All processes' rows of `t` (the same trailing shape on every rank) concatenated in rank order: the global
+    batch, with this rank's own rows the tensor given (gradients flow into them) and the others' rows detached copies.
+    A loss computed on the global batch is then the same number on every rank, and the backward pass on a rank
+    reaches its own rows only: DDP's average of the ranks' gradients is 1/N of the one-process gradient, so a
+    caller scales such a loss by world_size() for the backward pass (defenses/causal.py). The identity in one
+    process. Ranks may hold different row counts (a short last batch)."""
+    if not active():
+        return t
+    import torch
+    import torch.distributed as dist
+
+    n = dist.get_world_size()
+    count = torch.tensor([t.shape[0]], dtype=torch.long)
+    counts = [torch.zeros_like(count) for _ in range(n)]
+    dist.all_gather(counts, count)
+    m = int(max(int(c) for c in counts))
+    padded = torch.cat([t.detach(), t.new_zeros((m - t.shape[0],) + tuple(t.shape[1:]))]) if m > t.shape[0] else t.detach()
+    parts = [torch.empty_like(padded) for _ in range(n)]
+    dist.all_gather(parts, padded.contiguous())
+    me = dist.get_rank()
+    return torch.cat([t if k == me else parts[k][:int(counts[k])] for k in range(n)])
+
+
+def all_sum(x: float) -> float:
+    """The sum over processes of one number; the identity in one process."""
+    if not active():
+        return x
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
 
 
 def main_first(prepare):
