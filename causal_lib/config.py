@@ -307,7 +307,7 @@ class StatsConfig:
     repr_dim: int = field(default=32, metadata=_range(1, 65536))  # documented PCA reduction of R before HSIC
     n_permutations: int = field(default=500, metadata=_range(10, MAX_RESAMPLES))
     n_bootstrap: int = field(default=1000, metadata=_range(10, MAX_RESAMPLES))
-    calibration_repetitions: int = field(default=200, metadata=_range(10, MAX_RESAMPLES))
+    calibration_repetitions: int = field(default=400, metadata=_range(10, MAX_RESAMPLES))
     discovery_bootstrap: int = field(default=20, metadata=_range(1, MAX_RESAMPLES))
 
 

@@ -81,9 +81,13 @@ ax.legend(fontsize=7); plt.tight_layout(); plt.show()
 rows = comparison_rows(evals, gcg, training_families(paths, evals))
 comparison = pd.DataFrame(rows)
 paired_result = paired_comparison(evals, alpha=cfg.stats.alpha)  # the paired tests, shown in their section below
+# with several training seeds, claims rest on the across-seed test (items and seeds resampled, Holm over pairs)
+over_seeds = (seed_paired(paths, cfg.run.seed, {d: evals[d] for d in defenses}, cfg.run.seeds, alpha=cfg.stats.alpha)
+              if cfg.run.seeds else None)
+claims = {"pairs": over_seeds} if over_seeds else paired_result
 tables = comparison_tables(rows)
 lead = report_text.lead_paragraph({d: evals[d]["summary"] for d in defenses}, {d: registry.label(d) for d in defenses},
-                                  paired_result, seeds=1 + len(cfg.run.seeds))
+                                  claims, seeds=1 + len(cfg.run.seeds))
 display(Markdown(lead))
 for title, table in tables:  # the comparison in tables that fit a page
     display(Markdown(f"**{title}**"), pd.DataFrame(table))
@@ -174,14 +178,13 @@ comparison_payload = {"defenses": defenses, "summaries": {d: evals[d]["summary"]
                       "realistic": {d: r["summary"] for d, r in realistic_results.items()},
                       "realistic_paired": realistic_paired_rows, "contamination": contamination,
                       "seed": cfg.run.seed}
-spread, over_seeds = None, None
+spread = None
 if cfg.run.seeds:
     from causal_lib.evaluation.comparison import seed_replicas, seed_spread
     spread = seed_spread({cfg.run.seed: comparison_payload, **seed_replicas(paths, cfg.run.seeds)})
     run_folder.write_metrics(paths, "seeds", spread)
     display(pd.DataFrame(seed_spread_rows(spread)))
-    # differences are claimed from the across-seed test only: items and seeds both resampled
-    over_seeds = seed_paired(paths, cfg.run.seed, {d: evals[d] for d in defenses}, cfg.run.seeds, alpha=cfg.stats.alpha)
+    # differences are claimed from the across-seed test only (computed with the comparison above)
     run_folder.write_metrics(paths, "seed_paired", {"pairs": over_seeds})
     display(pd.DataFrame(seed_paired_rows(over_seeds)))
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -216,8 +219,8 @@ reports.write_report(paths, "WEEK4_EVALUATION_REPORT.md", report_text.evaluation
 # the verdict: the causal model's ASR against the criteria module's target (its 95% interval decides), and FAIL when
 # another trained defense does significantly better on the same items (the paired comparison above)
 causal = evals.get("causal", {}).get("summary")
-verdict, worse = paired_verdict(criteria.judge("asr", causal["asr"]) if causal else criteria.FAIL, paired_result,
-                                among=[d for d in defenses if d not in ("none", "causal")])
+verdict, worse = paired_verdict(criteria.judge("asr", causal["asr"]) if causal else criteria.FAIL, claims,
+                                among=[d for d in defenses if registry.get(d).trains and d != "causal"])
 detail = report_text.attack_detail(causal, evals["none"]["summary"], worse)
 reports.record_verdict(paths, "08_attack_evaluation", verdict, detail)  # PASS, FAIL or INCONCLUSIVE
 print(detail)

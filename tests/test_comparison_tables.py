@@ -87,3 +87,17 @@ def test_the_completion_report_leads_with_chapter_08s_answer(tmp_path):
     assert lead.startswith("**In one paragraph.**") and "StruQ: 5.0% vs 1.0%" in lead
     text = phase2_completion_report("run", "h", 0, "NOT MET", [], {}, lead=lead)
     assert text.index("In one paragraph") < text.index("**Status: NOT MET**")
+
+
+def test_chapter_09s_asr_row_fails_when_a_baseline_is_significantly_better(tmp_path):
+    import json
+
+    from causal_lib.book.phase_report import success_criteria
+    from causal_lib.book.run_folder import RunPaths
+
+    paths = RunPaths(tmp_path / "run").make()
+    summaries = {d: {"asr": {"k": int(r * 300), "n": 300, "rate": r, "lo": max(r - 0.01, 0), "hi": r + 0.01},
+                     "benign_accuracy": _rate(0.95)} for d, r in (("none", 0.7), ("causal", 0.03), ("struq", 0.01))}
+    (paths.metrics / "comparison.json").write_text(json.dumps({"summaries": summaries, "paired": PAIRED}))
+    asr = next(r for r in success_criteria(paths) if r["criterion"] == criteria.get("asr").name)
+    assert asr["status"] == criteria.FAIL and "significantly worse than STRUQ" in asr["measured"]

@@ -15,6 +15,11 @@ LOSS_AT = {2e-4: 0.9, 5e-4: 0.4, 1e-3: 0.7}
 def fake_train(cfg, paths, resume=False, name="x", data="matched"):
     lr = cfg.train.learning_rate
     assert cfg.train.dpo_learning_rate == lr and data == "paper"  # every rate a defense reads
+    if lr == 3e-3:
+        from causal_lib.training.trainer import TrainingError
+
+        raise TrainingError("loss is NaN")
+    (paths.metrics / f"train_{name}_log.jsonl").write_text(json.dumps({"step": 1, "loss": lr}) + "\n")
     best = paths.checkpoints / name / "best_model"
     best.mkdir(parents=True)
     (best / "checkpoint.json").write_text(json.dumps({"extra": {"learning_rate": lr}}))
@@ -24,21 +29,28 @@ def fake_train(cfg, paths, resume=False, name="x", data="matched"):
 
 
 def test_the_rate_with_the_lowest_selected_validation_loss_is_kept(tmp_path):
-    cfg = config_from_dict({"train": {"learning_rate_grid": [2e-4, 5e-4, 1e-3]}, "run": {"output_root": str(tmp_path)}})
+    cfg = config_from_dict({"train": {"learning_rate_grid": [2e-4, 5e-4, 1e-3, 3e-3]},
+                            "run": {"output_root": str(tmp_path)}})
     paths = RunPaths(cfg.run_dir).make()
+    (paths.checkpoints / "struq" / "best_model").mkdir(parents=True)  # an older model is replaced whole
     r = train_over_grid(fake_train, cfg, paths, "struq", data="paper")
     assert r.name == "struq" and r.best_epoch == 2
+    # chapter 05 reads the chosen rate's log under the defense's name
+    assert r.log_path.endswith("train_struq_log.jsonl")
+    assert json.loads((paths.metrics / "train_struq_log.jsonl").read_text())["loss"] == 5e-4
     best = json.loads((paths.checkpoints / "struq" / "best_model" / "checkpoint.json").read_text())
     assert best["extra"]["learning_rate"] == 5e-4
     search = json.loads((paths.checkpoints / "struq" / "lr_search.json").read_text())
     assert search["learning_rate"] == 5e-4 and search["scores"] == {"0.0002": 0.9, "0.0005": 0.4, "0.001": 0.7}
+    assert list(search["failed"]) == ["0.003"] and "NaN" in search["failed"]["0.003"]  # a diverging rate is recorded
     assert not (paths.checkpoints / "struq" / "trainer").exists()  # the chosen model, not its optimiser state
     assert sorted(p.name for p in paths.checkpoints.iterdir()) == ["struq", "struq@lr0", "struq@lr1", "struq@lr2"]
+    assert not list(paths.root.rglob("*.tmp")) and not list(paths.root.rglob(".*.old"))
     # the comparison's training table reads the grid and the chosen rate
     from causal_lib.evaluation.comparison import training_record
 
     rec = training_record(paths, "struq")
-    assert rec["learning_rate_grid"] == [2e-4, 5e-4, 1e-3] and rec["learning_rate"] == 5e-4
+    assert rec["learning_rate_grid"] == [2e-4, 5e-4, 1e-3, 3e-3] and rec["learning_rate"] == 5e-4
 
 
 def test_no_grid_trains_once_as_given(tmp_path):

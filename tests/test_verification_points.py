@@ -85,3 +85,17 @@ def test_the_planted_control_is_planted_before_the_reduction():
     assert power["n"] == 5 and power["planted"] == "before the reduction" and 0.0 <= power["rate"] <= 1.0
     strong = dseparation.planted_power(sample, cfg, 3.0, repetitions=5)
     assert strong["rate"] >= power["rate"] and strong["k"] >= 4  # a large shift survives the reduction
+
+
+def test_the_power_control_reads_the_base_at_the_judged_point():
+    from causal_lib.verification.verify_models import power_controls
+
+    def eq(verdict, v):
+        return {"equivalence": {"verdict": verdict, "value": v, "lo": v - 0.1, "hi": v + 0.1}}
+
+    hsic = {"planted control": {"rejects": True}, "null control": {"p_value": 0.5}}
+    results = {"none": {**eq("larger", 6.0), "hsic": hsic, "points": {"layer 10, mean": eq("inconclusive", 1.3)}},
+               "causal": {**eq("equivalent", 1.0), "hsic": hsic}}
+    assert power_controls(results)["base_above_margin"]  # at the trained point
+    at = power_controls(results, point="layer 10, mean")
+    assert not at["base_above_margin"] and at["base_point"] == "layer 10, mean"

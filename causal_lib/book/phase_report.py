@@ -73,7 +73,22 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     rows = []
 
     ben, bb = s.get("benign_accuracy"), base.get("benign_accuracy")
-    rows.append(criteria.row("asr", s.get("asr")))
+    asr_row = criteria.row("asr", s.get("asr"))
+    # as chapter 08 judges it: not a pass while another trained defense does significantly better on the same items
+    # (the across-seed test when the run has seeds, else the one-seed McNemar)
+    from causal_lib.defenses import registry
+    from causal_lib.evaluation.comparison import paired_verdict
+
+    seed_pairs = (_read(paths, "seed_paired") or {}).get("pairs")
+    claims = {"pairs": seed_pairs} if seed_pairs else comp.get("paired")
+    status, worse = paired_verdict(asr_row["status"], claims, model,
+                                   among=[d for d in comp.get("summaries", {}) if d in registry.REGISTRY
+                                          and registry.get(d).trains and d != model])
+    if worse:
+        asr_row["status"] = status
+        asr_row["measured"] += "; significantly worse than " + ", ".join(
+            f"{w['label']} ({w['rate_model']:.1%} vs {w['rate_other']:.1%}, Holm p = {w['p_holm']:.2g})" for w in worse)
+    rows.append(asr_row)
     union = adaptive_asr(comp, model)
     rows.append(criteria.row("adaptive_asr", union, measured=(
         f"{criteria.measured_text('adaptive_asr', union)}; broken by " + ", ".join(

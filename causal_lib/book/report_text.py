@@ -160,7 +160,8 @@ def epoch_detail(table: dict) -> str:
     best = table["best_epoch"]
     row = next(e for e in table["epochs"] if e["epoch"] == best)
     agrees = "agrees with" if table["selection_agrees"] else "differs from"
-    return (f"best epoch {best} by causal stability ({agrees} training's choice {table['training_best_epoch']}); "
+    return (f"best epoch {best} by the lowest validation loss on O* ({agrees} training's choice "
+            f"{table['training_best_epoch']}); "
             f"val ASR {row['asr']:.1%}, benign {row['benign_accuracy']:.1%}, gap {table['gap_at_best']:+.3f} "
             f"(target {criteria.target_text('overfit_gap')})"
             + ("" if table["selection_agrees"] else "; best_model replaced by this epoch"))
@@ -182,7 +183,8 @@ def verification_report(model_name: str, seed: int, n_pairs: int, d: int, table:
     n_pass = sum(r["status"] == criteria.PASS for r in table)
     margin = criteria.threshold("insertion_equivalence")
     base_eq = controls.get("base_ratio") or {}
-    base_text = (f" ({base_eq['value']:.2f} [{base_eq['lo']:.2f}, {base_eq['hi']:.2f}])" if base_eq else "")
+    base_text = (f" ({base_eq['value']:.2f} [{base_eq['lo']:.2f}, {base_eq['hi']:.2f}] at "
+                 f"{controls.get('base_point', 'the trained point')})" if base_eq else "")
     power = ("The undefended base is shown to move R more than the margin allows (verdict: "
              f"{controls['base_verdict']}{base_text}), so the test can tell a model that reads injections as instructions."
              if controls["base_above_margin"] else
@@ -280,7 +282,7 @@ def lead_paragraph(summaries: dict[str, dict], labels: dict[str, str], paired_re
     if model not in summaries:
         return ""
     name = lambda d: labels.get(d, d)  # noqa: E731
-    trained = [d for d in summaries if d != "none"]
+    trained = [d for d in summaries if d != "none"]  # the defenses, input filtering included (it is one)
     best = min(trained or list(summaries), key=lambda d: summaries[d]["asr"]["rate"])
     pairs = {frozenset((p["a"], p["b"])): p for p in (paired_result or {}).get("pairs", [])}
     parts = []
@@ -327,8 +329,10 @@ def comparison_table_report(rows: list[dict], seed: int, spread_rows: list[dict]
     if seed_paired_rows:
         text += ("\n### Differences over seeds and items\n\nThe paired ASR difference of every pair of defenses "
                  "over all seeds on the same attacked items (joint twin control per seed), with a 95% interval from a "
-                 "two-way cluster bootstrap that resamples items and seeds; a difference is established only when "
-                 "that interval excludes 0 (one seed's McNemar covers the items drawn, not training randomness). "
+                 "two-way cluster bootstrap that resamples items and seeds and its two-sided bootstrap p, "
+                 "Holm-corrected over the pairs; a difference is established only when that Holm p is below alpha "
+                 "(one seed's McNemar covers the items drawn, not training randomness; with 3 seeds the seeds' share "
+                 "of the interval is crude: resampling 3 values underestimates their spread). "
                  "Each seed's own discordant counts and exact McNemar p are beside it.\n\n"
                  + markdown_table(seed_paired_rows))
     return text

@@ -1,9 +1,11 @@
 """SecAlign (Chen et al. 2025): preference optimisation against prompt injection with TRL's DPOTrainer.
 
 Each preference sample is an injected input in the StruQ format (reserved delimiters, data stripped):
-chosen = O* (the answer to the trusted instruction), rejected = O_inj (the injection's own answer);
-90% naive, 10% completion-style injections from the TRAIN split; DPO sigmoid loss with beta =
-train.dpo_beta (0.1). Same base, same front-end as StruQ.
+chosen = O* (the answer to the trusted instruction), rejected = O_inj (the injection's own answer). The default row
+trains on the training contract's injected inputs (every (clean, injected) training pair's injected twin with an
+answer of its own, data="matched"); the "original recipe" row (secalign_original) on the paper's mixture: 90% naive,
+10% completion-style injections from the TRAIN split. DPO sigmoid loss with beta = train.dpo_beta (0.1). Same base,
+same front-end as StruQ.
 
 The pairs are tokenised here by the project's one prompt encoder (`models.prompts.encode_example`) and handed to
 TRL already tokenised, so the prompt DPO trains on is, token for token, the prompt `evaluation.generate`
@@ -69,8 +71,12 @@ def secalign_pairs(records: Sequence, tokenizer, max_length: int, seed: int = 0,
         # every pair's injected twin: DPO needs a rejected answer, so where the SFT defenses train a slot on its clean
         # item SecAlign keeps the injected one (its SFT term, train.dpo_sft_weight, trains O* on it); one preference
         # pair per pair of the contract = the same number of optimiser steps
-        picked = [inj for _, inj in make_pairs(records) if _has_rejected(inj)]
+        pairs = make_pairs(records)
+        picked = [inj for _, inj in pairs if _has_rejected(inj)]
+        # a pair whose injection has no answer of its own (or O* itself) has no rejected side: counted, so the
+        # training table shows where SecAlign's steps fall short of the contract's
         stats = {"source": "matched", "n_clean": 0, "n_injected": len(picked), "n_total": len(picked),
+                 "n_dropped_no_rejected": len(pairs) - len(picked),
                  "families": sorted({r.family for r in picked if r.family})}
     else:
         picked, stats = injected_mixture(records, clean, completion_share, seed, require=_has_rejected)

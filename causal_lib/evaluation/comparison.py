@@ -322,10 +322,11 @@ def comparison_tables(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     if not rows:
         return []
     named = {c for cols in COLUMN_GROUPS.values() for c in cols} | {"defense"}
-    rest = [c for c in rows[0] if c not in named]
+    present = list(dict.fromkeys(c for r in rows for c in r))  # every row's columns (a row may lack some)
+    rest = [c for c in present if c not in named]
     out = []
     for i, (title, cols) in enumerate(COLUMN_GROUPS.items()):
-        cols = [c for c in cols if c in rows[0]] + (rest if i == len(COLUMN_GROUPS) - 1 else [])
+        cols = [c for c in cols if c in present] + (rest if i == len(COLUMN_GROUPS) - 1 else [])
         if cols:
             out.append((title, [{"defense": r["defense"], **{c: r.get(c, "") for c in cols}} for r in rows]))
     return out
@@ -368,6 +369,10 @@ def seed_paired(paths: RunPaths, main_seed: int, main_evals: dict[str, dict], se
     per_seed = {main_seed: main_evals}
     for s in seeds:
         per_seed[s] = {d: {"items": load_items(paths.replica(s), d)} for d in main_evals}
+        missing = [d for d in main_evals if not per_seed[s][d]["items"]]
+        if missing:  # an empty replica would shrink every pair's common items to none and read "no difference"
+            raise FileNotFoundError(f"seed replica {s}: no evaluated items for {', '.join(missing)} under "
+                                    f"{paths.replica(s).metrics}; run chapter 08 for that seed (run.seeds)")
     out = []
     for a, b in itertools.combinations(main_evals, 2):
         outs_a = {s: attack_outcomes(per_seed[s][a]) for s in per_seed}
@@ -375,6 +380,10 @@ def seed_paired(paths: RunPaths, main_seed: int, main_evals: dict[str, dict], se
         inel = {s: twin_passed_items(per_seed[s][a]) | twin_passed_items(per_seed[s][b]) for s in per_seed}
         r = paired.across_seeds(a, outs_a, b, outs_b, ineligible=inel, alpha=alpha)
         out.append({**r, "label_a": registry.label(a), "label_b": registry.label(b)})
+    # Holm over every pair, as the one-seed McNemar table is: a difference is established when its Holm-corrected
+    # bootstrap p is below alpha (the interval beside it is the pair's own 95%)
+    for r, p_h in zip(out, paired.holm([r["p_value"] for r in out])):
+        r["p_holm"], r["significant"] = p_h, bool(p_h < alpha)
     return out
 
 
@@ -385,6 +394,7 @@ def seed_paired_rows(results: list[dict]) -> list[dict]:
         rows.append({"A": r["label_a"], "B": r["label_b"], "seeds": len(r["seeds"]), "items": r["n_items"],
                      "ASR A - B over seeds and items": f"{r['difference'] * 100:+.1f} pt "
                                                       f"[{r['lo'] * 100:+.1f}, {r['hi'] * 100:+.1f}]",
+                     "Holm p (bootstrap)": f"{r['p_holm']:.3g}" if "p_holm" in r else "",
                      "difference established": "yes" if r["significant"] else "no",
                      "sign-flip p": f"{r['p_sign_flip']:.3g}",
                      "per seed (A only / B only, McNemar p)": "; ".join(

@@ -14,6 +14,8 @@ import json
 import shutil
 
 from causal_lib.config import Config
+from causal_lib.training import distributed
+from causal_lib.training.trainer import TrainingError
 from causal_lib.training.selection import SELECT_BY, SELECTION_RULE
 
 SEARCH_FILE = "lr_search.json"
@@ -39,7 +41,8 @@ def selected_score(result) -> float:
 def train_over_grid(train_fn, cfg: Config, paths, defense: str, resume: bool = False, **options):
     """train_fn(cfg, paths, resume=..., **options) once per rate of train.learning_rate_grid, each under its own
     name (checkpoints/<name>@lr<k>/; name = options' name or `defense`), or once as given without a grid ->
-    the TrainResult of the chosen rate, under that name."""
+    the TrainResult of the chosen rate, under that name. A rate whose training stops (NaN, out of memory) is recorded
+    as failed and the others go on; on several processes rank 0 alone chooses and copies, the others take its choice."""
     grid = list(cfg.train.learning_rate_grid)
     if not grid:  # a defense module's train() need not take a name (registry.py: train(cfg, paths, resume))
         return train_fn(cfg, paths, resume=resume, **options)
@@ -47,18 +50,51 @@ def train_over_grid(train_fn, cfg: Config, paths, defense: str, resume: bool = F
         raise ValueError(f"defense {defense!r}: its train() takes no name=, so train.learning_rate_grid cannot train "
                          f"one model per rate; add a name parameter (checkpoints/<name>/) or leave the grid empty")
     name = options.pop("name", defense)
-    runs = []
+    runs, failed = [], {}
     for k, lr in enumerate(grid):
-        r = train_fn(with_learning_rate(cfg, lr), paths, resume=resume, name=grid_name(name, k), **options)
-        runs.append((lr, k, r, selected_score(r)))
-    lr, k, best, score = min(runs, key=lambda x: x[3])
-    search = {"learning_rate_grid": grid, "learning_rate": lr, "selection_rule": SELECTION_RULE,
-              "scores": {str(rate): s for rate, _, _, s in runs}, "chosen_folder": grid_name(name, k)}
-    dest, tmp = paths.checkpoints / name, paths.checkpoints / f".{name}.tmp"
+        try:
+            r = train_fn(with_learning_rate(cfg, lr), paths, resume=resume, name=grid_name(name, k), **options)
+        except TrainingError as e:
+            failed[str(lr)] = str(e)
+            continue
+        runs.append((lr, k, r))
+    if not runs:
+        raise TrainingError(f"{name}: every rate of train.learning_rate_grid {grid} failed: "
+                            + "; ".join(f"{lr}: {e}" for lr, e in failed.items()))
+    chosen = None
+    if distributed.is_main_process():
+        scored = [(lr, k, r, selected_score(r)) for lr, k, r in runs]
+        lr, k, best, score = min(scored, key=lambda x: x[3])
+        search = {"learning_rate_grid": grid, "learning_rate": lr, "selection_rule": SELECTION_RULE,
+                  "scores": {str(rate): sc for rate, _, _, sc in scored}, "failed": failed,
+                  "chosen_folder": grid_name(name, k)}
+        _install(paths, name, grid_name(name, k), search)
+        chosen = k
+    chosen = distributed.broadcast(chosen)
+    distributed.barrier()
+    best = next(r for _, k, r in runs if k == chosen)
+    return dataclasses.replace(best, name=name, log_path=str(paths.metrics / f"train_{name}_log.jsonl"))
+
+
+def _install(paths, name: str, folder: str, search: dict) -> None:
+    """checkpoints/<folder> (without its trainer state) becomes checkpoints/<name> with lr_search.json, and its
+    training log metrics/train_<name>_log.jsonl: each through a temporary copy and renames, so an interruption
+    leaves either the old or the new folder, never half of one."""
+    dest, tmp, old = (paths.checkpoints / name, paths.checkpoints / f".{name}.tmp",
+                      paths.checkpoints / f".{name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(paths.checkpoints / grid_name(name, k), tmp, ignore=shutil.ignore_patterns("trainer"))
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.copytree(paths.checkpoints / folder, tmp, ignore=shutil.ignore_patterns("trainer"))
     (tmp / SEARCH_FILE).write_text(json.dumps(search, indent=1))
-    shutil.rmtree(dest, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
     tmp.rename(dest)
-    (paths.metrics / f"lr_search_{name}.json").write_text(json.dumps(search, indent=1))
-    return dataclasses.replace(best, name=name)
+    shutil.rmtree(old, ignore_errors=True)
+    log = paths.metrics / f"train_{folder}_log.jsonl"
+    if log.exists():
+        part = paths.metrics / f".train_{name}_log.jsonl.tmp"
+        shutil.copyfile(log, part)
+        part.replace(paths.metrics / f"train_{name}_log.jsonl")
+    part = paths.metrics / f".lr_search_{name}.json.tmp"
+    part.write_text(json.dumps(search, indent=1))
+    part.replace(paths.metrics / f"lr_search_{name}.json")

@@ -60,8 +60,13 @@ def item_losses(model, tokenizer, records: Sequence, cfg: Config, limit: int = 2
 def validation_loss(model, tokenizer, clean: Sequence, injected: Sequence, cfg: Config, limit: int = 200) -> dict:
     """{val_loss (the rule's score: mean over every item), val_loss_clean, val_loss_injected} of the first `limit`
     clean and injected validation items (already in the defense's view)."""
-    c = item_losses(model, tokenizer, clean, cfg, limit)
-    i = item_losses(model, tokenizer, injected, cfg, limit)
+    was_training = model.training
+    model.eval()  # no dropout in the score: the same number chapter 06 gets from the reloaded checkpoint
+    try:
+        c = item_losses(model, tokenizer, clean, cfg, limit)
+        i = item_losses(model, tokenizer, injected, cfg, limit)
+    finally:
+        model.train(was_training)
     if not c and not i:
         raise ValueError("validation loss: no clean or injected validation items")
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731

@@ -4,7 +4,7 @@ Layout of one trained model `name` (base, causal, struq, secalign) under outputs
     trainer/checkpoint-N/   full Trainer state per epoch (optimizer, scheduler, RNG) for --resume;
                             a folder counts only once `COMPLETE` is written after the save finished
     epoch_N/                the model alone (safetensors + tokenizer + checkpoint.json), written atomically
-    best_model/             the epoch chosen by causal stability on the validation pairs (or by val loss for SFT)
+    best_model/             the epoch chosen by the training contract's rule (training.selection: lowest validation loss on O*)
 Logs: metrics/train_<name>_log.jsonl (every logged step: losses, lr, grad norm, RSS, CUDA peak, steps/s),
 TensorBoard events under logs/<name>/ when report_to is tensorboard.
 On several processes (DDP under accelerate launch / torchrun, causal_lib.training.distributed) every rank trains on
@@ -162,7 +162,7 @@ class GradientGuard(TrainerCallback):
 
 class EpochExport(TrainerCallback):
     """After each epoch: mark the Trainer checkpoint complete, export the model to epoch_N atomically,
-    and score it on the validation data (causal stability, or mean task loss for SFT)."""
+    and score it on the validation data (training.selection's validation loss, and what a defense records beside it)."""
 
     def __init__(self, out_dir: Path, tokenizer, score_fn=None, extra: dict | None = None):
         self.out_dir, self.tokenizer, self.score_fn, self.extra = Path(out_dir), tokenizer, score_fn, extra or {}

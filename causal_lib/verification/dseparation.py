@@ -143,8 +143,9 @@ def dseparation(sample: Sample, cfg: Config, planted_strength: float | None = No
 def planted_data(sample: Sample, k: int, insertion: str, strength: float, seed: int):
     """The power control's rows (issue 31, item 2): the labels swapped at random within pairs on the model's real R
     (a null), a Z-dependent shift of `strength` SD per coordinate planted on the FULL standardised R, and only then
-    the reduction to k principal components, as the test proper reduces: so the control shows whether the reduction
-    keeps a dependence of that size, not only whether HSIC finds it in k dimensions. -> (R, Z, S, G)."""
+    the reduction to k principal components: so the control shows whether the reduction keeps a dependence of that
+    size, not only whether HSIC finds it in k dimensions. The frame is the tested rows' own ([clean, inserted]; the
+    test proper reduces in the model-wide frame that also holds the benign twins). -> (R, Z, S, G)."""
     _, Z, S, G = dseparation_data(sample, k, insertion)
     other = sample.r_benign if insertion == "benign" else sample.r_injected
     if other is None:
