@@ -25,10 +25,11 @@ from causal_lib.book import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.defenses import registry
+from causal_lib.training.lr_search import train_defense
 from causal_lib.training.trainer import nan_free, read_train_log, steps_per_second
 
 cfg, paths = run_folder.start(params_file, overrides)
-result = registry.get(defense).train(cfg, paths, resume=resume)
+result = train_defense(cfg, paths, defense, resume=resume)  # over train.learning_rate_grid when set
 log = read_train_log(paths, defense)
 df = pd.DataFrame([r for r in log if any(k.startswith("loss") for k in r)])
 print(f"{registry.label(defense)}: {result.steps} steps in {result.train_seconds:.0f} s; best epoch {result.best_epoch}")

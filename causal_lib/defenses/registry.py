@@ -34,14 +34,19 @@ class Defense:
             return None
         return getattr(importlib.import_module(self.module), attr, None)
 
-    def train(self, cfg, paths, resume: bool = False):
-        """Train this defense's model (once per rate of train.learning_rate_grid, keeping the best on validation)."""
+    def train_function(self):
+        """(the module's train function, this entry's keyword arguments for it); ValueError for a defense that trains
+        nothing. training.lr_search.train_defense runs it (over train.learning_rate_grid when set)."""
         fn = self._impl("train")
         if not self.trains or fn is None:
             raise ValueError(f"defense {self.name!r} trains no model of its own (it uses the base)")
-        from causal_lib.training.lr_search import train_over_grid
+        return fn, dict(self.train_options)
 
-        return train_over_grid(fn, cfg, paths, self.name, resume=resume, **dict(self.train_options))
+    def train(self, cfg, paths, resume: bool = False):
+        """Train this defense's model once, with the params' learning rate (the book and the training CLI go
+        through training.lr_search.train_defense, which adds the learning-rate grid)."""
+        fn, options = self.train_function()
+        return fn(cfg, paths, resume=resume, **options)
 
     def view_records(self, records, tokenizer) -> list:
         fn = self._impl("view_records")

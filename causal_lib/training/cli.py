@@ -26,6 +26,7 @@ from causal_lib.data.build import ensure_dataset
 from causal_lib.data.records import DataError
 from causal_lib.defenses import registry
 from causal_lib.training import distributed
+from causal_lib.training.lr_search import train_defense
 
 # the training stack (torch, transformers) is imported only to train: a refused command answers in about a second
 _STACK_ERRORS = (("causal_lib.models.checkpoints", "CheckpointError"), ("causal_lib.models.load", "ModelLoadError"),
@@ -82,7 +83,7 @@ def train(params: str, defense: str, overrides: dict | None = None, resume: bool
             if not distributed.is_main_process() and not _base_trains(cfg):
                 return None  # the shipped base is installed by rank 0 alone: nothing to train
             return train_base(cfg, paths, resume=resume)
-        return registry.get(defense).train(cfg, paths, resume=resume)
+        return train_defense(cfg, paths, defense, resume=resume)
 
 
 def _base_trains(cfg) -> bool:
