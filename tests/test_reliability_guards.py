@@ -172,8 +172,7 @@ def test_the_training_cli_refuses_a_run_folder_of_other_params_and_a_locked_one(
 
     built = []
     monkeypatch.setattr(train_cli, "ensure_dataset", lambda cfg, paths: built.append(cfg.data.n_test))
-    monkeypatch.setattr(train_cli.registry, "get", lambda name: type("D", (), {"train": staticmethod(
-        lambda cfg, paths, resume=False: None)}))
+    monkeypatch.setattr(train_cli, "train_defense", lambda cfg, paths, defense, resume=False: None)
     out_root = tmp_path / "outputs"
     run_book("params/smoke.yaml", overrides={"run.output_root": str(out_root)}, run_name="qa")
     run_json = out_root / "qa" / "run.json"
