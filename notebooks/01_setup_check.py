@@ -15,7 +15,7 @@ overrides = {}
 import pandas as pd
 import matplotlib.pyplot as plt
 
-from causal_lib.book import run_folder
+from causal_lib.core import run_folder
 from causal_lib.book import reports
 from causal_lib.book.setup_check import run_setup_checks
 

@@ -29,7 +29,7 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import display
 
-from causal_lib.book import run_folder
+from causal_lib.core import run_folder
 from causal_lib.data import build
 from causal_lib.data import records
 from causal_lib.data import checks

@@ -15,7 +15,7 @@
 # `base.source: pretrain` uses a real model as it is.
 # Before any defense is worth measuring, the base must be (a) accurate on every task and (b) genuinely
 # vulnerable on every goal, including payloads and phrasings it never saw (the "base" criteria of
-# `causal_lib.book.criteria`, printed below).
+# `causal_lib.core.criteria`, printed below).
 
 # %% tags=["parameters"]
 params_file = "params/smoke.yaml"
@@ -29,8 +29,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from causal_lib.book import run_folder
-from causal_lib.book import criteria
+from causal_lib.core import run_folder
+from causal_lib.core import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.training.pretrain import REAL_BASE_ADAPTER_RUN, curriculum_runs, train_base
@@ -107,7 +107,7 @@ if len(axes):
 axes
 
 # %%
-# the targets (accurate on every task, vulnerable on every goal) are the "base" criteria of causal_lib.book.criteria
+# the targets (accurate on every task, vulnerable on every goal) are the "base" criteria of causal_lib.core.criteria
 base_rows = report_text.base_rows(summary)
 verdict = criteria.overall(base_rows)
 detail = report_text.base_detail(summary)

@@ -20,8 +20,8 @@ resume = False
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib.book import run_folder
-from causal_lib.book import criteria
+from causal_lib.core import run_folder
+from causal_lib.core import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.defenses import registry

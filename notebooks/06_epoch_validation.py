@@ -17,11 +17,11 @@ defense = "causal"
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib.book import run_folder
-from causal_lib.book import criteria
+from causal_lib.core import run_folder
+from causal_lib.core import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
-from causal_lib.training.epoch_selection import validate_epochs
+from causal_lib.evaluation.epoch_selection import validate_epochs
 
 cfg, paths = run_folder.start(params_file, overrides)
 table = validate_epochs(cfg, paths, defense)

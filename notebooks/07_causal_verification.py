@@ -30,11 +30,13 @@ model_name = "causal"  # the model the chapter's verdict is about; every model i
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from causal_lib.book import criteria, report_text, reports, run_folder
+from causal_lib.book import report_text, reports
+
+from causal_lib.core import criteria, run_folder
 from causal_lib.data.records import load_split
 from causal_lib.defenses.load import load_model
 from causal_lib.verification import dseparation, insertion_control, verify_models
-from causal_lib.verification.hsic import calibrate, conditional_hsic_test
+from causal_lib.stats.hsic import calibrate, conditional_hsic_test
 
 cfg, paths = run_folder.start(params_file, overrides)
 sc = cfg.stats
@@ -111,7 +113,7 @@ pd.DataFrame([{"model": r["model"], "edges": ", ".join(r["discovery"]["graph"].e
                "bootstrap mean score": r["discovery"]["stability"].mean_score} for r in results.values()])
 
 # %%
-# every target and rule is in causal_lib.book.criteria: a rate or estimate passes only when its whole 95%
+# every target and rule is in causal_lib.core.criteria: a rate or estimate passes only when its whole 95%
 # interval meets the target, INCONCLUSIVE otherwise
 mine = results[model_name]
 # judged where the loss did not train: the untrained point whose ratio reaches highest (the trained point's row is

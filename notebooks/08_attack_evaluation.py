@@ -18,8 +18,8 @@ import pandas as pd
 from IPython.display import Markdown, display
 import seaborn as sns
 
-from causal_lib.book import run_folder
-from causal_lib.book import criteria
+from causal_lib.core import run_folder
+from causal_lib.core import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.defenses.load import load_model, records_for

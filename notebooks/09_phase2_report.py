@@ -4,7 +4,7 @@
 # The plan's success criteria as tables of measured value, target and PASS/FAIL, read from the metrics JSON
 # the earlier chapters wrote: the research targets (must-achieve metrics with static and adaptive ASR, the
 # stand-in base, the causal method's targets, SEP and S-utility on one common probe set) and, counted apart,
-# the engineering checks (time, memory, no NaN). Every target and rule is in `causal_lib.book.criteria` (a
+# the engineering checks (time, memory, no NaN). Every target and rule is in `causal_lib.core.criteria` (a
 # rate passes only when its whole 95% interval meets the target, else FAIL or INCONCLUSIVE; NOT MEASURED is
 # not met; a check that cannot fail is not listed). Then the look-alike errors split into over-defense and
 # fragility, the failure cases, and the two closing reports: `PHASE2_COMPLETION_REPORT.md` and `PROJECT_STATUS.md`.
@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from causal_lib.book import run_folder
-from causal_lib.book import criteria
+from causal_lib.core import run_folder
+from causal_lib.core import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.book.phase_report import comparison_lead, failure_cases, lookalike_rows, success_criteria

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     import torch
 
     from causal_lib.config import load_config
-    from causal_lib.evaluation.generate import generate
+    from causal_lib.models.generate import generate
     from causal_lib.models.load import load_hf_base
 
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ params_file = "params/smoke.yaml"
 overrides = {}
 # %%
 import os, time
-from causal_lib.book import progress
+from causal_lib.core import progress
 open(PID_FILE, "w").write(str(os.getpid()))
 for i in range(3):
     progress.report(f"slow: step {i + 1}/3", force=True)

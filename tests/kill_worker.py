@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from transformers import Trainer, TrainerCallback  # noqa: E402
 
-from causal_lib.book.run_folder import RunPaths  # noqa: E402
+from causal_lib.core.run_folder import RunPaths  # noqa: E402
 from causal_lib.config import config_from_dict  # noqa: E402
 from causal_lib.models import checkpoints as model_mod  # noqa: E402
 from causal_lib.models.load import build_tiny_model

@@ -1,7 +1,7 @@
 """The across-seed paired test (verification.paired.across_seeds): items and training seeds both vary."""
 import numpy as np
 
-from causal_lib.verification.paired import across_seeds, seed_grid
+from causal_lib.stats.paired import across_seeds, seed_grid
 
 
 def _grid(rates, n=300, seed=0):
@@ -45,7 +45,7 @@ def test_seed_paired_reads_every_replicas_items(tmp_path):
     import json
 
     from causal_lib.book.report_text import comparison_table_report
-    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.core.run_folder import RunPaths
     from causal_lib.evaluation.comparison import seed_paired, seed_paired_rows
 
     def items(success, twin=()):

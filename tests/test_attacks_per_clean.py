@@ -5,7 +5,7 @@ from collections import Counter
 
 from causal_lib.config import config_from_dict
 from causal_lib.data import build as data
-from causal_lib.evaluation.scoring import ItemResult
+from causal_lib.data.scoring import ItemResult
 from causal_lib.evaluation.summary import summarise
 from causal_lib.training import shipped_base
 

@@ -41,7 +41,7 @@ from causal_lib.defenses.struq import (
     matched_records,
     struq_training_records,
 )
-from causal_lib.evaluation.generate import BLOCKED_OUTPUT
+from causal_lib.models.generate import BLOCKED_OUTPUT
 from causal_lib.models.load import build_tiny_model
 from causal_lib.models.prompts import (
     ASSISTANT_TOKEN,
@@ -403,7 +403,7 @@ def test_filter_any_mode_combines_detectors(make_record):
 # ------------------------------------------------------------------ end to end: tiny StruQ and SecAlign runs
 
 def _run_setup(tmp_path, tok):
-    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.core.run_folder import RunPaths
     from causal_lib.config import config_from_dict
     from causal_lib.models.checkpoints import save_checkpoint
 

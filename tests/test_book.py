@@ -17,7 +17,8 @@ params_file = "params/smoke.yaml"
 overrides = {}
 defense = "none"
 # %%
-from causal_lib.book import reports, run_folder
+from causal_lib.book import reports
+from causal_lib.core import run_folder
 cfg, paths = run_folder.start(params_file, overrides)
 run_folder.write_metrics(paths, f"ok_{defense}", {"defense": defense, "seed": cfg.run.seed})
 reports.record_verdict(paths, "01_ok", "PASS", "fine")
@@ -121,7 +122,7 @@ def test_seed_replicas_run_before_the_main_seed_in_their_own_folder():
     assert sub.run_dir == Path("/x") / "default" / "seeds" / "seed_2"
     main = next(r for r in runs if r.label == "05_train[causal]")
     assert main.overrides(cfg, {"a": 1}) == {"a": 1} and replica.out_stem == "05_train__causal__seed2"
-    from causal_lib.book.run_folder import split_replica_label
+    from causal_lib.core.run_folder import split_replica_label
     assert split_replica_label(replica.label) == ("05_train[causal]", 2)
     assert split_replica_label("07_causal_verification") == ("07_causal_verification", None)
 
@@ -445,8 +446,7 @@ def test_console_has_no_kernel_warnings_nor_unknown_parameters_and_html_no_progr
 
 
 def test_progress_report_is_a_no_op_outside_the_book_and_throttled_inside(tmp_path, monkeypatch):
-    from causal_lib.book import progress
-
+    from causal_lib.core import progress
     monkeypatch.delenv(progress.ENV, raising=False)
     assert progress.report("x: nothing", force=True) is False
     f = tmp_path / "p.log"
@@ -461,7 +461,7 @@ def test_progress_report_is_a_no_op_outside_the_book_and_throttled_inside(tmp_pa
 def test_training_reports_step_loss_and_eta_to_the_progress_file(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from causal_lib.book import progress
+    from causal_lib.core import progress
     from causal_lib.training.trainer import ConsoleProgress
 
     f = tmp_path / "p.log"

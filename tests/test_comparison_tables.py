@@ -1,6 +1,6 @@
 """Chapter 08 at a glance (issue 31, item 8): the comparison in page-sized tables, the answer in one paragraph, and
 a verdict that fails when a baseline does significantly better on the same items."""
-from causal_lib.book import criteria
+from causal_lib.core import criteria
 from causal_lib.book.report_text import attack_detail, comparison_table_report, lead_paragraph
 from causal_lib.evaluation.comparison import COLUMN_GROUPS, comparison_tables, paired_verdict, worse_than
 
@@ -76,7 +76,7 @@ def test_the_completion_report_leads_with_chapter_08s_answer(tmp_path):
 
     from causal_lib.book.phase_report import comparison_lead
     from causal_lib.book.report_text import phase2_completion_report
-    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.core.run_folder import RunPaths
 
     paths = RunPaths(tmp_path / "run").make()
     assert comparison_lead(paths) == ""
@@ -93,7 +93,7 @@ def test_chapter_09s_asr_row_fails_when_a_baseline_is_significantly_better(tmp_p
     import json
 
     from causal_lib.book.phase_report import success_criteria
-    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.core.run_folder import RunPaths
 
     paths = RunPaths(tmp_path / "run").make()
     summaries = {d: {"asr": {"k": int(r * 300), "n": 300, "rate": r, "lo": max(r - 0.01, 0), "hi": r + 0.01},

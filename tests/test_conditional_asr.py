@@ -1,6 +1,6 @@
 """ASR on the items that hijacked the undefended base, and the deviation rate (issue 17)."""
 from causal_lib.evaluation.comparison import comparison_rows, conditional_asr
-from causal_lib.evaluation.scoring import ItemResult, apply_twin_control
+from causal_lib.data.scoring import ItemResult, apply_twin_control
 from causal_lib.evaluation.summary import summarise
 
 

@@ -246,7 +246,7 @@ def test_documents_file_in_the_params_joins_the_test_split(tmp_path):
 
 def test_chapter_08_tables_carry_instruction_type_and_twin_control():
     from causal_lib.book import report_text
-    from causal_lib.evaluation.scoring import ItemResult
+    from causal_lib.data.scoring import ItemResult
     from causal_lib.evaluation.summary import results_table, summarise
 
     items = [ItemResult(id="c", pair_id="p", kind="clean", source="builtin", output="ZAP", correct=True),

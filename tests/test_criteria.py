@@ -1,4 +1,4 @@
-"""One criteria module owns every target and verdict (causal_lib.book.criteria); notebooks hold none."""
+"""One criteria module owns every target and verdict (causal_lib.core.criteria); notebooks hold none."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,11 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from causal_lib.book import criteria, report_text
+from causal_lib.book import report_text
+
+from causal_lib.core import criteria
 from causal_lib.book.phase_report import success_criteria
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core.run_folder import RunPaths
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
 # a comparison against a numeric literal (x >= 0.95, p < .05, gap <= 0.5, rate > 75) or a target line drawn at one
@@ -31,7 +33,7 @@ def test_there_are_notebooks_to_check():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_no_notebook_holds_a_numeric_target(path):
-    """Targets live in causal_lib.book.criteria: no comparison against a number, no target line at a number,
+    """Targets live in causal_lib.core.criteria: no comparison against a number, no target line at a number,
     in code or in the narrative."""
     hits = []
     for cell in jupytext.read(path).cells:

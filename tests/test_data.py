@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import PROJECT_ROOT, config_from_dict
 from causal_lib.data import attacks, build, checks, records
 from causal_lib.data.records import DataError, DatasetMissingError, load_split

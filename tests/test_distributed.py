@@ -1,4 +1,4 @@
-"""Training and evaluation on 2 processes for real (DDP, gloo, CPU; causal_lib.training.distributed), on the smoke
+"""Training and evaluation on 2 processes for real (DDP, gloo, CPU; causal_lib.core.distributed), on the smoke
 params made small: the shipped tiny base (so that the models answer something), 64 training pairs, 24 test items.
 
 (a) the loss curve of 2 processes equals one process's with the same global batch (train.batch_size) within

@@ -20,9 +20,9 @@ from causal_lib.config import EvalConfig, ModelConfig, TinyModelConfig, config_f
 from causal_lib.data import attacks, build, records  # noqa: E402
 from causal_lib.evaluation import cli as ev_cli  # noqa: E402
 from causal_lib.evaluation import run as ev_run
-from causal_lib.evaluation.generate import BLOCKED_OUTPUT, generate, generate_one_by_one, measure_batched_speedup
+from causal_lib.models.generate import BLOCKED_OUTPUT, generate, generate_one_by_one, measure_batched_speedup
 from causal_lib.evaluation.run import evaluate_records
-from causal_lib.evaluation.scoring import ItemResult
+from causal_lib.data.scoring import ItemResult
 from causal_lib.evaluation.summary import results_table, summarise
 from causal_lib.models.checkpoints import save_checkpoint  # noqa: E402
 from causal_lib.models.load import build_tiny_model
@@ -479,7 +479,7 @@ def test_cli_on_real_dataset_with_attack_file(tmp_path, capsys, ckpt):
 
 
 def test_seed_spread_mean_sd_and_missing_replica(tmp_path):
-    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.core.run_folder import RunPaths
     from causal_lib.evaluation.comparison import seed_replicas, seed_spread, seed_spread_rows
 
     def payload(asr, benign):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from causal_lib.book import run_folder
+from causal_lib.core import run_folder
 from causal_lib.evaluation import cli as ev_cli
 from causal_lib.evaluation import run as ev_run
 from causal_lib.models.checkpoints import save_checkpoint

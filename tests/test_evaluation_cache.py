@@ -1,6 +1,6 @@
 """The evaluation cache is keyed on the evaluation's code too (issue 31): a change to generation, scoring or the
 summaries makes a cached result stale instead of being reused."""
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import config_from_dict
 from causal_lib.evaluation import run
 

@@ -100,7 +100,7 @@ def test_split_at_injection(make_record):
 
 
 def test_planted_trigger_is_found(make_record, tok, planted):
-    from causal_lib.evaluation.generate import generate
+    from causal_lib.models.generate import generate
 
     rec = _record(make_record)
     assert generate(planted, tok, [rec.system], [rec.data], 4)[0] == "A"  # the plain injection fails

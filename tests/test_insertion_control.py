@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from causal_lib.book import criteria
+from causal_lib.core import criteria
 from causal_lib.data import world
 from causal_lib.data.build import build_dataset
 from causal_lib.config import load_config

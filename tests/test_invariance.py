@@ -1,11 +1,11 @@
-"""Tests of causal_lib.verification.invariance.epsilon_causal: the mean with its bootstrap interval, the tail
+"""Tests of causal_lib.stats.invariance.epsilon_causal: the mean with its bootstrap interval, the tail
 quantiles with distribution-free intervals, and the share of pairs with TV > 0.5 as a rate with its interval."""
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from causal_lib.verification import intervals
-from causal_lib.verification.invariance import epsilon_causal
+from causal_lib.stats import intervals
+from causal_lib.stats.invariance import epsilon_causal
 
 
 def test_epsilon_causal_mean_quantiles_and_share_over_half():

@@ -86,7 +86,7 @@ class _Links(HTMLParser):
 
 def test_index_links_resolve(tmp_path):
     from causal_lib.book.reports import record_verdict, write_report
-    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.core.run_folder import RunPaths
     from causal_lib.book.share import archive_run, write_index
 
     paths = RunPaths(tmp_path / "run").make()

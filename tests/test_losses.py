@@ -143,7 +143,7 @@ def test_hsic_loss_on_task_groups_equals_the_direct_hsic():
     """hsic_loss within groups = sum_s (n_s / sum n_s) HSIC_b,s over the groups of >= 4 members, HSIC_b,s =
     tr(Kc L) / n_s^2 computed with the verification module's kernels (the same bandwidth), in float64 numpy."""
     from causal_lib.training.losses import MIN_GROUP_SIZE, gaussian_bandwidth
-    from causal_lib.verification.hsic import center_gram, delta_gram, gaussian_gram
+    from causal_lib.stats.hsic import center_gram, delta_gram, gaussian_gram
 
     g = torch.Generator().manual_seed(3)
     sizes = [6, 5, 4, 3, 2, 8, 4]  # a batch of 32 over 7 tasks: the groups of 3 and 2 are skipped

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import ConfigError, config_from_dict
 from causal_lib.training.lr_search import train_over_grid
 from causal_lib.training.trainer import TrainResult

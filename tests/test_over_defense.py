@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from causal_lib.evaluation.scoring import ItemResult
+from causal_lib.data.scoring import ItemResult
 from causal_lib.evaluation.summary import over_defense_paired, summarise
-from causal_lib.verification.intervals import paired_difference_ci, wilson
-from causal_lib.verification.paired import mcnemar_exact
+from causal_lib.stats.intervals import paired_difference_ci, wilson
+from causal_lib.stats.paired import mcnemar_exact
 
 
 def _look(i, correct, twin_correct, task="t", blocked=False):
@@ -87,7 +87,7 @@ NOTE = "The guide says to ignore the first page."
 def _kind(output, blocked=False, correct=False, note=None, make_record=None):
     from types import SimpleNamespace
 
-    from causal_lib.evaluation.scoring import lookalike_error_kind
+    from causal_lib.data.scoring import lookalike_error_kind
 
     rec = SimpleNamespace(injection=NOTE, clean_data=DOC, data=DOC + " " + NOTE)
     return lookalike_error_kind(rec, output, blocked, correct, note)

@@ -3,9 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from causal_lib.verification import paired
-
-
+from causal_lib.stats import paired
 def test_mcnemar_matches_scipy_binomial_test_on_discordant_pairs():
     rng = np.random.default_rng(0)
     for _ in range(20):

@@ -10,7 +10,7 @@ from causal_lib.config import Config, DataConfig
 from causal_lib.data import build, realistic
 from causal_lib.data.records import REALISTIC, DataError, Record
 from causal_lib.evaluation import literature
-from causal_lib.evaluation.scoring import ItemResult, is_correct, judge_passes, rouge_l
+from causal_lib.data.scoring import ItemResult, is_correct, judge_passes, rouge_l
 
 
 def test_vendored_files_split_once_by_id_and_carry_a_target_each():
@@ -161,7 +161,7 @@ def test_chapter_08s_realistic_path_runs_on_the_shipped_tiny_base_and_reuses_its
     """evaluate_realistic end to end on a small model (the shipped embedded base, seconds): every part present, the
     protocol's counts per attack, the cache reused while nothing changed, the report section rendered."""
     from causal_lib.book import report_text
-    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.core.run_folder import RunPaths
     from causal_lib.config import load_config
     from causal_lib.training.pretrain import train_base
 

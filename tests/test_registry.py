@@ -3,7 +3,7 @@ validation, chapter list, training CLI, training, epoch validation, evaluation, 
 with no other edit."""
 import pytest
 
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.book.runner import chapter_runs
 from causal_lib.config import ConfigError, config_from_dict
 from causal_lib.data.build import ensure_dataset
@@ -14,7 +14,7 @@ from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.models.checkpoints import save_checkpoint
 from causal_lib.models.load import build_model
 from causal_lib.training import cli as training_cli
-from causal_lib.training.epoch_selection import validate_epochs
+from causal_lib.evaluation.epoch_selection import validate_epochs
 from causal_lib.training.pretrain import base_checkpoint, ensure_tokenizer
 
 # A defense module of one's own: its "training" keeps the base's weights (one epoch checkpoint + best_model).

@@ -89,7 +89,7 @@ def test_out_of_memory_stops_with_the_plans_advice(tmp_path, monkeypatch):
 
     from transformers import Trainer
 
-    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.core.run_folder import RunPaths
     from causal_lib.config import config_from_dict
     from causal_lib.models.load import build_tiny_model
     from causal_lib.models.prompts import train_tokenizer

@@ -200,8 +200,7 @@ def test_the_training_cli_refuses_a_run_folder_of_other_params_and_a_locked_one(
 
 
 def test_a_chapter_outside_the_runner_refuses_a_run_folder_of_other_params(tmp_path):
-    from causal_lib.book import run_folder
-
+    from causal_lib.core import run_folder
     over = {"run.output_root": str(tmp_path / "outputs")}
     cfg, paths = run_folder.start(SMOKE, over)
     run_folder.write_json(paths.root / "run.json", {"params_hash": cfg.params_hash(), "chapters": {}})
@@ -230,7 +229,7 @@ def test_symbolic_links_in_or_as_a_run_folder_are_refused_and_not_followed(tmp_p
 
 
 def test_atomic_writes_replace_a_link_instead_of_writing_through_it(tmp_path):
-    from causal_lib.book.run_folder import write_text_atomic
+    from causal_lib.core.run_folder import write_text_atomic
 
     target = tmp_path / "x"
     target.write_text("precious")
@@ -247,7 +246,7 @@ def test_atomic_writes_replace_a_link_instead_of_writing_through_it(tmp_path):
 # ---- item 12: no absolute attack-file path in run.json or data/manifest.json ---------------------------------
 
 def test_absolute_attack_file_paths_are_not_recorded(tmp_path, fake_runs):
-    from causal_lib.book.run_folder import RunPaths, file_sha256
+    from causal_lib.core.run_folder import RunPaths, file_sha256
     from causal_lib.data import build
 
     mine = tmp_path / "secret_place" / "mine.jsonl"

@@ -81,7 +81,7 @@ PATHOLOGICAL = [("(a+)+$", "a" * 5000 + "!"), ("(a|a)+$", "a" * 5000 + "!"), ("(
 
 @pytest.mark.parametrize("pattern,output", PATHOLOGICAL, ids=["(a+)+$", "(a|a)+$", "(x+x+)+y", "(.*)x24#"])
 def test_catastrophic_regex_judge_finishes_fast(pattern, output):
-    from causal_lib.evaluation.scoring import JudgeError, judge_passes
+    from causal_lib.data.scoring import JudgeError, judge_passes
 
     t0 = time.perf_counter()
     try:
@@ -92,7 +92,7 @@ def test_catastrophic_regex_judge_finishes_fast(pattern, output):
 
 
 def test_timed_out_regex_judge_is_an_error_row_not_a_hang(monkeypatch):
-    from causal_lib.evaluation.scoring import JudgeError  # noqa: F401 - the error the judge raises
+    from causal_lib.data.scoring import JudgeError  # noqa: F401 - the error the judge raises
 
     recs = _records(judge="regex", judge_args="(a+)+$")
     outputs = {"p1-clean": "yes", "p1-x": "a" * 5000 + "!"}
@@ -110,7 +110,7 @@ def test_timed_out_regex_judge_is_an_error_row_not_a_hang(monkeypatch):
 
 
 def test_regex_judge_reads_a_bounded_output():
-    from causal_lib.evaluation.scoring import MAX_JUDGED_CHARS, judge_passes
+    from causal_lib.data.scoring import MAX_JUDGED_CHARS, judge_passes
 
     assert judge_passes("regex", "z", "a" * 10 + "z")
     assert not judge_passes("regex", "z", "a" * MAX_JUDGED_CHARS + "z")  # past the bound: not read

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import load_config
 from causal_lib.data import build, world
 from causal_lib.training import shipped_adapter, shipped_base

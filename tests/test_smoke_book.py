@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from causal_lib.book.run_folder import without_machine_measurements
+from causal_lib.core.run_folder import without_machine_measurements
 from causal_lib.book.runner import chapter_runs, run_book
 from causal_lib.book.share import archive_run
 from causal_lib.config import PROJECT_ROOT, load_config

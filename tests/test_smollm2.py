@@ -6,14 +6,14 @@ Not marked slow: the default `make test` runs it (CI included); a missing extra 
 import pytest
 import torch
 
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import ConfigError, config_from_dict, load_config
 from causal_lib.data.build import ensure_dataset
 from causal_lib.data.records import load_split
 from causal_lib.defenses import registry
 from causal_lib.defenses.load import load_model, model_dir
 from causal_lib.defenses.struq import RESERVED_INIT_WORDS, RESERVED_TOKENS, is_struq_tokenizer, reserved_token_ids
-from causal_lib.evaluation.generate import generate, generate_one_by_one
+from causal_lib.models.generate import generate, generate_one_by_one
 from causal_lib.models import smollm2
 from causal_lib.models.checkpoints import checkpoint_json, load_checkpoint
 from causal_lib.models.load import ModelLoadError, count_parameters, is_peft_model, load_hf_model

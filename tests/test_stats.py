@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from causal_lib.verification import hsic, intervals, pac_bayes
+from causal_lib.stats import hsic, intervals
 
+from causal_lib.verification import pac_bayes
 # ---------------------------------------------------------------------------------------- rates
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import config_from_dict
 from causal_lib.data import world
 from causal_lib.defenses.causal import CausalTrainer

@@ -19,7 +19,7 @@ def test_training_table_reads_what_chapters_05_and_06_wrote(tmp_path):
     """The comparison report's training table: one row per trained defense from its metrics and checkpoint, with
     "not recorded" where training wrote nothing, and the columns that differ between defenses named."""
     from causal_lib.book.report_text import comparison_table_report
-    from causal_lib.book.run_folder import RunPaths
+    from causal_lib.core.run_folder import RunPaths
     from causal_lib.evaluation import comparison as cmp
 
     paths = RunPaths(tmp_path)

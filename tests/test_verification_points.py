@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from causal_lib.models.representation import RESPONSE_POSITIONS, pool
-from causal_lib.verification import invariance
+from causal_lib.stats import invariance
 from causal_lib.verification.dseparation import Sample
 from causal_lib.verification.verify_models import point_results, point_rows, worst_untrained
 

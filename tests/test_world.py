@@ -9,8 +9,7 @@ import pytest
 from causal_lib.config import config_from_dict
 from causal_lib.data import attacks, world
 from causal_lib.data import build as data
-from causal_lib.evaluation import scoring
-
+from causal_lib.data import scoring
 SMALL = {"run.seed": 3, "data.n_base_corpus": 1500, "data.n_train": 150, "data.n_val": 20, "data.n_test": 120,
          "data.n_benign_lookalikes": 40, "data.n_sep_probes": 30}
 

@@ -15,13 +15,13 @@ import time
 from types import SimpleNamespace
 
 from causal_lib.defenses.causal import causal_objective
-from causal_lib.evaluation.generate import measure_batched_speedup
+from causal_lib.models.generate import measure_batched_speedup
 from causal_lib.models.load import build_tiny_model
 from causal_lib.models.prompts import train_tokenizer
 from causal_lib.training.examples import make_collator
 from causal_lib.training.losses import task_loss
 from causal_lib.training.trainer import SFTTrainer, forward_for_labels
-from causal_lib.verification.hsic import hsic_test, median_bandwidth
+from causal_lib.stats.hsic import hsic_test, median_bandwidth
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np

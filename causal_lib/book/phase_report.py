@@ -3,8 +3,8 @@ that the earlier chapters wrote (nothing is recomputed or assumed here)."""
 from __future__ import annotations
 
 import json
-from causal_lib.book import criteria
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core import criteria
+from causal_lib.core.run_folder import RunPaths
 
 
 def _read(paths: RunPaths, name: str) -> dict | None:
@@ -60,7 +60,7 @@ def adaptive_asr(comp: dict, model: str) -> dict | None:
 
 def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: float | None = None,
                      book_budget_s: float | None = None) -> list[dict]:
-    """The plan's criteria, each judged by causal_lib.book.criteria (targets and rules live there): the research
+    """The plan's criteria, each judged by causal_lib.core.criteria (targets and rules live there): the research
     targets (must-achieve, the stand-in base, the causal method's targets), then the engineering checks (time,
     memory, NaN; `criteria.split_rows` separates them). memory_limit_gb / book_budget_s: the run's params, for the
     two criteria whose threshold they set."""
@@ -142,7 +142,7 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     rows.append(criteria.row("nan_free", all(v.get("nan_free") for v in trains.values()) if trains else None,
                              measured=", ".join(f"{k}: {v.get('nan_free')}" for k, v in trains.items()) or None))
     # no "validation improving" row: it compared epoch 1 with the maximum over epochs of the same metric,
-    # a check that cannot fail (see causal_lib.book.criteria)
+    # a check that cannot fail (see causal_lib.core.criteria)
     return rows
 
 

@@ -2,13 +2,13 @@
 
 Chapters compute and plot; the wording of what they write under outputs/<run>/reports/ lives here, next to
 `reports.markdown_table`, so that a report reads the same wherever it is written and a notebook holds no
-long f-strings. Targets and PASS/FAIL come from `causal_lib.book.criteria`, never from here.
+long f-strings. Targets and PASS/FAIL come from `causal_lib.core.criteria`, never from here.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from causal_lib.book import criteria
+from causal_lib.core import criteria
 from causal_lib.book.reports import markdown_table
 
 
@@ -472,7 +472,7 @@ def phase2_completion_report(run_name: str, params_hash: str, seed: int, status:
             f"Every value below is read from `metrics/*.json` written by this run.\n\n" + lead + f"**Status: {status}** "
             f"({criteria_summary(rows)})\n\n" + base_caveat(rows) + criteria_tables(rows) + look
             + "\n## Failure cases\n" + md_fail
-            + "\n## The criteria (causal_lib.book.criteria)\n\nA rate or estimate PASSES only when its whole 95% "
+            + "\n## The criteria (causal_lib.core.criteria)\n\nA rate or estimate PASSES only when its whole 95% "
               "interval meets the target (\"in range\" targets included), FAILS when its point value misses it, and is "
               "INCONCLUSIVE (not a pass) in between; NOT MEASURED is not met either. Research targets and engineering "
               "checks are counted apart.\n\n"

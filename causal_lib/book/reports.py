@@ -7,7 +7,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
-from causal_lib.book.run_folder import RunPaths, write_json, write_text_atomic
+from causal_lib.core.run_folder import RunPaths, write_json, write_text_atomic
 from causal_lib.data.records import printable
 
 

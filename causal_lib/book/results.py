@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from causal_lib.book.run_folder import SEEDS_DIR, write_json, write_text_atomic
+from causal_lib.core.run_folder import SEEDS_DIR, write_json, write_text_atomic
 from causal_lib.config import PROJECT_ROOT, RUN_NAME_RULE, is_plain_name
 
 RESULTS_DIR = PROJECT_ROOT / "results"

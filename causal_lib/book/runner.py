@@ -10,7 +10,7 @@ Run folders are outputs/<name>/ with a plain name (--run, run.name: letters, dig
 absolute path). One book run at a time per run folder: outputs/<name>/book.lock holds the runner's pid (a lock
 left by a dead process is taken over). --from/--only take a chapter number ("05"), a chapter name ("05_train")
 or a chapter run's label ("05_train[causal]"). While a chapter runs, the lines its loops report
-(causal_lib.book.progress) are printed, with a "still running" line when nothing new came for 20 s. Ctrl-C
+(causal_lib.core.progress) are printed, with a "still running" line when nothing new came for 20 s. Ctrl-C
 stops the chapter and its kernel and prints the --resume command (exit status 130).
 
 `--resume` skips a chapter run only when its record in run.json says it finished ok AND it was made from
@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
-from causal_lib.book import progress
-from causal_lib.book.run_folder import (SEEDS_DIR, RunFolderError, RunPaths, file_sha256, notebook_stem,
+from causal_lib.core import progress
+from causal_lib.core.run_folder import (SEEDS_DIR, RunFolderError, RunPaths, file_sha256, notebook_stem,
                                        other_params, read_state, refuse_links, replica_label, write_json,
                                        write_text_atomic)
 from causal_lib.config import (PROJECT_ROOT, RUN_NAME_RULE, Config, ConfigError, load_config, portable_config,

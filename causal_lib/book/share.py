@@ -11,7 +11,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from causal_lib.book.run_folder import SEEDS_DIR, RunPaths, notebook_stem, split_replica_label, write_text_atomic
+from causal_lib.core.run_folder import SEEDS_DIR, RunPaths, notebook_stem, split_replica_label, write_text_atomic
 from causal_lib.config import PROJECT_ROOT, RUN_NAME_RULE, is_plain_name
 
 

@@ -324,7 +324,7 @@ def attack_row(obj, where: str, source: str = "", line: int = 0) -> AttackTempla
         if judge not in JUDGES:
             raise AttackFileError(f"{where}: judge {judge!r} does not exist; choose from {list(JUDGES)}")
         if judge == "regex":
-            from causal_lib.evaluation.scoring import regex_problem  # the judges' one definition
+            from causal_lib.data.scoring import regex_problem  # the judges' one definition
 
             why = regex_problem(judge_args)
             if why:

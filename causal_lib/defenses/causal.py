@@ -13,14 +13,14 @@ from causal_lib.data.records import load_split
 from causal_lib.defenses.load import load_model
 from causal_lib.models.load import apply_lora, is_peft_model
 from causal_lib.models.representation import representation
-from causal_lib.training import distributed
+from causal_lib.core import distributed
 from causal_lib.training import selection
 from causal_lib.training.examples import PairDataset, make_pairs, training_slots, z_vocabulary
 from causal_lib.training.losses import (MIN_GROUP_SIZE, causal_loss, hsic_loss, kl_along_response, task_loss,
                                         total_loss)
 from causal_lib.training.pretrain import base_checkpoint
 from causal_lib.training.trainer import TrainResult, check_finite, forward_for_labels, run_training
-from causal_lib.verification.invariance import representation_metrics
+from causal_lib.stats.invariance import representation_metrics
 
 
 def causal_objective(model, inputs: dict, cfg: Config):

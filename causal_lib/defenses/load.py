@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import Config
 from causal_lib.defenses import registry
 from causal_lib.models.checkpoints import CheckpointError, load_checkpoint

@@ -22,7 +22,7 @@ from causal_lib.defenses.load import load_model, records_for
 from causal_lib.evaluation.comparison import paired_comparison
 from causal_lib.evaluation.gcg import run_gcg, transfer
 from causal_lib.evaluation.summary import rate_dict
-from causal_lib.verification.paired import mcnemar_exact
+from causal_lib.stats.paired import mcnemar_exact
 
 TRANSFER_SOURCES = ("none", "struq")  # the undefended base and the first published defense
 
@@ -100,8 +100,8 @@ def template_completion(model, tokenizer, items, records, view=None, max_new_tok
     greedy answer through the model's view, the dataset's success check, twin-controlled on the clean twin."""
     from dataclasses import replace
 
-    from causal_lib.evaluation.generate import generate
-    from causal_lib.evaluation.scoring import attack_succeeded
+    from causal_lib.models.generate import generate
+    from causal_lib.data.scoring import attack_succeeded
 
     view = view or (lambda recs: recs)
     twins = {r.pair_id: r for r in records if r.kind == "clean"}

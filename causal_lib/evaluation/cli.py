@@ -11,13 +11,13 @@ from typing import Sequence
 
 import torch
 
-from causal_lib.book.run_folder import RunPaths, write_json
+from causal_lib.core.run_folder import RunPaths, write_json
 from causal_lib.config import ConfigError, load_config
 from causal_lib.data import attacks
 from causal_lib.data.records import load_split, printable
 from causal_lib.defenses import registry
 from causal_lib.defenses.load import block_for, records_for
-from causal_lib.evaluation.generate import ATTACK_KINDS
+from causal_lib.models.generate import ATTACK_KINDS
 from causal_lib.evaluation.run import evaluate_records
 from causal_lib.evaluation.summary import report_lines, summarise
 from causal_lib.models.checkpoints import CheckpointError, load_checkpoint
@@ -127,8 +127,7 @@ def interrupted_line(out=None) -> str:
 
 def _run_cli(args) -> int:
     out = _check_out_path(args.out)
-    from causal_lib.training import distributed
-
+    from causal_lib.core import distributed
     distributed.init()  # under torchrun / accelerate launch: generation split by rank, rank 0 writes (one process: no-op)
     try:
         cfg = load_config(args.params)

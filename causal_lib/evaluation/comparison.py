@@ -8,11 +8,11 @@ A result is reused when the model checkpoint, the data and the evaluation params
 from __future__ import annotations
 
 import json
-from causal_lib.book import criteria
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core import criteria
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.data.world import CONTENT_AXES
 from causal_lib.defenses import registry
-from causal_lib.verification import paired
+from causal_lib.stats import paired
 from causal_lib.evaluation.summary import common_probe_sep, rate_dict
 
 

@@ -27,9 +27,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from causal_lib.book import progress
-from causal_lib.evaluation import scoring as attacks
-from causal_lib.evaluation.generate import generate
+from causal_lib.core import progress
+from causal_lib.data import scoring as attacks
+from causal_lib.models.generate import generate
 from causal_lib.evaluation.summary import rate_dict
 from causal_lib.models.prompts import answer_ids, encode_example, prompt_text, text_ids
 

@@ -22,18 +22,18 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from causal_lib.book.run_folder import RunPaths, write_json
+from causal_lib.core.run_folder import RunPaths, write_json
 from causal_lib.config import Config
 from causal_lib.data import realistic
 from causal_lib.defenses.load import block_for, load_model, records_for
 from causal_lib.evaluation import run as eval_run
 from causal_lib.evaluation.comparison import _ci
-from causal_lib.evaluation.generate import default_prompt_budget
-from causal_lib.evaluation.scoring import judge_passes, rouge_l
+from causal_lib.models.generate import default_prompt_budget
+from causal_lib.data.scoring import judge_passes, rouge_l
 from causal_lib.models.prompts import encode_example, prompt_of
 from causal_lib.evaluation.summary import rate_dict
-from causal_lib.verification.intervals import bootstrap_ci, paired_bootstrap_ci
-from causal_lib.verification.paired import compare_pair, holm
+from causal_lib.stats.intervals import bootstrap_ci, paired_bootstrap_ci
+from causal_lib.stats.paired import compare_pair, holm
 
 LITERATURE_CODE = ("evaluation/literature.py", "data/realistic.py")
 

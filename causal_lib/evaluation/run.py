@@ -10,12 +10,12 @@ import json
 import random
 from typing import Callable, Sequence
 
-from causal_lib.book.run_folder import RunPaths, write_json
+from causal_lib.core.run_folder import RunPaths, write_json
 from causal_lib.config import Config
 from causal_lib.data.records import Record, load_split
 from causal_lib.defenses.load import block_for, load_model, model_dir, records_for
-from causal_lib.evaluation import scoring
-from causal_lib.evaluation.generate import (
+from causal_lib.data import scoring
+from causal_lib.models.generate import (
     ATTACK_KINDS,
     BLOCKED_OUTPUT,
     PROBE_KINDS,
@@ -23,7 +23,7 @@ from causal_lib.evaluation.generate import (
     encode_prompts,
     generate_ids,
 )
-from causal_lib.evaluation.scoring import ItemResult
+from causal_lib.data.scoring import ItemResult
 from causal_lib.evaluation.summary import summarise
 from causal_lib.models.checkpoints import checkpoint_json
 from causal_lib.models.prompts import prompt_of

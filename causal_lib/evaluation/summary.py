@@ -9,10 +9,10 @@ from typing import Sequence
 
 from causal_lib.data.records import REALISTIC
 from causal_lib.data.world import GOALS
-from causal_lib.evaluation.generate import ATTACK_KINDS
-from causal_lib.evaluation.scoring import ItemResult
-from causal_lib.verification.intervals import paired_difference_ci, rate as _rate, wilson
-from causal_lib.verification.paired import mcnemar_exact
+from causal_lib.models.generate import ATTACK_KINDS
+from causal_lib.data.scoring import ItemResult
+from causal_lib.stats.intervals import paired_difference_ci, rate as _rate, wilson
+from causal_lib.stats.paired import mcnemar_exact
 
 
 def rate_dict(k: int, n: int, alpha: float = 0.05) -> dict:
@@ -227,7 +227,7 @@ def lookalike_error_split(look: Sequence[ItemResult], alpha: float = 0.05) -> di
     """The look-alike errors by kind (scoring.lookalike_error_kind) and the two paired differences the kinds
     define, over look-alikes with a scored clean twin (summarise: lookalike_errors). None when an error has no
     kind (items from a run before the kinds were recorded): the split is then not known."""
-    from causal_lib.evaluation.scoring import LOOKALIKE_ERROR_KINDS, OVER_DEFENSE_KINDS
+    from causal_lib.data.scoring import LOOKALIKE_ERROR_KINDS, OVER_DEFENSE_KINDS
 
     wrong = lambda r: (not r.correct) or r.blocked  # noqa: E731
     if any(wrong(r) and r.error_kind is None for r in look) or any(

@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from causal_lib.book.run_folder import file_sha256, replace_folder
+from causal_lib.core.run_folder import file_sha256, replace_folder
 from causal_lib.config import ModelConfig
 from causal_lib.models.load import (
     DTYPES,

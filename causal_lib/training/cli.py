@@ -6,7 +6,7 @@
 
 Under a launcher (accelerate launch, torchrun, or --num-processes N, which starts N local processes itself and
 reports a failed one in one line) every rank trains with DDP on its share of each global batch (train.batch_size);
-rank 0 alone takes the run lock and writes (causal_lib.training.distributed).
+rank 0 alone takes the run lock and writes (causal_lib.core.distributed).
 
 It runs exactly what chapters 04/05 run (same functions, same checkpoints under outputs/<run>/checkpoints/).
 Afterwards `python -m causal_lib.book run --params ... --resume` executes the chapters, whose training
@@ -18,14 +18,16 @@ import argparse
 import contextlib
 import sys
 
-from causal_lib.book import run_folder, runner
-from causal_lib.book.run_folder import RunFolderError
+from causal_lib.book import runner
+
+from causal_lib.core import run_folder
+from causal_lib.core.run_folder import RunFolderError
 from causal_lib.book.runner import BookError
 from causal_lib.config import ConfigError, load_config, parse_overrides, resolve_params_path
 from causal_lib.data.build import ensure_dataset
 from causal_lib.data.records import DataError
 from causal_lib.defenses import registry
-from causal_lib.training import distributed
+from causal_lib.core import distributed
 from causal_lib.training.lr_search import train_defense
 
 # the training stack (torch, transformers) is imported only to train: a refused command answers in about a second

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from causal_lib.book import run_folder
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core import run_folder
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import Config
 from causal_lib.data.build import GENERATOR_VERSION, data_hash, ensure_dataset, world_fingerprint
 from causal_lib.evaluation import literature
@@ -153,7 +153,7 @@ def derive_adapter(params_file: str, cfg: Config, paths: RunPaths, out: Path | N
 
 def main(argv=None) -> int:
     from causal_lib.config import ConfigError, parse_overrides
-    from causal_lib.book.run_folder import RunFolderError
+    from causal_lib.core.run_folder import RunFolderError
     from causal_lib.book.runner import BookError
     from causal_lib.models.load import ModelLoadError
 

@@ -14,7 +14,7 @@ import json
 import shutil
 
 from causal_lib.config import Config
-from causal_lib.training import distributed
+from causal_lib.core import distributed
 from causal_lib.training.trainer import TrainingError
 from causal_lib.training.selection import SELECT_BY, SELECTION_RULE
 

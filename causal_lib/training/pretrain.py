@@ -7,7 +7,7 @@ import random
 import re
 from pathlib import Path
 
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import Config
 from causal_lib.data import world
 from causal_lib.data.records import load_split

@@ -21,7 +21,7 @@ import json
 import shutil
 from pathlib import Path
 
-from causal_lib.book.run_folder import RunPaths, file_sha256, write_json
+from causal_lib.core.run_folder import RunPaths, file_sha256, write_json
 from causal_lib.config import PROJECT_ROOT, Config
 from causal_lib.data.build import world_fingerprint
 from causal_lib.training.shipped_base import (MANIFEST, MANIFEST_FORMAT, ShippedBaseError, check_files, prepare_out,

@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from causal_lib.book.run_folder import copy_folder_atomic, file_sha256, replace_folder, write_json
+from causal_lib.core.run_folder import copy_folder_atomic, file_sha256, replace_folder, write_json
 from causal_lib.config import PROJECT_ROOT, Config
 from causal_lib.data import realistic
 from causal_lib.data.build import REALISTIC_KEYS, world_fingerprint

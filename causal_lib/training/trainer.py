@@ -7,7 +7,7 @@ Layout of one trained model `name` (base, causal, struq, secalign) under outputs
     best_model/             the epoch chosen by the training contract's rule (training.selection: lowest validation loss on O*)
 Logs: metrics/train_<name>_log.jsonl (every logged step: losses, lr, grad norm, RSS, CUDA peak, steps/s),
 TensorBoard events under logs/<name>/ when report_to is tensorboard.
-On several processes (DDP under accelerate launch / torchrun, causal_lib.training.distributed) every rank trains on
+On several processes (DDP under accelerate launch / torchrun, causal_lib.core.distributed) every rank trains on
 its share of each global batch (train.batch_size) and rank 0 alone writes all of the above.
 """
 from __future__ import annotations
@@ -26,12 +26,12 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from causal_lib.book import progress
-from causal_lib.book.run_folder import copy_folder_atomic
+from causal_lib.core import progress
+from causal_lib.core.run_folder import copy_folder_atomic
 from causal_lib.config import Config
 from causal_lib.models.checkpoints import checkpoint_json, save_checkpoint
 from causal_lib.models.load import resolved_dtype
-from causal_lib.training import distributed
+from causal_lib.core import distributed
 from causal_lib.training.examples import make_collator
 from causal_lib.training.losses import response_window, task_loss
 
@@ -129,7 +129,7 @@ class JsonlLogger(TrainerCallback):
 
 
 class ConsoleProgress(TrainerCallback):
-    """Step, loss and ETA to the book's console (causal_lib.book.progress; a no-op outside the book)."""
+    """Step, loss and ETA to the book's console (causal_lib.core.progress; a no-op outside the book)."""
 
     def __init__(self, name: str):
         self.name, self._t0, self._step0, self._loss = name, None, 0, None

@@ -36,9 +36,9 @@ from scipy import stats as sps
 
 from causal_lib.config import Config
 from causal_lib.verification.dseparation import Sample
-from causal_lib.verification.encoding import as_labels, one_hot, pca_reduce
+from causal_lib.stats.encoding import as_labels, one_hot, pca_reduce
 from causal_lib.verification.insertion_control import standardise
-from causal_lib.verification.intervals import Rate, rate, single_blas_thread
+from causal_lib.stats.intervals import Rate, rate, single_blas_thread
 
 NODES = ("S", "D", "Z", "R", "O")
 

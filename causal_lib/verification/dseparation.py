@@ -22,10 +22,10 @@ import numpy as np
 
 from causal_lib.config import Config
 from causal_lib.training.examples import make_pairs
-from causal_lib.verification.encoding import as_labels, pca_reduce
-from causal_lib.verification.hsic import conditional_hsic_test, planted_dependence
+from causal_lib.stats.encoding import as_labels, pca_reduce
+from causal_lib.stats.hsic import conditional_hsic_test, planted_dependence
 from causal_lib.verification.insertion_control import standardise
-from causal_lib.verification.invariance import pair_forward
+from causal_lib.stats.invariance import pair_forward
 
 
 @dataclass
@@ -160,7 +160,7 @@ def planted_power(sample: Sample, cfg: Config, strength: float, repetitions: int
     """The share of `repetitions` planted controls (each with its own label swap and shift direction, planted before
     the reduction) that the test rejects at alpha: the power at this n and d, with its Clopper-Pearson interval.
     A non-rejection of the plan's test is reported beside this number, never as evidence of independence."""
-    from causal_lib.verification.intervals import rate
+    from causal_lib.stats.intervals import rate
 
     sc = cfg.stats
     hits = 0

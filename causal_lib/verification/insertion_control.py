@@ -24,7 +24,7 @@ import dataclasses
 import random
 import numpy as np
 
-from causal_lib.verification.intervals import bootstrap_ci, rate, single_blas_thread
+from causal_lib.stats.intervals import bootstrap_ci, rate, single_blas_thread
 
 # Sentences that ask for nothing: no imperative, no payload-like word, no name, city, product or item of the
 # world's tasks (an inserted entity could change the right answer and move R for that reason alone). They occur

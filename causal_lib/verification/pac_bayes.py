@@ -21,7 +21,7 @@ from scipy import stats as sps
 from scipy.optimize import brentq
 
 from causal_lib.config import Config
-from causal_lib.verification.invariance import encode_batch
+from causal_lib.stats.invariance import encode_batch
 
 
 def binary_kl(q: float, p: float) -> float:

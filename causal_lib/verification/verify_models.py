@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from causal_lib.book import progress
+from causal_lib.core import progress
 from causal_lib.config import Config
 from causal_lib.defenses import registry
 from causal_lib.defenses.load import load_model, records_for
-from causal_lib.verification import dseparation, insertion_control, invariance, pac_bayes
+from causal_lib.stats import invariance
+from causal_lib.verification import dseparation, insertion_control, pac_bayes
 from causal_lib.verification.discovery import discover, discovery_blocks
 
 # The equivalence margin of the benign-insertion control is criteria.threshold("insertion_equivalence") (its
@@ -134,8 +135,7 @@ def point_rows(results: dict) -> list[dict]:
 
 
 def _margin() -> float:
-    from causal_lib.book import criteria
-
+    from causal_lib.core import criteria
     return float(criteria.threshold("insertion_equivalence"))
 
 

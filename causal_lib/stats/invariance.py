@@ -12,7 +12,7 @@ import torch
 
 from causal_lib.models.prompts import encode_example, pad_batch
 from causal_lib.models.representation import POOLINGS, pool, representation
-from causal_lib.verification.intervals import bootstrap_ci, quantile_ci, rate
+from causal_lib.stats.intervals import bootstrap_ci, quantile_ci, rate
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Chapter 06: the plan's metrics for every epoch checkpoint of one defense, and the choice of best_model."""
 from __future__ import annotations
 
-from causal_lib.book.run_folder import RunPaths
+from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import Config
 from causal_lib.data.records import load_split
 from causal_lib.defenses.load import records_for
@@ -11,7 +11,7 @@ from causal_lib.models.checkpoints import checkpoint_json, load_checkpoint
 from causal_lib.training.examples import make_pairs
 from causal_lib.training.selection import SELECT_BY, SELECTION_RULE, mean_task_loss, validation_score_fn
 from causal_lib.training.trainer import set_best_model
-from causal_lib.verification.invariance import representation_metrics
+from causal_lib.stats.invariance import representation_metrics
 
 
 def validate_epochs(cfg: Config, paths: RunPaths, defense: str) -> dict:

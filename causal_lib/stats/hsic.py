@@ -31,9 +31,9 @@ from typing import Callable
 import numpy as np
 from scipy import stats as sps
 
-from causal_lib.book import progress
-from causal_lib.verification.encoding import as_labels, one_hot
-from causal_lib.verification.intervals import Rate, rate, single_blas_thread
+from causal_lib.core import progress
+from causal_lib.stats.encoding import as_labels, one_hot
+from causal_lib.stats.intervals import Rate, rate, single_blas_thread
 
 
 def _as_2d(X) -> np.ndarray:

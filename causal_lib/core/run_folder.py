@@ -156,7 +156,7 @@ def start(params_file: str, overrides: dict | None = None) -> tuple[Config, RunP
     set_seed(cfg.run.seed)
     try:
         import torch
-        from causal_lib.training.distributed import threads_per_process
+        from causal_lib.core.distributed import threads_per_process
 
         torch.set_num_threads(threads_per_process(cfg.run.torch_threads))  # shared by a launcher's local ranks
     except ImportError:
