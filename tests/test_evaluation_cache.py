@@ -11,7 +11,7 @@ def test_every_file_of_the_code_version_exists():
     root = Path(run.__file__).resolve().parents[1]
     assert all((root / rel).is_file() for rel in run.EVALUATION_CODE), [
         rel for rel in run.EVALUATION_CODE if not (root / rel).is_file()]
-    assert {"evaluation/scoring.py", "evaluation/summary.py", "evaluation/generate.py"} <= set(run.EVALUATION_CODE)
+    assert {"data/scoring.py", "evaluation/summary.py", "models/generate.py"} <= set(run.EVALUATION_CODE)
 
 
 def test_code_version_follows_every_byte_of_the_listed_files(tmp_path):

@@ -31,11 +31,11 @@ from causal_lib.models.prompts import prompt_of
 
 # The code an evaluation's result depends on (generation, scoring, summaries, prompt formats, the defenses' views
 # and filters, intervals), relative to causal_lib/: a change to any of them makes the cached result stale.
-EVALUATION_CODE = ("evaluation/run.py", "evaluation/generate.py", "evaluation/scoring.py", "evaluation/summary.py",
+EVALUATION_CODE = ("evaluation/run.py", "models/generate.py", "data/scoring.py", "evaluation/summary.py",
                    "models/prompts.py", "models/tokens.py", "defenses/registry.py", "defenses/load.py",
                    "defenses/filters.py", "defenses/struq.py", "defenses/secalign.py", "data/records.py",
                    "data/attacks.py", "data/world.py",  # world: scoring's refusal phrases
-                   "verification/intervals.py", "verification/paired.py")
+                   "stats/intervals.py", "stats/paired.py")
 
 
 def code_version(files=EVALUATION_CODE, root=None) -> str:

@@ -1,5 +1,5 @@
 """The representation-level metrics of DESIGN.md s.6, one definition each: causal stability and
-epsilon_causal (attack success, benign accuracy, over-defense and separation live in evaluation/scoring.py and evaluation/summary.py).
+epsilon_causal (attack success, benign accuracy, over-defense and separation live in data/scoring.py and evaluation/summary.py).
 
 All of them go through `representation()` (the same R that training uses) and the one prompt encoder."""
 from __future__ import annotations
