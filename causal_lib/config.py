@@ -1,7 +1,9 @@
 """The one typed configuration that every chapter and function reads.
 
 A params file (YAML) is a nested mapping whose sections mirror the dataclasses below. Loading checks
-everything before any work starts: an unknown key names itself and the closest valid key, a wrong
+everything this floor knows before any work starts (the names that the floors above define, such as defenses,
+tasks and attack families, are checked by defenses.registry.check_params, which the book runner and the CLIs run
+first, and by the dataset build): an unknown key names itself and the closest valid key, a wrong
 type or an out-of-range value says which field and why (`ConfigError`). Every number has a range stated
 next to its default (`_range(lo, hi)`), NaN and infinity are refused, and an empty, binary or folder params
 path is one clear error too. The YAML itself is bounded (safe_yaml): no aliases, at most MAX_YAML_DEPTH levels of
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import math
 import re
@@ -24,22 +25,21 @@ from typing import Any, Literal
 
 import yaml
 
-from causal_lib.data.world import TASK_NAMES
-from causal_lib.defenses import registry
+from causal_lib.core.hashing import json_hash
 
 
 def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"--set {_short(item)}: expected KEY=VALUE, e.g. --set train.epochs=1")
+            raise ConfigError(f"--set {short_repr(item)}: expected KEY=VALUE, e.g. --set train.epochs=1")
         k, v = item.split("=", 1)
         try:
             out[k.strip()] = safe_yaml(v)
         except YAMLRefused as e:
-            raise ConfigError(f"--set {_short(item)}: {e}") from None
+            raise ConfigError(f"--set {short_repr(item)}: {e}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {_short(item)}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+            raise ConfigError(f"--set {short_repr(item)}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
                               f"quote it or write a plain number/word, e.g. --set train.epochs=1") from None
     return out
 
@@ -109,7 +109,7 @@ def safe_yaml(text: str):
         loader.dispose()
 
 
-def _short(value, limit: int = 80) -> str:
+def short_repr(value, limit: int = 80) -> str:
     """repr of a value for a one-line message: long values cut (a 5001-digit integer has no repr at all)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
         return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
@@ -338,7 +338,7 @@ class Config:
         d = self.to_dict()
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("name", "output_root", "chapter_timeout_s",
                                                                     "time_budget_min")}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return json_hash(d)
 
     @property
     def run_dir(self) -> Path:
@@ -360,14 +360,14 @@ def _coerce(value: Any, tp, where: str):
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a section (mapping), got {type(value).__name__} {_short(value)}")
+            raise ConfigError(f"{where}: expected a section (mapping), got {type(value).__name__} {short_repr(value)}")
         return _build(tp, value, where)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
             close = difflib.get_close_matches(value if isinstance(value, str) else "", [str(c) for c in choices], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: {_short(value)} is not one of {list(choices)}{hint}")
+            raise ConfigError(f"{where}: {short_repr(value)} is not one of {list(choices)}{hint}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -377,25 +377,25 @@ def _coerce(value: Any, tp, where: str):
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {type(value).__name__} {_short(value)}")
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {type(value).__name__} {short_repr(value)}")
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {_short(value)}")
+            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {short_repr(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {_short(value)}")
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {short_repr(value)}")
         return value
     if tp is float:
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
             return float(value)  # 1e-4: YAML 1.1 (PyYAML) reads a float without a '.' as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {_short(value)}")
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {short_repr(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {_short(value)}")
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {short_repr(value)}")
         return value
     return value
 
@@ -403,13 +403,13 @@ def _coerce(value: Any, tp, where: str):
 def _check_range(path: str, value, lo, hi) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         bounds = f" between {lo} and {hi}" if lo is not None and hi is not None else ""
-        raise ConfigError(f"{path}: {_short(value)} is not allowed, must be a finite number{bounds} (NaN and infinity are refused)")
+        raise ConfigError(f"{path}: {short_repr(value)} is not allowed, must be a finite number{bounds} (NaN and infinity are refused)")
     if value is None:
         return
     if lo is not None and value < lo:
-        raise ConfigError(f"{path}: {_short(value)} is out of range, must be >= {lo}")
+        raise ConfigError(f"{path}: {short_repr(value)} is out of range, must be >= {lo}")
     if hi is not None and value > hi:
-        raise ConfigError(f"{path}: {_short(value)} is out of range, must be <= {hi}")
+        raise ConfigError(f"{path}: {short_repr(value)} is out of range, must be <= {hi}")
 
 
 def _build(cls, data: dict, where: str = ""):
@@ -419,7 +419,7 @@ def _build(cls, data: dict, where: str = ""):
         if key not in names:
             close = difflib.get_close_matches(key if isinstance(key, str) else "", names, n=1, cutoff=0.5)
             hint = f"; did you mean {(where + '.' if where else '') + close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {_short((where + '.' if where else '') + (key if isinstance(key, str) else _short(key)))}{hint} "
+            raise ConfigError(f"unknown key {short_repr((where + '.' if where else '') + (key if isinstance(key, str) else short_repr(key)))}{hint} "
                               f"(valid keys here: {', '.join(names)})")
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -458,32 +458,6 @@ def check_run_location(run: RunConfig) -> None:
 def _check_consistency(cfg: Config) -> None:
     check_run_location(cfg.run)
 
-    for d in cfg.train.defenses:
-        if d not in registry.trained_names():
-            close = difflib.get_close_matches(d, registry.trained_names(), n=1)
-            raise ConfigError(f"train.defenses: unknown defense {d!r}"
-                              + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from the trained defenses {registry.trained_names()}")
-
-    for where, stage in [(f"base_curriculum[{i}]", st) for i, st in enumerate(cfg.train.base_curriculum)] + \
-            ([("base_boost_tasks", cfg.train.base_boost_tasks)] if cfg.train.base_boost_tasks else []):
-        if not stage:
-            raise ConfigError(f"train.{where}: a stage needs at least one task; choose from {TASK_NAMES}")
-        for t in stage:
-            if t in TASK_NAMES:
-                continue
-            close = difflib.get_close_matches(t, TASK_NAMES, n=1)
-            raise ConfigError(f"train.{where}: unknown task {t!r}"
-                              + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {TASK_NAMES}")
-    from causal_lib.data.attacks import FAMILIES
-
-    for i, fam in enumerate(cfg.data.held_out_families):
-        if fam not in FAMILIES:
-            close = difflib.get_close_matches(fam, FAMILIES, n=1)
-            raise ConfigError(f"data.held_out_families[{i}]: unknown attack family {_short(fam)}"
-                              + (f" (did you mean {close[0]!r}?)" if close else "") + f"; choose from {list(FAMILIES)}")
-    if set(FAMILIES) <= set(cfg.data.held_out_families):
-        raise ConfigError(f"data.held_out_families: holds every attack family; leave at least one for training "
-                          f"(the default holds out {list(DataConfig().held_out_families)})")
     stage_epochs = cfg.train.base_curriculum_stage_epochs
     if stage_epochs and len(stage_epochs) != len(cfg.train.base_curriculum):
         raise ConfigError(f"train.base_curriculum_stage_epochs: {len(stage_epochs)} values for "
@@ -526,7 +500,7 @@ def _set_dotted(d: dict, dotted: str, value) -> None:
 
 
 def _not_plain(value):
-    raise ConfigError(f"a {type(value).__name__} value ({_short(value)}) is not a params value (YAML reads some "
+    raise ConfigError(f"a {type(value).__name__} value ({short_repr(value)}) is not a params value (YAML reads some "
                       f"unquoted words as dates or other types); quote it to make it a string")
 
 
@@ -536,7 +510,7 @@ def config_from_dict(data: dict | None, overrides: dict | None = None) -> Config
     except ConfigError:
         raise
     except (ValueError, RecursionError) as e:  # a circular or too deeply nested structure (Python callers)
-        raise ConfigError(f"params: not a plain nested mapping ({_short(str(e))}); write sections of keys") from None
+        raise ConfigError(f"params: not a plain nested mapping ({short_repr(str(e))}); write sections of keys") from None
     for k, v in (overrides or {}).items():
         _set_dotted(data, k, v)
     cfg = _build(Config, data)

@@ -15,7 +15,7 @@ overrides = {}
 import pandas as pd
 import matplotlib.pyplot as plt
 
-from causal_lib.core import run_folder
+from causal_lib.core import criteria, run_folder
 from causal_lib.book import reports
 from causal_lib.book.setup_check import run_setup_checks
 
@@ -42,7 +42,7 @@ plt.show()
 
 # %%
 failed = [c for c in checks if c.status == "FAIL"]
-verdict = "PASS" if not failed else "FAIL"
+verdict = criteria.gate("setup", [{"check": c.name, "ok": c.status != "FAIL"} for c in checks]).verdict
 summary = (f"{verdict}: {sum(c.status == 'PASS' for c in checks)} pass, {sum(c.status == 'WARN' for c in checks)} warn, "
            f"{len(failed)} fail; estimated peak {estimate['total_gb']:.2f} GB of {cfg.run.memory_limit_gb} GB")
 run_folder.write_metrics(paths, "setup", {"verdict": verdict, "checks": [c.__dict__ for c in checks],

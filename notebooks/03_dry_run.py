@@ -45,8 +45,8 @@ checks = [
 ]
 for c in checks:
     c["status"] = reports.pass_fail(c["ok"])
-ready = all(c["ok"] for c in checks)
-verdict = "READY TO TRAIN" if ready else "NOT READY: " + "; ".join(c["check"] for c in checks if not c["ok"])
+judged = criteria.gate("dry_run", checks)
+ready, verdict = judged.ready, judged.text()
 run_folder.write_metrics(paths, "dry_run", {**result, "checks": checks, "verdict": verdict, "seed": cfg.run.seed})
 reports.write_report_section(paths, "WEEK1_SETUP_REPORT.md", "dry_run", report_text.dry_run_section(result, checks, verdict),
                              title="Week 1 setup report")

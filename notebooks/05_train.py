@@ -24,12 +24,12 @@ from causal_lib.core import run_folder
 from causal_lib.core import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
+from causal_lib.book.chapters import chapter_label
 from causal_lib.defenses import registry
-from causal_lib.training.lr_search import train_defense
 from causal_lib.training.trainer import nan_free, read_train_log, steps_per_second
 
 cfg, paths = run_folder.start(params_file, overrides)
-result = train_defense(cfg, paths, defense, resume=resume)  # over train.learning_rate_grid when set
+result = registry.get(defense).train(cfg, paths, resume=resume)  # over train.learning_rate_grid when set
 log = read_train_log(paths, defense)
 df = pd.DataFrame([r for r in log if any(k.startswith("loss") for k in r)])
 print(f"{registry.label(defense)}: {result.steps} steps in {result.train_seconds:.0f} s; best epoch {result.best_epoch}")
@@ -67,5 +67,5 @@ run_folder.write_metrics(paths, f"train_{defense}", metrics)
 rows = [{"epoch": e, **s} for e, s in sorted(result.epochs.items())]
 reports.write_report_section(paths, "WEEK2_TRAINING_REPORT.md", defense,
                              report_text.training_section(registry.label(defense), metrics, rows), title="Week 2 training report")
-reports.record_verdict(paths, f"05_train[{defense}]", criteria.judge("nan_free", metrics["nan_free"]),
+reports.record_verdict(paths, chapter_label("05_train", defense), criteria.judge("nan_free", metrics["nan_free"]),
                        report_text.training_detail(metrics))

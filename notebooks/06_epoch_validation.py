@@ -21,6 +21,7 @@ from causal_lib.core import run_folder
 from causal_lib.core import criteria
 from causal_lib.book import reports
 from causal_lib.book import report_text
+from causal_lib.book.chapters import chapter_label
 from causal_lib.evaluation.epoch_selection import validate_epochs
 
 cfg, paths = run_folder.start(params_file, overrides)
@@ -51,5 +52,5 @@ plt.tight_layout(); plt.show()
 run_folder.write_metrics(paths, f"epochs_{defense}", {**table, "seed": cfg.run.seed})
 # best_model is (re)set to the epoch picked here; the chapter fails when that epoch overfits: its clean
 # validation loss above its training loss by more than the "overfit_gap" criterion allows, or not finite
-reports.record_verdict(paths, f"06_epoch_validation[{defense}]", criteria.judge("overfit_gap", table["gap_at_best"]),
-                       report_text.epoch_detail(table))
+reports.record_verdict(paths, chapter_label("06_epoch_validation", defense),
+                       criteria.judge("overfit_gap", table["gap_at_best"]), report_text.epoch_detail(table))

@@ -41,7 +41,7 @@ print({d: evals[d]["summary"]["counts"] for d in defenses[:1]})
 # ## Input filtering: how good are the detectors?
 
 # %%
-from causal_lib.defenses.filters import detector_report
+from causal_lib.defenses.filter_report import detector_report
 filter_rates = detector_report(cfg, paths)
 pd.DataFrame(filter_rates["rows"])
 

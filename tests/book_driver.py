@@ -1,5 +1,5 @@
 """A book run in a subprocess on a fake, quick set of notebooks (tests/test_book.py): a user's `python -m
-causal_lib.book run ...`, with runner.NOTEBOOKS/CHAPTERS pointing at notebooks written here.
+causal_lib.book run ...`, with chapters.NOTEBOOKS/CHAPTERS pointing at notebooks written here.
 
     python tests/book_driver.py WORKDIR [--heartbeat S] -- ARGS...   (ARGS as for `python -m causal_lib.book`)
 
@@ -9,7 +9,7 @@ WORKDIR/kernel.pid first) and 02_ok.py.
 import sys
 from pathlib import Path
 
-from causal_lib.book import runner
+from causal_lib.book import chapters, kernel, runner
 
 SLOW_NB = '''# %% tags=["parameters"]
 params_file = "params/smoke.yaml"
@@ -47,9 +47,9 @@ def main(argv):
     nb.mkdir(parents=True, exist_ok=True)
     (nb / "01_slow.py").write_text(SLOW_NB.replace("PID_FILE", repr(str(work / "kernel.pid"))).replace("SLEEP", repr(sleep)))
     (nb / "02_ok.py").write_text(OK_NB)
-    runner.NOTEBOOKS = nb
-    runner.CHAPTERS = [runner.Chapter("01_slow"), runner.Chapter("02_ok")]
-    runner.HEARTBEAT_S = heartbeat
+    chapters.NOTEBOOKS = nb
+    chapters.CHAPTERS = [chapters.Chapter("01_slow"), chapters.Chapter("02_ok")]
+    kernel.HEARTBEAT_S = heartbeat
     return runner.main(args)
 
 

@@ -1,4 +1,4 @@
-"""The across-seed paired test (verification.paired.across_seeds): items and training seeds both vary."""
+"""The across-seed paired test (stats.paired.across_seeds): items and training seeds both vary."""
 import numpy as np
 
 from causal_lib.stats.paired import across_seeds, seed_grid

@@ -7,6 +7,7 @@ import pytest
 
 from causal_lib.config import ConfigError, load_config
 from causal_lib.data import build, world
+from causal_lib.defenses import registry
 from causal_lib.training.pretrain import (TOKENIZER_SPLITS, answer_sentence_examples, boost_examples, curriculum_runs,
                                           stage_examples, train_run_tokenizer)
 from causal_lib.training import shipped_base
@@ -49,7 +50,7 @@ def test_boost_asks_its_tasks_once_more_of_every_fitting_document():
     assert {r.task for r in boost} == {"customer_city", "last_item"} and all(r.id.endswith("-boost") for r in boost)
     assert boost_examples(load_config("params/smoke.yaml"), records) == []
     with pytest.raises(ConfigError, match="base_boost_tasks: unknown task 'city'"):
-        load_config("params/smoke.yaml", {"train.base_boost_tasks": ["city"]})
+        registry.check_params(load_config("params/smoke.yaml", {"train.base_boost_tasks": ["city"]}))
 
 
 def test_an_unset_boost_leaves_the_recipe_hash_alone():

@@ -16,14 +16,10 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from causal_lib.config import Config, ModelConfig, TinyModelConfig  # noqa: E402
-from causal_lib.defenses.filters import (
-    DataClassifier,
-    FilterDefense,
-    KnownAnswerDetector,
-    detector_rates,
-    secret_key,
-    train_classifier,
-)
+from causal_lib.defenses.filter_classifier import DataClassifier, train_classifier
+from causal_lib.defenses.filter_kad import KnownAnswerDetector, secret_key
+from causal_lib.defenses.filter_report import detector_rates
+from causal_lib.defenses.filters import FilterDefense
 from causal_lib.defenses.secalign import secalign_pairs
 from causal_lib.defenses import registry
 from causal_lib.defenses.struq import (
@@ -467,7 +463,9 @@ def test_struq_end_to_end_tiny(make_record, tmp_path, tok):
 
 def test_build_filter_and_report_on_a_tiny_model(make_record, tmp_path, tok):
     from causal_lib.defenses.cards import read_model_card
-    from causal_lib.defenses.filters import build_filter, classifier_path, detector_report
+    from causal_lib.defenses.filter_classifier import classifier_path
+    from causal_lib.defenses.filter_report import detector_report
+    from causal_lib.defenses.filters import build_filter
 
     cfg, paths, _ = _run_setup(tmp_path, tok)
     model = build_tiny_model(cfg.model, tok, seed=0)

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 
 
-from causal_lib.book import runner
-from causal_lib.book.runner import BookError, Chapter, chapter_runs, run_book
+from causal_lib.book import chapters, kernel, runner
+from causal_lib.book.chapters import Chapter, chapter_runs
+from causal_lib.book.common import BookError
+from causal_lib.book.runner import run_book
 from causal_lib.config import Config
 
 OK_NB = '''# %% [markdown]
@@ -42,8 +44,8 @@ def fake_book(tmp_path, monkeypatch):
     (nbdir / "02_variants.py").write_text(OK_NB)
     (nbdir / "03_fail.py").write_text(FAIL_NB)
     (nbdir / "04_after.py").write_text(OK_NB)
-    monkeypatch.setattr(runner, "NOTEBOOKS", nbdir)
-    monkeypatch.setattr(runner, "CHAPTERS", [
+    monkeypatch.setattr(chapters, "NOTEBOOKS", nbdir)
+    monkeypatch.setattr(chapters, "CHAPTERS", [
         Chapter("01_ok"),
         Chapter("02_variants", variants=lambda cfg: [("a", {"defense": "a"}), ("b", {"defense": "b"})]),
         Chapter("03_fail"),
@@ -122,9 +124,8 @@ def test_seed_replicas_run_before_the_main_seed_in_their_own_folder():
     assert sub.run_dir == Path("/x") / "default" / "seeds" / "seed_2"
     main = next(r for r in runs if r.label == "05_train[causal]")
     assert main.overrides(cfg, {"a": 1}) == {"a": 1} and replica.out_stem == "05_train__causal__seed2"
-    from causal_lib.core.run_folder import split_replica_label
-    assert split_replica_label(replica.label) == ("05_train[causal]", 2)
-    assert split_replica_label("07_causal_verification") == ("07_causal_verification", None)
+    assert chapters.parse_label(replica.label) == ("05_train", "causal", 2)
+    assert chapters.parse_label("07_causal_verification") == ("07_causal_verification", None, None)
 
 
 @pytest.mark.parametrize("seeds", [[0, 1], [1, 1]])
@@ -185,7 +186,7 @@ def test_resume_reruns_a_chapter_whose_source_or_params_changed(fake_book, fake_
     assert fake_runs == []
 
     # a chapter run's own parameters (papermill parameters such as `defense`) count as its params
-    monkeypatch.setattr(runner, "CHAPTERS", [
+    monkeypatch.setattr(chapters, "CHAPTERS", [
         Chapter("01_ok"),
         Chapter("02_variants", variants=lambda cfg: [("a", {"defense": "a", "extra": 1}), ("b", {"defense": "b"})]),
         Chapter("03_fail"),
@@ -225,7 +226,9 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from causal_lib.book.runner import RunLock, main, select_runs  # noqa: E402
+from causal_lib.book.lock import RunLock  # noqa: E402
+from causal_lib.book.plan import select_runs  # noqa: E402
+from causal_lib.book.runner import main  # noqa: E402
 from causal_lib.config import PROJECT_ROOT  # noqa: E402
 
 DRIVER = Path(__file__).with_name("book_driver.py")
@@ -424,8 +427,8 @@ def test_console_has_no_kernel_warnings_nor_unknown_parameters_and_html_no_progr
     nbdir.mkdir()
     (nbdir / "01_tqdm.py").write_text(TQDM_NB)
     (nbdir / "02_resume.py").write_text(RESUME_NB)
-    monkeypatch.setattr(runner, "NOTEBOOKS", nbdir)
-    monkeypatch.setattr(runner, "CHAPTERS", [Chapter("01_tqdm"), Chapter("02_resume")])
+    monkeypatch.setattr(chapters, "NOTEBOOKS", nbdir)
+    monkeypatch.setattr(chapters, "CHAPTERS", [Chapter("01_tqdm"), Chapter("02_resume")])
     overrides = {"run.output_root": str(tmp_path / "outputs")}
     run_book("params/smoke.yaml", overrides=overrides, resume=True)
     out, err = capfd.readouterr()
@@ -491,7 +494,7 @@ def test_the_kernel_is_not_interrupted_when_it_is_shut_down():
     and prints "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel." (seen once in a smoke book)."""
     import asyncio
 
-    km = runner._kernel_manager_class()(kernel_name="python3")
+    km = kernel._kernel_manager_class()(kernel_name="python3")
     sent = []
     km.signal_kernel = lambda sig: sent.append(sig)  # would be the SIGINT to the kernel's process group
     km._async_signal_kernel = lambda sig: sent.append(sig)

@@ -46,18 +46,31 @@ def test_removed_train_keys_are_unknown(key):
     ({"model": {"kind": "tinny"}}, r"model.kind: 'tinny' is not one of \['tiny', 'hf'\] \(did you mean 'tiny'\?\)"),
     ({"model": {"load_in_4bit": "yes"}}, r"model.load_in_4bit: expected true/false"),
     ({"data": {"held_out_families": "naive"}}, r"data.held_out_families: expected a list"),
-    ({"train": {"defenses": ["causal", "strq"]}}, r"unknown defense 'strq' \(did you mean 'struq'\?\)"),
     ({"model": {"kind": "hf"}}, r"model.name_or_path: required"),
     ({"model": {"load_in_4bit": True, "kind": "hf", "name_or_path": "x"}}, r"set model.use_lora: true"),
     ({"run": 3}, r"run: expected a section"),
-    ({"train": {"base_curriculum": [["first_item"], ["last_iten"]]}},
-     r"train.base_curriculum\[1\]: unknown task 'last_iten' \(did you mean 'last_item'\?\)"),
-    ({"train": {"base_curriculum": [[]]}}, r"train.base_curriculum\[0\]: a stage needs at least one task"),
     ({"train": {"base_curriculum": ["first_item"]}}, r"train.base_curriculum\[0\]: expected a list"),
 ])
 def test_bad_values_say_which_and_why(data, match):
     with pytest.raises(ConfigError, match=match):
         config_from_dict(data)
+
+
+@pytest.mark.parametrize("data,match", [
+    ({"train": {"defenses": ["causal", "strq"]}}, r"unknown defense 'strq' \(did you mean 'struq'\?\)"),
+    ({"train": {"base_curriculum": [["first_item"], ["last_iten"]]}},
+     r"train.base_curriculum\[1\]: unknown task 'last_iten' \(did you mean 'last_item'\?\)"),
+    ({"train": {"base_curriculum": [[]]}}, r"train.base_curriculum\[0\]: a stage needs at least one task"),
+])
+def test_names_of_the_floors_above_are_checked_by_the_registry(data, match):
+    """config.py cannot import the world or the registry (it is the ground floor): the entry points run
+    registry.check_params after loading, with the same one-line message."""
+    from causal_lib.defenses import registry
+
+    cfg = config_from_dict(data)
+    with pytest.raises(ConfigError, match=match) as e:
+        registry.check_params(cfg)
+    assert "\n" not in str(e.value)
 
 
 def test_overrides_and_hash():

@@ -11,6 +11,7 @@ from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import PROJECT_ROOT, config_from_dict
 from causal_lib.data import attacks, build, checks, records
 from causal_lib.data.records import DataError, DatasetMissingError, load_split
+from causal_lib.defenses import registry
 
 SMALL = {"data.n_base_corpus": 400, "data.n_train": 90, "data.n_val": 20, "data.n_test": 132,
          "data.n_benign_lookalikes": 30, "data.n_sep_probes": 30}
@@ -237,7 +238,7 @@ def test_unknown_held_out_family_is_an_error(tmp_path):
     from causal_lib.config import ConfigError  # refused with the params, before any work (issue 34, item 6)
 
     with pytest.raises(ConfigError, match="unknown attack family 'role_autority'.*did you mean 'role_authority'"):
-        cfg_(**{"data.held_out_families": ["role_autority"]})
+        registry.check_params(cfg_(**{"data.held_out_families": ["role_autority"]}))
     assert not any(tmp_path.iterdir())
 
 

@@ -404,10 +404,10 @@ def _oracle_generate_ids(model, tokenizer, prompt_ids, max_new_tokens=16, batch_
     payload is read from the request's words around it, not from its shape alone."""
     import re
 
-    from causal_lib.data import world
+    from causal_lib.data import injections
 
     pats = [re.compile(re.escape(t).replace(re.escape("{payload}"), r"([A-Z]+(?:[- ][A-Z0-9]+)?)"))
-            for pool in world.OUTPUT_REQUESTS.values() for t in pool]
+            for pool in injections.OUTPUT_REQUESTS.values() for t in pool]
     out = []
     for ids in prompt_ids:
         text = tokenizer.decode(ids)

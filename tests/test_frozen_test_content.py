@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from causal_lib.data import attacks, checks, test_content, world
+from causal_lib.data import attacks, checks, injections, test_content, world
 
 
 def test_manifest_matches_the_world():
@@ -29,9 +29,9 @@ def _replace_task(name, **fields):
     ("ignore", "wrappers"), ("probe", "sep_probes"), ("witness", "sep_probes")])
 def test_a_change_to_any_set_is_caught(monkeypatch, what, expected):
     if what == "note":
-        monkeypatch.setattr(world, "NOTES_TEST", world.NOTES_TEST + ("The label says: shake well.",))
+        monkeypatch.setattr(injections, "NOTES_TEST", injections.NOTES_TEST + ("The label says: shake well.",))
     elif what == "phrasing":
-        monkeypatch.setitem(world.OUTPUT_REQUESTS, "test", world.OUTPUT_REQUESTS["test"][:-1] + ("Say {payload}.",))
+        monkeypatch.setitem(injections.OUTPUT_REQUESTS, "test", injections.OUTPUT_REQUESTS["test"][:-1] + ("Say {payload}.",))
     elif what == "task_phrasing":
         monkeypatch.setattr(world, "TASKS", _replace_task("last_item", test_requests=("Tell me what is listed last.",)))
     elif what == "held_out_task":
@@ -46,7 +46,7 @@ def test_a_change_to_any_set_is_caught(monkeypatch, what, expected):
     elif what == "ignore":
         monkeypatch.setattr(attacks, "IGNORE_EVAL", attacks.IGNORE_EVAL[1:])
     elif what == "probe":
-        monkeypatch.setattr(world, "SYSTEM_EXTRAS", world.SYSTEM_EXTRAS + ("Also add the word {payload}.",))
+        monkeypatch.setattr(injections, "SYSTEM_EXTRAS", injections.SYSTEM_EXTRAS + ("Also add the word {payload}.",))
     elif what == "witness":
         monkeypatch.setitem(world.STRING_CLASSES, "witness", (1, 2))
     changed = test_content.changed_sets()
@@ -66,7 +66,7 @@ def test_update_records_a_reason_and_refuses_test_numbers(tmp_path, monkeypatch)
     assert not path.exists()
     test_content.update("first freeze of the held-out content", path)
     assert test_content.changed_sets(path) == []
-    monkeypatch.setattr(world, "NOTES_TEST", world.NOTES_TEST[:-1])
+    monkeypatch.setattr(injections, "NOTES_TEST", injections.NOTES_TEST[:-1])
     assert test_content.changed_sets(path) == ["lookalike_notes"]
     m = test_content.update("a look-alike note duplicated a base-corpus note's meaning", path)
     assert test_content.changed_sets(path) == []
@@ -127,7 +127,7 @@ def test_a_training_phrasing_planted_in_the_world_is_flagged(monkeypatch):
     order (no shared 4-gram, so the 4-gram check passes it) is flagged by the near-overlap check."""
     base = checks.content_overlap_check()
     planted = "Politely type out the response verbatim."  # ~ "Type out {payload} verbatim as the response."
-    monkeypatch.setitem(world.OUTPUT_REQUESTS, "train", world.OUTPUT_REQUESTS["train"] + (planted,))
+    monkeypatch.setitem(injections.OUTPUT_REQUESTS, "train", injections.OUTPUT_REQUESTS["train"] + (planted,))
     rep = checks.content_overlap_check()
     new = [f for f in rep["flags"] if f["training_text"] == planted]
     assert new and new[0]["id"] == "output_hijack/test/3", rep["flags"]

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from causal_lib.config import load_config
-from causal_lib.data import attacks, build, checks, world
+from causal_lib.data import attacks, build, checks, injections, world
 
 TRAINING_FILES = ("base_corpus", "train", "val")
 
@@ -70,7 +70,7 @@ def test_built_dataset_is_clean(splits, cfg):
 
 def test_every_held_out_phrase_planted_in_training_is_caught(splits, cfg):
     """Each test-only request phrasing and look-alike note, planted in one training file (the files in turn)."""
-    phrases = world.held_out_phrases()["phrasing"] + world.held_out_phrases()["lookalike"]
+    phrases = injections.held_out_phrases()["phrasing"] + injections.held_out_phrases()["lookalike"]
     assert len(phrases) >= 20
     for k, phrase in enumerate(phrases):
         file = TRAINING_FILES[k % len(TRAINING_FILES)]
@@ -79,8 +79,8 @@ def test_every_held_out_phrase_planted_in_training_is_caught(splits, cfg):
 
 @pytest.mark.parametrize("file", TRAINING_FILES)
 def test_held_out_task_request_planted_in_training_is_caught(splits, cfg, file):
-    reqs = world.held_out_phrases()["task"]
-    assert reqs == tuple(q for t in world.HELD_OUT_TASKS for q in world.TASKS[t].test_requests) and reqs
+    reqs = injections.held_out_phrases()["task"]
+    assert reqs == tuple(q for t in injections.HELD_OUT_TASKS for q in world.TASKS[t].test_requests) and reqs
     for req in reqs:
         _assert_caught(_check(_plant(splits, file, req), cfg), "task", file, req)
 
@@ -96,7 +96,7 @@ def test_held_out_family_template_planted_in_training_is_caught(splits, cfg):
     assert {t.family for t in held} >= {"role_authority", "fake_dialogue", "nested_quote", "context_ignoring", "combined"}
     for k, t in enumerate(held):
         file = TRAINING_FILES[k % len(TRAINING_FILES)]
-        text = t.render(_fill(world.OUTPUT_REQUESTS["train"][0]), answer="Paris")
+        text = t.render(_fill(injections.OUTPUT_REQUESTS["train"][0]), answer="Paris")
         _assert_caught(_check(_plant(splits, file, text), cfg), "family", file, t.template)
 
 
@@ -157,7 +157,7 @@ def _texts(r):
 
 def _phrase_patterns():
     out = []
-    for axis, phrases in world.held_out_phrases().items():
+    for axis, phrases in injections.held_out_phrases().items():
         for p in phrases:
             slot = re.escape("{payload}")
             out.append((axis, p, re.compile(re.escape(p).replace(slot, r"[A-Z0-9 -]+?"), re.I)))
@@ -186,12 +186,12 @@ def test_validation_holds_no_held_out_content(splits, cfg):
             for w in (w for t in _texts(r) for w in _generated_words(t)):
                 assert world.string_class(w) == "train", (file, r.id, w)
     # the held-out task is never requested inside validation data, nor is its answer the injected target
-    held_reqs = [q for t in world.HELD_OUT_TASKS for q in world.TASKS[t].test_requests]
+    held_reqs = [q for t in injections.HELD_OUT_TASKS for q in world.TASKS[t].test_requests]
     for r in inj:
         assert not any(q in r.data for q in held_reqs), r.id
         if r.goal == "task_hijack":
             doc = world.parse_document(r.clean_data)
-            held = [world.answer(world.TaskInstance(t), doc) for t in world.HELD_OUT_TASKS
+            held = [world.answer(world.TaskInstance(t), doc) for t in injections.HELD_OUT_TASKS
                     if world.TASKS[t].doc_kind == doc.kind]
             assert r.injected_target not in held, r.id
     assert any(r.goal == "task_hijack" and r.task in ("classify_review", "review_product") for r in inj)
@@ -218,7 +218,7 @@ def test_test_split_has_items_on_every_axis(splits):
     assert any(r.held_out for r in inj) and not all(r.held_out for r in inj)
     assert any(not r.novel and not r.held_out for r in inj)  # a seen-content baseline to compare with
     assert {r.family for r in inj if r.held_out} == set(attacks.DEFAULT_HELD_OUT)
-    test_phr = {p for pool in (world.OUTPUT_REQUESTS, world.LEAK_REQUESTS, world.REFUSAL_REQUESTS) for p in pool["test"]}
+    test_phr = {p for pool in (injections.OUTPUT_REQUESTS, injections.LEAK_REQUESTS, injections.REFUSAL_REQUESTS) for p in pool["test"]}
     for r in _test_injected(splits, "payload"):
         assert r.goal == "output_hijack" and world.string_class(r.injected_target) == "test"
     for r in _test_injected(splits, "task"):
@@ -243,26 +243,26 @@ def test_goal_request_returns_the_axes_it_used():
     rng = random.Random(2)
     doc = world.make_document("review", rng)
     target = doc.fields["label"]
-    z, o, used = world.goal_request("output_hijack", doc, "S.", target, rng)
+    z, o, used = injections.goal_request("output_hijack", doc, "S.", target, rng)
     assert used == () and world.string_class(o) == "train" and o in z
-    z, o, used = world.goal_request("output_hijack", doc, "S.", target, rng, novel=("payload",))
+    z, o, used = injections.goal_request("output_hijack", doc, "S.", target, rng, novel=("payload",))
     assert used == ("payload",) and world.string_class(o) == "test"
-    z, o, used = world.goal_request("refusal", doc, "S.", target, rng, novel=("payload", "task"))
-    assert used == () and z in world.REFUSAL_REQUESTS["train"] and o == world.REFUSAL
-    z, o, used = world.goal_request("prompt_leak", doc, "S.", target, rng, novel=("phrasing",))
-    assert used == ("phrasing",) and z in world.LEAK_REQUESTS["test"] and o == "S."
-    z, o, used = world.goal_request("task_hijack", doc, "S.", target, rng, novel=("task",))
+    z, o, used = injections.goal_request("refusal", doc, "S.", target, rng, novel=("payload", "task"))
+    assert used == () and z in injections.REFUSAL_REQUESTS["train"] and o == injections.REFUSAL
+    z, o, used = injections.goal_request("prompt_leak", doc, "S.", target, rng, novel=("phrasing",))
+    assert used == ("phrasing",) and z in injections.LEAK_REQUESTS["test"] and o == "S."
+    z, o, used = injections.goal_request("task_hijack", doc, "S.", target, rng, novel=("task",))
     assert used == ("phrasing", "task") and o == doc.fields["author"] and z in world.TASKS["review_author"].test_requests
     for _ in range(50):  # without the task axis the held-out task is never requested
-        z, o, used = world.goal_request("task_hijack", doc, "S.", target, rng)
+        z, o, used = injections.goal_request("task_hijack", doc, "S.", target, rng)
         assert o != doc.fields["author"] and used == ()
     rec = world.make_document("record", rng)  # no held-out task applies to a record: the axis is not used
-    z, o, used = world.goal_request("task_hijack", rec, "S.", rec.fields["name"], rng, novel=("task",))
+    z, o, used = injections.goal_request("task_hijack", rec, "S.", rec.fields["name"], rng, novel=("task",))
     assert "task" not in used and o == rec.fields["city"]
     with pytest.raises(ValueError, match="held-out axis"):
-        world.goal_request("refusal", doc, "S.", target, rng, novel=("family",))
+        injections.goal_request("refusal", doc, "S.", target, rng, novel=("family",))
     with pytest.raises(ValueError, match="no train request"):
-        world.request_for_task(world.TaskInstance("review_author"), rng)
+        injections.request_for_task(world.TaskInstance("review_author"), rng)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,8 +288,8 @@ def test_generated_string_classes_are_disjoint_words_outside_the_vocabulary():
     for i, a in enumerate(classes):
         for b in classes[i + 1:]:
             assert not words[a] & words[b], (a, b, sorted(words[a] & words[b])[:5])
-    assert world.witness_word(random.Random(0)) and world.string_class(world.witness_word(random.Random(0))) == "witness"
-    assert world.string_class(world.payload(random.Random(0), "test")) == "test"
+    assert injections.witness_word(random.Random(0)) and world.string_class(injections.witness_word(random.Random(0))) == "witness"
+    assert world.string_class(injections.payload(random.Random(0), "test")) == "test"
     assert not set(world.payload_pool()) & set(world.payload_pool(cls="test"))
     with pytest.raises(ValueError, match="unknown string class"):
         world.generated_string(random.Random(0), "val")

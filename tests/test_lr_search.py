@@ -75,7 +75,7 @@ def test_every_registered_defense_trains_through_the_search(monkeypatch):
     seen = {}
     monkeypatch.setattr(lr_search, "train_over_grid", lambda fn, cfg, paths, defense, resume=False, **o: seen.update({defense: o}))
     for name in ("struq", "secalign_original", "causal_sft", "causal"):
-        lr_search.train_defense(None, None, name)  # what chapter 05 and the training CLI call
+        registry.get(name).train(None, None)  # what chapter 05 and the training CLI call
     assert seen["struq"] == {"name": "struq", "data": "matched"} and seen["secalign_original"]["data"] == "paper"
     assert seen["causal_sft"]["lambda_causal"] == 0.0 and seen["causal"] == {}
 

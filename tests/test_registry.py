@@ -4,7 +4,7 @@ with no other edit."""
 import pytest
 
 from causal_lib.core.run_folder import RunPaths
-from causal_lib.book.runner import chapter_runs
+from causal_lib.book.chapters import chapter_runs
 from causal_lib.config import ConfigError, config_from_dict
 from causal_lib.data.build import ensure_dataset
 from causal_lib.defenses import registry
@@ -44,14 +44,16 @@ SMALL = {"run": {"name": "registry-test"}, "base": {"source": "pretrain"},
 def dummy_defense(tmp_path, monkeypatch):
     (tmp_path / "dummy_defense.py").write_text(DUMMY_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    entry = Defense("dummy", "dummy defense", "dummy_defense", trains=True, description="keeps the base")
+    import dummy_defense
+
+    entry = Defense("dummy", "dummy defense", lambda: dummy_defense, trains=True, description="keeps the base")
     monkeypatch.setitem(registry.REGISTRY, "dummy", entry)
     return entry
 
 
 def test_unregistered_defense_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match="unknown defense 'dummy'.*causal"):
-        config_from_dict(SMALL)
+        registry.check_params(config_from_dict(SMALL))
 
 
 def test_a_registered_defense_runs_through_the_book_machinery(tmp_path, dummy_defense):

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from causal_lib.book import runner
-from causal_lib.book.runner import Chapter, RunLock, main, run_book
+from causal_lib.book import chapters, kernel, runner
+from causal_lib.book.chapters import Chapter
+from causal_lib.book.lock import RunLock
+from causal_lib.book.runner import main, run_book
 from causal_lib.config import PROJECT_ROOT, Config, ConfigError, config_from_dict, load_config, parse_overrides
 
 SMOKE = str(PROJECT_ROOT / "params" / "smoke.yaml")
@@ -152,8 +154,8 @@ def fake_runs(tmp_path, monkeypatch):
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
     (nbdir / "01_ok.py").write_text("# %%\nx = 1\n")
-    monkeypatch.setattr(runner, "NOTEBOOKS", nbdir)
-    monkeypatch.setattr(runner, "CHAPTERS", [Chapter("01_ok")])
+    monkeypatch.setattr(chapters, "NOTEBOOKS", nbdir)
+    monkeypatch.setattr(chapters, "CHAPTERS", [Chapter("01_ok")])
     ran = []
 
     def execute(run, cfg, pf, ov, paths, **kw):
@@ -172,7 +174,8 @@ def test_the_training_cli_refuses_a_run_folder_of_other_params_and_a_locked_one(
 
     built = []
     monkeypatch.setattr(train_cli, "ensure_dataset", lambda cfg, paths: built.append(cfg.data.n_test))
-    monkeypatch.setattr(train_cli, "train_defense", lambda cfg, paths, defense, resume=False: None)
+    monkeypatch.setattr(train_cli.registry, "get", lambda name: type("D", (), {"train": staticmethod(
+        lambda cfg, paths, resume=False: None)}))
     out_root = tmp_path / "outputs"
     run_book("params/smoke.yaml", overrides={"run.output_root": str(out_root)}, run_name="qa")
     run_json = out_root / "qa" / "run.json"
@@ -246,7 +249,8 @@ def test_atomic_writes_replace_a_link_instead_of_writing_through_it(tmp_path):
 # ---- item 12: no absolute attack-file path in run.json or data/manifest.json ---------------------------------
 
 def test_absolute_attack_file_paths_are_not_recorded(tmp_path, fake_runs):
-    from causal_lib.core.run_folder import RunPaths, file_sha256
+    from causal_lib.core.hashing import file_sha256
+    from causal_lib.core.run_folder import RunPaths
     from causal_lib.data import build
 
     mine = tmp_path / "secret_place" / "mine.jsonl"
@@ -272,7 +276,7 @@ def test_absolute_attack_file_paths_are_not_recorded(tmp_path, fake_runs):
     nb = tmp_path / "01.ipynb"
     nb.write_text(json.dumps({"cells": [{"source": f"overrides = {json.dumps({'data.attack_files': [str(mine)]})}"}],
                               "metadata": {"papermill": {"cwd": str(PROJECT_ROOT)}}}))
-    runner.portable_notebook(nb, runner.absolute_user_paths(cfg))
+    kernel.portable_notebook(nb, kernel.absolute_user_paths(cfg))
     text = nb.read_text()
     assert str(tmp_path) not in text and str(PROJECT_ROOT) not in text and "mine.jsonl" in text
 

@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from causal_lib.book.reports import markdown_table
-from causal_lib.data import importers, world
+from causal_lib.data import corpus_files, importers, world
 from causal_lib.data.attacks import AttackFileError, load_attack_file, load_documents_file
 from causal_lib.data.records import DataError, Record, load_split, write_split
 from causal_lib.evaluation import cli as ev_cli
@@ -150,7 +150,7 @@ def test_importer_skips_a_pathological_regex_judge(tmp_path, capsys):
 
 
 def test_member_over_the_declared_size_cap_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(importers, "MAX_MEMBER_BYTES", 64 * 1024)
+    monkeypatch.setattr(corpus_files, "MAX_MEMBER_BYTES", 64 * 1024)
     whl = _spikee_zip(tmp_path, raw={f"{SEED}/jailbreaks.jsonl": b"\n" * (200 * 1024)})
     rc, _, err = _import(capsys, "spikee", "--source", str(whl), "--out", str(tmp_path / "x.jsonl"))
     assert rc == 2
@@ -159,18 +159,18 @@ def test_member_over_the_declared_size_cap_is_refused(tmp_path, capsys, monkeypa
 
 
 def test_member_read_stops_at_the_cap_even_if_its_size_lies(tmp_path, monkeypatch):
-    monkeypatch.setattr(importers, "MAX_MEMBER_BYTES", 1024)
+    monkeypatch.setattr(corpus_files, "MAX_MEMBER_BYTES", 1024)
     root = tmp_path / "pkg"
     (root / SEED).mkdir(parents=True)
     (root / SEED / "jailbreaks.jsonl").write_text("x" * 4096)
-    files = importers.PackageFiles(root, "spikee")
+    files = corpus_files.PackageFiles(root, "spikee")
     name = f"{SEED}/jailbreaks.jsonl"
     real_stat, lying = importers.Path.stat, files._files[name]
 
     def stat(self, *a, **kw):  # a file that grows after its size was taken reads the same as a lying member
         return type("S", (), {"st_size": 10})() if self == lying else real_stat(self, *a, **kw)
-    monkeypatch.setattr(importers.Path, "stat", stat)
-    with pytest.raises(importers.CorpusError, match=r"more than 1\.0 KiB \(its declared size was 10 bytes\)"):
+    monkeypatch.setattr(corpus_files.Path, "stat", stat)
+    with pytest.raises(corpus_files.CorpusError, match=r"more than 1\.0 KiB \(its declared size was 10 bytes\)"):
         files.read(name)
 
 

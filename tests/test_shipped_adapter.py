@@ -10,7 +10,7 @@ import pytest
 
 from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import load_config
-from causal_lib.data import build, world
+from causal_lib.data import build, injections, world
 from causal_lib.training import shipped_adapter, shipped_base
 from causal_lib.training.shipped_base import ShippedBaseError
 
@@ -47,7 +47,7 @@ def test_shipped_adapter_matches_this_world_and_model():
 @pytest.mark.parametrize("change", ["note", "instruction"])
 def test_a_changed_world_is_refused(monkeypatch, change):
     if change == "note":
-        monkeypatch.setattr(world, "NOTES_TEST", world.NOTES_TEST + ("A new note.",))
+        monkeypatch.setattr(injections, "NOTES_TEST", injections.NOTES_TEST + ("A new note.",))
     else:
         spec = world.TASKS["first_item"]
         monkeypatch.setitem(world.TASKS, "first_item",

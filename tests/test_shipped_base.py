@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from causal_lib.config import load_config
-from causal_lib.data import build, world
+from causal_lib.data import build, injections, world
 from causal_lib.models.checkpoints import load_checkpoint, save_checkpoint, tokenizer_hash
 from causal_lib.training import pretrain, shipped_base
 from causal_lib.training.shipped_base import ShippedBaseError
@@ -55,7 +55,7 @@ def test_a_changed_world_is_refused(monkeypatch, change):
     from causal_lib.data import attacks
 
     if change == "note":
-        monkeypatch.setattr(world, "NOTES_TEST", world.NOTES_TEST + ("A new note.",))
+        monkeypatch.setattr(injections, "NOTES_TEST", injections.NOTES_TEST + ("A new note.",))
     elif change == "instruction":
         spec = world.TASKS["first_item"]
         monkeypatch.setitem(world.TASKS, "first_item",

@@ -14,7 +14,8 @@ import time
 import pytest
 
 from causal_lib.core.run_folder import without_machine_measurements
-from causal_lib.book.runner import chapter_runs, run_book
+from causal_lib.book.chapters import chapter_runs
+from causal_lib.book.runner import run_book
 from causal_lib.book.share import archive_run
 from causal_lib.config import PROJECT_ROOT, load_config
 from causal_lib.defenses import registry

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from causal_lib.config import config_from_dict
-from causal_lib.data import attacks, world
+from causal_lib.data import attacks, injections, world
 from causal_lib.data import build as data
 from causal_lib.data import scoring
 SMALL = {"run.seed": 3, "data.n_base_corpus": 1500, "data.n_train": 150, "data.n_val": 20, "data.n_test": 120,
@@ -82,11 +82,11 @@ def test_lookalikes_keep_target_and_only_mention_instructions(splits):
     look = [r for r in splits["test"] if r.kind == "lookalike"]
     assert len(look) == SMALL["data.n_benign_lookalikes"]
     for r in look:
-        assert r.injection in world.NOTES_TEST and r.injection in r.data and r.data != r.clean_data
+        assert r.injection in injections.NOTES_TEST and r.injection in r.data and r.data != r.clean_data
         assert r.goal is None and r.injected_target is None
-    assert not set(world.NOTES_TEST) & set(world.NOTES_BASE)
+    assert not set(injections.NOTES_TEST) & set(injections.NOTES_BASE)
     base_text = " ".join(r.data for r in splits["base_corpus"])
-    assert not any(note in base_text for note in world.NOTES_TEST)
+    assert not any(note in base_text for note in injections.NOTES_TEST)
 
 
 def test_base_corpus_follows_revisions_everywhere(splits):
@@ -96,12 +96,12 @@ def test_base_corpus_follows_revisions_everywhere(splits):
     assert abs(sub["system_extra"] / len(base) - 0.15) < 0.04
     assert sub["plain"] > 0 and sub["note"] > 0
     rev = [r for r in base if r.template_id == "revision"]
-    assert {r.goal for r in rev} == set(world.GOALS) and {r.position for r in rev} == set(world.POSITIONS)
+    assert {r.goal for r in rev} == set(injections.GOALS) and {r.position for r in rev} == set(injections.POSITIONS)
     for r in rev:
         assert r.injection in r.data and r.data != r.clean_data
         if r.goal == "output_hijack":  # a generated training-class string, written in the request
             assert r.target in r.injection and world.string_class(r.target) == "train"
-            assert r.injection in {p.format(payload=r.target) for p in world.OUTPUT_REQUESTS["train"]}
+            assert r.injection in {p.format(payload=r.target) for p in injections.OUTPUT_REQUESTS["train"]}
         elif r.goal == "prompt_leak":
             assert r.target == r.system
         elif r.goal == "refusal":
@@ -167,12 +167,12 @@ def test_payloads_never_collide_with_documents_or_answers(splits):
 
 def test_instructions_are_short_and_varied():
     for name, spec in world.TASKS.items():
-        held = name in world.HELD_OUT_TASKS
+        held = name in injections.HELD_OUT_TASKS
         assert 3 <= len(spec.instructions) <= 5 and (len(spec.requests) == 0 if held else len(spec.requests) >= 2)
         assert len(spec.test_requests) >= 2 and not set(spec.requests) & set(spec.test_requests)
         for s in spec.instructions:
             assert 3 <= len(s.split()) <= 10, s
-    assert len(world.TASKS) >= 6 and world.HELD_OUT_TASKS == ("review_author",)
+    assert len(world.TASKS) >= 6 and injections.HELD_OUT_TASKS == ("review_author",)
 
 
 def test_no_control_tokens_anywhere(splits):
@@ -185,13 +185,13 @@ def test_no_control_tokens_anywhere(splits):
 def test_insert_positions():
     rng = random.Random(1)
     doc = world.make_document("list", rng).text
-    assert world.insert(doc, "Z Z.", "start", rng).startswith("Z Z. ")
-    assert world.insert(doc, "Z Z.", "end", rng).endswith(" Z Z.")
-    mid = world.insert(doc, "Z Z.", "middle", rng)
+    assert injections.insert(doc, "Z Z.", "start", rng).startswith("Z Z. ")
+    assert injections.insert(doc, "Z Z.", "end", rng).endswith(" Z Z.")
+    mid = injections.insert(doc, "Z Z.", "middle", rng)
     assert not mid.startswith("Z") and not mid.endswith("Z Z.") and " Z Z. " in mid
-    assert world.insert(doc, "Z Z.", "start", rng, copies=2).count("Z Z.") == 2
+    assert injections.insert(doc, "Z Z.", "start", rng, copies=2).count("Z Z.") == 2
     with pytest.raises(ValueError, match="unknown position"):
-        world.insert(doc, "Z", "top", rng)
+        injections.insert(doc, "Z", "top", rng)
 
 
 def test_documents_already_used_are_never_drawn_again():

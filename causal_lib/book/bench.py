@@ -189,17 +189,17 @@ def bench_generation(n: int = 200) -> dict:
 
 
 def bench_gcg_candidates(n_candidates: int = 128, repeat: int = 3) -> dict:
-    """Candidates scored per second by GCG's scorer (evaluation.gcg._Scorer): batched with the shared prefix's
+    """Candidates scored per second by GCG's scorer (evaluation.gcg.CandidateScorer): batched with the shared prefix's
     keys/values computed once, against a naive loop of one full forward per candidate, on the same 10-token
     candidates of a shipped-base-sized model (~60-token prompt, 4-token target)."""
-    from causal_lib.evaluation.gcg import _Scorer
+    from causal_lib.evaluation.gcg import CandidateScorer
 
     model = _tiny_model().eval()
     g = torch.Generator().manual_seed(0)
     left, tail = torch.randint(5, 2000, (48,), generator=g), torch.randint(5, 2000, (10,), generator=g)
     target = torch.randint(5, 2000, (4,), generator=g)
     cands = torch.randint(5, 2000, (n_candidates, 10), generator=g)
-    scorer = _Scorer(model, left, torch.cat([tail, target]), target)
+    scorer = CandidateScorer(model, left, torch.cat([tail, target]), target)
     cached = scorer.enable_prefix_cache(cands[0])
 
     def batched():

@@ -11,7 +11,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from causal_lib.core.run_folder import SEEDS_DIR, RunPaths, notebook_stem, split_replica_label, write_text_atomic
+from causal_lib.book.chapters import chapter_label, label_file_stem, parse_label
+from causal_lib.core.run_folder import SEEDS_DIR, RunPaths, write_text_atomic
 from causal_lib.config import PROJECT_ROOT, RUN_NAME_RULE, is_plain_name
 
 
@@ -23,8 +24,12 @@ def write_index(paths: RunPaths) -> Path:
     verdicts = json.loads(verdict_path.read_text()) if verdict_path.exists() else {}
     rows = []
     for label, rec in state.get("chapters", {}).items():
-        stem = notebook_stem(label)
-        own_label, seed = split_replica_label(label)
+        try:
+            chapter, variant, seed = parse_label(label)
+            stem = label_file_stem(label)
+        except ValueError:  # not a label the runner writes: listed as it is
+            chapter, variant, seed, stem = label, None, None, label
+        own_label = chapter_label(chapter, variant)
         if seed is None:
             v = verdicts.get(label, {})
         else:  # a seed replica records its verdicts in its own folder, under the chapter's plain label

@@ -397,6 +397,38 @@ def phase_status(rows: list[dict]) -> str:
     return "MUST-ACHIEVE MET" if must and all(r["status"] == PASS for r in must) else "NOT MET"
 
 
+# The readiness gates of chapters 01 (setup), 02 (dataset) and 03 (dry run): one rule, each gate's own words
+# (all checks pass, only soft ones fail, a hard one fails). A gate is not a research criterion: it says whether
+# the book can go on, and a failed hard check stops it.
+GATE_WORDS = {"setup": ("PASS", "PASS", "FAIL"), "dataset": ("EXCELLENT", "ACCEPTABLE", "NOT READY"),
+              "dry_run": ("READY TO TRAIN", "READY TO TRAIN", "NOT READY")}
+
+
+@dataclass(frozen=True)
+class Gate:
+    verdict: str  # the gate's word
+    ready: bool  # no hard check failed: the book goes on
+    failed: tuple[str, ...]  # hard checks that failed
+    weak: tuple[str, ...]  # soft checks that failed
+
+    def reasons(self) -> list[str]:
+        out = [f"failed: {c}" for c in self.failed] + [f"weak: {c}" for c in self.weak]
+        return out or ["every check passed"]
+
+    def text(self) -> str:
+        """The verdict with the failed hard checks, e.g. "NOT READY: loss falls"."""
+        return self.verdict + (": " + "; ".join(self.failed) if self.failed else "")
+
+
+def gate(name: str, checks: list[dict]) -> Gate:
+    """The readiness verdict of `checks` (each {"check", "ok", "hard" (default True)}) in the words of gate `name`
+    (GATE_WORDS)."""
+    good, weakened, stopped = GATE_WORDS[name]
+    failed = tuple(c["check"] for c in checks if c.get("hard", True) and not c["ok"])
+    weak = tuple(c["check"] for c in checks if not c.get("hard", True) and not c["ok"])
+    return Gate(stopped if failed else weakened if weak else good, not failed, failed, weak)
+
+
 def table() -> list[dict]:
     """The criteria themselves, for a report's appendix."""
     return [{"key": c.key, "kind": c.kind, "criterion": c.name, "target": target_text(c.key), "decides": c.decides,

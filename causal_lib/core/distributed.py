@@ -9,7 +9,7 @@ Who does what when WORLD_SIZE > 1 (README "More than one machine"):
   optimizer steps and the examples of each step are those of one process (`per_process_batch`).
 - only rank 0 writes checkpoints, logs, metrics and the COMPLETE marker of a Trainer checkpoint (after a barrier, so
   a checkpoint counts only once every rank's RNG state is in it).
-- generation (`evaluation.generate.generate_ids`) gives batch b to rank b % N and gathers the answers in item order.
+- generation (`models.generate.generate_ids`) gives batch b to rank b % N and gathers the answers in item order.
 - the causal objective (defenses/causal.py) is the one-process objective on the global batch: L_causal's centring
   and mean and L_spurious's task groups are computed over every rank's rows (`global_rows`), L_task is each rank's
   token mean weighted by its share of the global batch's response tokens.

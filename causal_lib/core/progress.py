@@ -39,9 +39,10 @@ def report(msg: str, every: float = 10.0, key: str | None = None, force: bool = 
 def eta(done: int, total: int, elapsed: float) -> str:
     """'3/10, 12 s elapsed, ETA 28 s' for a loop `done` of `total` after `elapsed` seconds."""
     left = (total - done) * elapsed / done if done else None
-    return f"{done}/{total}, {_dur(elapsed)} elapsed" + (f", ETA {_dur(left)}" if left is not None else "")
+    return f"{done}/{total}, {duration(elapsed)} elapsed" + (f", ETA {duration(left)}" if left is not None else "")
 
 
-def _dur(s: float) -> str:
+def duration(s: float) -> str:
+    """A duration for a console line, to the nearest second: '7 s', '3m05s', '2h04m' (no seconds past an hour)."""
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s} s"

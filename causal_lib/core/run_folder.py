@@ -1,7 +1,6 @@
 """What every chapter does first: read the params, lay out the run folder, fix seeds and threads."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -109,22 +108,6 @@ def read_state(root: Path) -> dict:
 def other_params(state: dict, params_hash: str) -> bool:
     """The run folder's record (read_state) was made with params other than `params_hash`'s."""
     return state.get("params_hash") not in (None, params_hash)
-
-
-def notebook_stem(label: str) -> str:
-    """File stem of a chapter run's executed notebook and HTML: "05_train[causal]@seed1" -> "05_train__causal__seed1"."""
-    return label.replace("[", "__").replace("]", "").replace("@", "__")
-
-
-def replica_label(label: str, seed: int) -> str:
-    """The label of a seed replica of a chapter run: ("08_attack_evaluation", 2) -> "08_attack_evaluation@seed2"."""
-    return f"{label}@seed{seed}"
-
-
-def split_replica_label(label: str) -> tuple[str, int | None]:
-    """The inverse of replica_label: (the chapter run's own label, the replica's seed or None for the main run)."""
-    base, sep, seed = label.rpartition("@seed")
-    return (base, int(seed)) if sep else (label, None)
 
 
 def set_seed(seed: int) -> None:
@@ -238,10 +221,3 @@ def read_metrics(paths: RunPaths, name: str) -> dict:
     return json.loads(p.read_text())
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in 4 MiB chunks (checkpoint weights can be large)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -28,7 +28,6 @@ Record fields (SCHEMA_VERSION 1); optional ones are null when they do not apply:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import random
@@ -37,9 +36,11 @@ from collections import Counter
 from pathlib import Path
 
 from causal_lib.core import progress
-from causal_lib.core.run_folder import file_sha256, write_json
+from causal_lib.core.hashing import file_sha256, json_hash
+from causal_lib.core.run_folder import write_json
 from causal_lib.config import PROJECT_ROOT, portable_config, portable_path
-from causal_lib.data import attacks, realistic, world
+from causal_lib.data import attacks, injections, realistic, world
+from causal_lib.data.names import check_params as check_data_names
 from causal_lib.data.records import FILES, SCHEMA_VERSION, DataError, Record, data_folder, write_split
 
 REALISTIC_KEYS = ("realistic_train", "realistic_val", "realistic_base")
@@ -93,10 +94,10 @@ def attack_plan(n: int, families, rng: random.Random) -> list[tuple[str, str, st
     while len(plan) < n:
         per_family = {}
         for f in families:
-            cells = list(itertools.product(world.GOALS, world.POSITIONS))
+            cells = list(itertools.product(injections.GOALS, injections.POSITIONS))
             rng.shuffle(cells)
             per_family[f] = cells
-        for k in range(len(world.GOALS) * len(world.POSITIONS)):
+        for k in range(len(injections.GOALS) * len(injections.POSITIONS)):
             order = list(families)
             rng.shuffle(order)
             plan += [(f, *per_family[f][k]) for f in order]
@@ -122,10 +123,10 @@ def build_lookalikes(n: int, rng: random.Random, seen_docs: set[str], split: str
     """Benign data that merely mentions instructions (unseen note sentences); the answer is unchanged."""
     out = []
     for i, rec in enumerate(build_clean(n, rng, seen_docs, split)):
-        k, pos = rng.randrange(len(world.NOTES_TEST)), rng.choice(world.POSITIONS)
-        note, pid = world.NOTES_TEST[k], f"{split}-look-{i:04d}"
+        k, pos = rng.randrange(len(injections.NOTES_TEST)), rng.choice(injections.POSITIONS)
+        note, pid = injections.NOTES_TEST[k], f"{split}-look-{i:04d}"
         out.append(dataclasses.replace(rec, id=pid, pair_id=pid, kind="lookalike", position=pos, injection=note,
-                                       data=world.insert(rec.clean_data, note, pos, rng), template_id=f"note/{k}"))
+                                       data=injections.insert(rec.clean_data, note, pos, rng), template_id=f"note/{k}"))
     return out
 
 
@@ -134,15 +135,15 @@ def build_probes(n: int, rng: random.Random, seen_docs: set[str], split: str = "
     (probe_data, target = O*). Witness words come from their own class, disjoint from every payload."""
     out = []
     for i, rec in enumerate(build_clean(n, rng, seen_docs, split)):
-        payload = world.witness_word(rng)
-        k = rng.randrange(len(world.SYSTEM_EXTRAS))
-        probe = world.SYSTEM_EXTRAS[k].format(payload=payload)
-        pid, pos = f"{split}-probe-{i:04d}", rng.choice(world.POSITIONS)
+        payload = injections.witness_word(rng)
+        k = rng.randrange(len(injections.SYSTEM_EXTRAS))
+        probe = injections.SYSTEM_EXTRAS[k].format(payload=payload)
+        pid, pos = f"{split}-probe-{i:04d}", rng.choice(injections.POSITIONS)
         common = dict(pair_id=pid, injection=probe, injected_target=payload, template_id=f"system_extra/{k}")
         out.append(dataclasses.replace(rec, id=f"{pid}-system", kind="probe_system", system=f"{rec.system} {probe}",
                                        target=payload, **common))
         out.append(dataclasses.replace(rec, id=f"{pid}-data", kind="probe_data", position=pos,
-                                       data=world.insert(rec.clean_data, probe, pos, rng), **common))
+                                       data=injections.insert(rec.clean_data, probe, pos, rng), **common))
     return out
 
 
@@ -175,6 +176,7 @@ def data_seed(cfg) -> int:
 def build_dataset(cfg) -> dict[str, list[Record]]:
     """All files' records from the config (seeded). Eval splits are drawn first, so that the test set does
     not change with the size of the training corpus."""
+    check_data_names(cfg)  # also on a chapter run outside the book (run_folder.start, on the ground, cannot check)
     dc, seed = cfg.data, data_seed(cfg)
     held = set(dc.held_out_families)
     unknown = held - set(attacks.FAMILIES)
@@ -226,7 +228,7 @@ def data_hash(cfg) -> str:
     files = []
     for f in cfg.data.attack_files:
         p = resolve_attack_file(f)
-        files.append([p.name, hashlib.sha256(p.read_bytes()).hexdigest()])
+        files.append([p.name, file_sha256(p)])
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "seed"}  # seed resolved above
     if data.get("attacks_per_clean") == 1:
         data.pop("attacks_per_clean")  # the default: the same hash as before the option existed
@@ -234,7 +236,7 @@ def data_hash(cfg) -> str:
         data.pop("documents_file", None)  # unset: likewise
     else:
         p = resolve_attack_file(data["documents_file"], "data.documents_file")
-        files.append(["documents", p.name, hashlib.sha256(p.read_bytes()).hexdigest()])
+        files.append(["documents", p.name, file_sha256(p)])
     if not any(data.get(k) for k in REALISTIC_KEYS):
         for k in REALISTIC_KEYS:  # world only: likewise
             data.pop(k, None)
@@ -242,7 +244,7 @@ def data_hash(cfg) -> str:
         files.append(["realistic", realistic.fingerprint()])
     key = {"schema": SCHEMA_VERSION, "generator": GENERATOR_VERSION, "seed": data_seed(cfg), "data": data,
            "attack_files": files}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return json_hash(key)
 
 
 def _manifest_ok(d: Path, h: str) -> str | None:
@@ -327,19 +329,20 @@ def build_base_corpus(n: int, rng: random.Random, seen_docs: set[str], split: st
         u = rng.random()
         common = dict(id=pid, pair_id=pid, split=split, kind="base", task=ex.inst.task, clean_data=d)
         if u < REVISION_SHARE:
-            goal = world.GOALS[len(out) % len(world.GOALS)]  # balanced over the four behaviours
-            position = rng.choice(world.POSITIONS)
-            z, o, _ = world.goal_request(goal, ex.doc, ex.system, ex.target, rng)
-            out.append(Record(**common, system=ex.system, data=world.insert(d, z, position, rng), target=o, goal=goal,
-                              position=position, injection=z, injected_target=o, template_id="revision"))
+            goal = injections.GOALS[len(out) % len(injections.GOALS)]  # balanced over the four behaviours
+            position = rng.choice(injections.POSITIONS)
+            z, o, _ = injections.goal_request(goal, ex.doc, ex.system, ex.target, rng)
+            out.append(Record(**common, system=ex.system, data=injections.insert(d, z, position, rng), target=o,
+                              goal=goal, position=position, injection=z, injected_target=o, template_id="revision"))
         elif u < REVISION_SHARE + SYSTEM_EXTRA_SHARE:
-            payload = world.payload(rng)
-            extra = rng.choice(world.SYSTEM_EXTRAS).format(payload=payload)
+            payload = injections.payload(rng)
+            extra = rng.choice(injections.SYSTEM_EXTRAS).format(payload=payload)
             out.append(Record(**common, system=f"{ex.system} {extra}", data=d, target=payload,
                               injection=extra, injected_target=payload, template_id="system_extra"))
         elif rng.random() < 1 / 3:
-            note = rng.choice(world.NOTES_BASE)
-            out.append(Record(**common, system=ex.system, data=world.insert(d, note, rng.choice(world.POSITIONS), rng),
+            note = rng.choice(injections.NOTES_BASE)
+            data = injections.insert(d, note, rng.choice(injections.POSITIONS), rng)
+            out.append(Record(**common, system=ex.system, data=data,
                               target=ex.target, injection=note, template_id="note"))
         else:
             out.append(Record(**common, system=ex.system, data=d, target=ex.target, template_id="plain"))
@@ -358,10 +361,10 @@ def world_fingerprint() -> str:
     key = {
         "schema": SCHEMA_VERSION, "generator": GENERATOR_VERSION,
         "tasks": {k: dataclasses.asdict(v) for k, v in world.TASKS.items()},
-        "requests": [world.OUTPUT_REQUESTS, world.LEAK_REQUESTS, world.REFUSAL_REQUESTS],
-        "extras": [world.SYSTEM_EXTRAS, world.NOTES_BASE, world.NOTES_TEST, world.REFUSAL],
+        "requests": [injections.OUTPUT_REQUESTS, injections.LEAK_REQUESTS, injections.REFUSAL_REQUESTS],
+        "extras": [injections.SYSTEM_EXTRAS, injections.NOTES_BASE, injections.NOTES_TEST, injections.REFUSAL],
         "templates": [dataclasses.asdict(t) for t in attacks.BUILTIN_TEMPLATES],
         "default_held_out": list(attacks.DEFAULT_HELD_OUT),
         "sample": {k: [r.to_dict() for r in v] for k, v in sample.items()},
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_hash(key, default=str)

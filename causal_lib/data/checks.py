@@ -12,8 +12,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from causal_lib.core.run_folder import file_sha256
-from causal_lib.data import attacks, world
+from causal_lib.core import criteria
+from causal_lib.core.hashing import file_sha256
+from causal_lib.data import attacks, injections, world
 from causal_lib.data.records import FILES, REALISTIC, SPLITS, DataError, Record, data_folder, load_split
 from causal_lib.data import scoring
 def _wordseq(text: str) -> str:
@@ -41,7 +42,7 @@ def held_out_content(splits: dict[str, list[Record]], held_out_families) -> dict
     template and of the test-only templates), payload (every generated string of the test split: novel
     payloads, SEP witness words, test documents' order codes) and document (every test document)."""
     held = set(held_out_families)
-    phrases = world.held_out_phrases()
+    phrases = injections.held_out_phrases()
     test = [r for r in splits.get("test", []) if r.source == "builtin"]
     strings = {r.injected_target for r in test if r.kind == "injected" and r.novel and "payload" in r.novel.split(",")}
     strings |= {r.injected_target for r in test if r.kind in ("probe_system", "probe_data")}
@@ -177,11 +178,12 @@ def world_held_out_content(held_out_families=None) -> list[tuple[str, str, str]]
     task's requests, the test look-alike notes and the wrapper text of held-out-family and test-only templates."""
     held = set(attacks.DEFAULT_HELD_OUT if held_out_families is None else held_out_families)
     out = [("phrasing", f"{goal}/test/{k}", t) for goal, pool in
-           (("output_hijack", world.OUTPUT_REQUESTS), ("prompt_leak", world.LEAK_REQUESTS), ("refusal", world.REFUSAL_REQUESTS))
+           (("output_hijack", injections.OUTPUT_REQUESTS), ("prompt_leak", injections.LEAK_REQUESTS),
+            ("refusal", injections.REFUSAL_REQUESTS))
            for k, t in enumerate(pool["test"])]
-    out += [("task" if name in world.HELD_OUT_TASKS else "phrasing", f"{name}/test/{k}", t)
+    out += [("task" if name in injections.HELD_OUT_TASKS else "phrasing", f"{name}/test/{k}", t)
             for name, spec in world.TASKS.items() for k, t in enumerate(spec.test_requests)]
-    out += [("phrasing", f"note_test/{k}", t) for k, t in enumerate(world.NOTES_TEST)]
+    out += [("phrasing", f"note_test/{k}", t) for k, t in enumerate(injections.NOTES_TEST)]
     out += [("family", t.id, t.template) for t in attacks.BUILTIN_TEMPLATES if t.family in held or "train" not in t.splits]
     return out
 
@@ -193,16 +195,17 @@ def world_training_content(held_out_families=None) -> list[tuple[str, str]]:
     a request for a task has to name it ("the order code"), and S instructions are never an injection in training."""
     held = set(attacks.DEFAULT_HELD_OUT if held_out_families is None else held_out_families)
     out = [(f"{goal}/train/{k}", t) for goal, pool in
-           (("output_hijack", world.OUTPUT_REQUESTS), ("prompt_leak", world.LEAK_REQUESTS), ("refusal", world.REFUSAL_REQUESTS))
+           (("output_hijack", injections.OUTPUT_REQUESTS), ("prompt_leak", injections.LEAK_REQUESTS),
+            ("refusal", injections.REFUSAL_REQUESTS))
            for k, t in enumerate(pool["train"])]
     out += [(f"{name}/request/{k}", t) for name, spec in world.TASKS.items() for k, t in enumerate(spec.requests)]
-    out += [(f"note_base/{k}", t) for k, t in enumerate(world.NOTES_BASE)]
-    out += [(f"system_extra/{k}", t) for k, t in enumerate(world.SYSTEM_EXTRAS)]
+    out += [(f"note_base/{k}", t) for k, t in enumerate(injections.NOTES_BASE)]
+    out += [(f"system_extra/{k}", t) for k, t in enumerate(injections.SYSTEM_EXTRAS)]
     out += [(t.id, t.template) for t in attacks.BUILTIN_TEMPLATES if t.family not in held and "train" in t.splits]
     docs = ("_RECORD_HEADERS", "_LIST_HEADERS", "_LIST_FOOTERS", "_RECORD_EXTRAS", "_REVIEW_EXTRAS", "_POS_SENTENCES",
             "_NEG_SENTENCES")
     out += [(f"document/{name.strip('_').lower()}/{k}", t) for name in docs for k, t in enumerate(getattr(world, name, ()))]
-    out += [("refusal_answer", world.REFUSAL)]
+    out += [("refusal_answer", injections.REFUSAL)]
     return out
 
 
@@ -369,7 +372,7 @@ def validate_dataset(data_dir, held_out_families=None) -> dict:
 
     div = rep["diversity"]["test"]
     fam_min = min(div["by_family"].values()) if div["by_family"] else 0
-    cells = len(world.GOALS) * len(world.POSITIONS)
+    cells = len(injections.GOALS) * len(injections.POSITIONS)
     checks = [
         ("every file loads and validates", loaded, True, ", ".join(f"{k}: {v.get('records', 'ERROR')}" for k, v in rep["files"].items())),
         ("files match the manifest's sha256", loaded and all(v["sha256_matches_manifest"] for v in rep["files"].values()), True,
@@ -396,19 +399,9 @@ def validate_dataset(data_dir, held_out_families=None) -> dict:
         ("no clean answer above 15% of items", top_share <= 0.15, False, f"top answer share {top_share:.1%}"),
     ]
     rep["checks"] = [{"check": c, "ok": bool(ok), "hard": hard, "value": v} for c, ok, hard, v in checks]
-    rep["verdict"], rep["reasons"] = verdict(rep["checks"])
+    judged = criteria.gate("dataset", rep["checks"])  # NOT READY if a hard check fails, ACCEPTABLE if a soft one
+    rep["verdict"], rep["reasons"] = judged.verdict, judged.reasons()
     return rep
-
-
-def verdict(checks: list[dict]) -> tuple[str, list[str]]:
-    """NOT READY if a hard check fails; EXCELLENT if every check passes; ACCEPTABLE otherwise."""
-    hard = [c["check"] for c in checks if c["hard"] and not c["ok"]]
-    soft = [c["check"] for c in checks if not c["hard"] and not c["ok"]]
-    if hard:
-        return "NOT READY", [f"failed: {c}" for c in hard] + [f"weak: {c}" for c in soft]
-    if soft:
-        return "ACCEPTABLE", [f"weak: {c}" for c in soft]
-    return "EXCELLENT", ["every check passed"]
 
 
 def _describe(xs: list[int]) -> dict:

@@ -35,7 +35,7 @@ import random
 import re
 from pathlib import Path
 
-from causal_lib.core.run_folder import file_sha256
+from causal_lib.core.hashing import file_sha256, json_hash
 from causal_lib.data.records import CUSTOM, REALISTIC, DataError, Record
 
 VENDORED = Path(__file__).resolve().parent / "vendored"
@@ -126,13 +126,13 @@ def sep_split(item_id: str) -> str:
 def base_fingerprint() -> str:
     """What the clean realistic items depend on (the base's tuning text): the vendored files and the split."""
     key = [file_sha256(p) for p in (SEP_FILE, SEP_TARGETS_FILE, ALPACAFARM_FILE)] + [SEP_SPLIT_SHARES]
-    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+    return json_hash(key, sort_keys=False)
 
 
 def fingerprint() -> str:
     """What every realistic record depends on: the clean items and the injection recipe (enters data_hash)."""
     key = [base_fingerprint(), COMPLETION_SHARE, TRAIN_DELIMITERS, RECIPE_VERSION]
-    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+    return json_hash(key, sort_keys=False)
 
 
 def first_sentence(text: str) -> str:

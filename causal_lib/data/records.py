@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from causal_lib.data import world
+from causal_lib.data import injections, world
 from causal_lib.models.tokens import SPECIAL_TOKENS
 
 SCHEMA_VERSION = 1
@@ -30,7 +30,7 @@ CUSTOM = "custom"  # goal of an attack with its own instruction and judge; task 
 REALISTIC = "realistic"
 
 
-JUDGES = ("canary", "starts_with", "regex")  # judges of custom attacks (evaluation.scoring.judge_passes)
+JUDGES = ("canary", "starts_with", "regex")  # judges of custom attacks (data.scoring.judge_passes)
 
 
 ANSWER_MATCHES = ("exact", "contains")  # how a user document's ideal answer is matched (scoring.is_correct)
@@ -144,10 +144,10 @@ class Record:
                 raise ValueError(f"{f.name} must be a string or null, got {v!r}")
         for name, value, allowed in (("split", self.split, SPLITS), ("kind", self.kind, KINDS),
                                      ("task", self.task, world.TASK_NAMES + (CUSTOM, REALISTIC)),
-                                     ("goal", self.goal, world.GOALS + (CUSTOM, None)),
+                                     ("goal", self.goal, injections.GOALS + (CUSTOM, None)),
                                      ("judge", self.judge, JUDGES + (None,)),
                                      ("answer_match", self.answer_match, ANSWER_MATCHES + (None,)),
-                                     ("position", self.position, world.POSITIONS + (None,))):
+                                     ("position", self.position, injections.POSITIONS + (None,))):
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {[a for a in allowed if a]}")
         need = {"injected": ("family", "goal", "position", "injection", "injected_target"),

@@ -17,14 +17,14 @@ a test metric is tuned on the test set. A reason citing such numbers is refused.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
 import time
 from pathlib import Path
 
-from causal_lib.data import attacks, world
+from causal_lib.core.hashing import json_hash
+from causal_lib.data import attacks, injections, world
 
 MANIFEST = Path(__file__).with_name("test_content_manifest.json")
 UPDATE_COMMAND = 'python -m causal_lib.data.test_content --update --reason "<why the test content changed>"'
@@ -45,18 +45,19 @@ def content_sets() -> dict[str, object]:
     held = set(attacks.DEFAULT_HELD_OUT)
     return {
         "request_phrasings": {
-            "output_hijack": world.OUTPUT_REQUESTS["test"], "prompt_leak": world.LEAK_REQUESTS["test"],
-            "refusal": world.REFUSAL_REQUESTS["test"],
-            "tasks": {n: s.test_requests for n, s in world.TASKS.items() if n not in world.HELD_OUT_TASKS}},
+            "output_hijack": injections.OUTPUT_REQUESTS["test"], "prompt_leak": injections.LEAK_REQUESTS["test"],
+            "refusal": injections.REFUSAL_REQUESTS["test"],
+            "tasks": {n: s.test_requests for n, s in world.TASKS.items() if n not in injections.HELD_OUT_TASKS}},
         "payloads": {"classes": world.STRING_CLASSES, "max_chars": world.MAX_STRING_CHARS,
                      "sample": world.payload_pool(SAMPLE, "test")},
-        "held_out_task_types": {n: {f: getattr(world.TASKS[n], f) for f in _TASK_FIELDS} for n in world.HELD_OUT_TASKS},
+        "held_out_task_types": {n: {f: getattr(world.TASKS[n], f) for f in _TASK_FIELDS}
+                                for n in injections.HELD_OUT_TASKS},
         "wrappers": {"held_out_families": sorted(held),
                      "held_out_family_templates": _templates(lambda t: t.family in held),
                      "test_only_templates": _templates(lambda t: t.family not in held and "train" not in t.splits),
                      "ignore_sentences": attacks.IGNORE_EVAL},
-        "lookalike_notes": world.NOTES_TEST,
-        "sep_probes": {"system_extras": world.SYSTEM_EXTRAS, "witness_class": world.STRING_CLASSES["witness"],
+        "lookalike_notes": injections.NOTES_TEST,
+        "sep_probes": {"system_extras": injections.SYSTEM_EXTRAS, "witness_class": world.STRING_CLASSES["witness"],
                        "witness_sample": world.payload_pool(SAMPLE, "witness")},
     }
 
@@ -71,7 +72,7 @@ def _count(v) -> int:
 
 
 def digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+    return json_hash(value, length=None, default=str, ensure_ascii=False)
 
 
 def current() -> dict[str, dict]:

@@ -10,7 +10,6 @@ from transformers import Trainer
 
 from causal_lib.config import Config
 from causal_lib.data.records import load_split
-from causal_lib.defenses.load import load_model
 from causal_lib.models.load import apply_lora, is_peft_model
 from causal_lib.models.representation import representation
 from causal_lib.core import distributed
@@ -18,7 +17,7 @@ from causal_lib.training import selection
 from causal_lib.training.examples import PairDataset, make_pairs, training_slots, z_vocabulary
 from causal_lib.training.losses import (MIN_GROUP_SIZE, causal_loss, hsic_loss, kl_along_response, task_loss,
                                         total_loss)
-from causal_lib.training.pretrain import base_checkpoint
+from causal_lib.training.pretrain import base_checkpoint, load_base_model
 from causal_lib.training.trainer import TrainResult, check_finite, forward_for_labels, run_training
 from causal_lib.stats.invariance import representation_metrics
 
@@ -41,7 +40,7 @@ def causal_objective(model, inputs: dict, cfg: Config):
                          pooling=mc.repr_pooling, prompt_lengths=inputs["injected_prompt_length"],
                          hidden_states=out_i.hidden_states)
     l_task = task_loss(out_i.logits, lab_i)
-    # On N processes the objective is the one-process objective on the global batch (training.distributed): the
+    # On N processes the objective is the one-process objective on the global batch (core.distributed): the
     # batch-level terms see every rank's rows, with this rank's own rows carrying the gradient.
     n_proc = distributed.world_size()
     r_c_all, r_i_all = distributed.global_rows(r_c), distributed.global_rows(r_i)
@@ -133,7 +132,7 @@ def train(cfg: Config, paths, resume: bool = False, name: str = "causal", **loss
     if loss_weights:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **loss_weights))
 
-    model, tok = load_model(cfg, paths, "none", trainable=True)
+    model, tok = load_base_model(cfg, paths, trainable=True)
     if cfg.model.use_lora and not is_peft_model(model):
         model = apply_lora(model, cfg.model)
     model.train()

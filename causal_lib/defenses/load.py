@@ -1,4 +1,5 @@
-"""A defense's model in a run, by name: where it lives, loading it, and the records as it reads them."""
+"""A defense's model in a run, by name: where it lives, loading it, and the records as it reads them (through the
+registry; the implementations themselves start from training.pretrain.load_base_model)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,7 @@ from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import Config
 from causal_lib.defenses import registry
 from causal_lib.models.checkpoints import CheckpointError, load_checkpoint
-from causal_lib.models.load import load_hf_model
-from causal_lib.training.pretrain import base_checkpoint
+from causal_lib.training.pretrain import base_checkpoint, load_base_model
 
 
 def model_dir(paths: RunPaths, defense: str) -> Path:
@@ -20,12 +20,11 @@ def model_dir(paths: RunPaths, defense: str) -> Path:
 def load_model(cfg: Config, paths: RunPaths, defense: str = "none", trainable: bool = False):
     """(model, tokenizer) of one defense in this run, from its safetensors checkpoint."""
     d = model_dir(paths, defense)
-    if cfg.model.kind == "hf" and d == base_checkpoint(paths) and not d.exists():
-        return load_hf_model(cfg.model)
+    if d == base_checkpoint(paths):
+        return load_base_model(cfg, paths, trainable=trainable)
     if not d.exists():
-        chapter = "04_base_model" if d == base_checkpoint(paths) else f"05_train (defense={defense})"
-        raise CheckpointError(f"no model for defense {defense!r} at {d}: run chapter {chapter} first "
-                              f"(python -m causal_lib.book run --params ... --from {chapter[:2]})")
+        raise CheckpointError(f"no model for defense {defense!r} at {d}: run chapter 05_train (defense={defense}) "
+                              f"first (python -m causal_lib.book run --params ... --from 05)")
     return load_checkpoint(d, cfg.model, is_trainable=trainable)
 
 

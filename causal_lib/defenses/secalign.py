@@ -8,7 +8,7 @@ answer of its own, data="matched"); the "original recipe" row (secalign_original
 same front-end as StruQ.
 
 The pairs are tokenised here by the project's one prompt encoder (`models.prompts.encode_example`) and handed to
-TRL already tokenised, so the prompt DPO trains on is, token for token, the prompt `evaluation.generate`
+TRL already tokenised, so the prompt DPO trains on is, token for token, the prompt `models.generate`
 feeds the model for this defense (`struq_prompt`), and the completions are encoded exactly as SFT targets
 (text + eos, eos = the end-of-turn token). Training goes through `training.trainer.run_training` (same callbacks,
 checkpoint layout, resume and NaN/OOM handling as every other model): `SecAlignTrainer` accepts the

@@ -35,16 +35,15 @@ import torch
 from causal_lib.config import Config
 from causal_lib.data import attacks, world
 from causal_lib.data.records import REALISTIC, load_split
-from causal_lib.data.world import GOALS, POSITIONS
+from causal_lib.data.injections import GOALS, POSITIONS
 from causal_lib.defenses.cards import write_model_card
-from causal_lib.defenses.load import load_model
 from causal_lib.models.checkpoints import load_checkpoint
 from causal_lib.models.load import apply_lora, base_model_of, forget_pristine_base, is_peft_model
 from causal_lib.models.prompts import ensure_chat_template, prompt_text
 from causal_lib.models.tokens import SPECIAL_TOKENS
 from causal_lib.training import selection
 from causal_lib.training.examples import SFTDataset, make_pairs, training_slots
-from causal_lib.training.pretrain import base_checkpoint
+from causal_lib.training.pretrain import base_checkpoint, load_base_model
 from causal_lib.training.trainer import SFTTrainer, run_training
 
 INST_TOKEN, DATA_TOKEN, RESP_TOKEN = "<|inst|>", "<|data|>", "<|resp|>"
@@ -374,7 +373,7 @@ def load_base(cfg: Config, paths, base_model_dir=None):
         source = str(base_model_dir)
     else:
 
-        model, tok = load_model(cfg, paths, "none", trainable=True)
+        model, tok = load_base_model(cfg, paths, trainable=True)
         # relative to the run folder (a shared run stays readable); a hub name or folder when there is no base
         source = (base_checkpoint(paths).relative_to(paths.root).as_posix() if base_checkpoint(paths).exists()
                   else cfg.model.name_or_path)

@@ -131,6 +131,7 @@ def _run_cli(args) -> int:
     distributed.init()  # under torchrun / accelerate launch: generation split by rank, rank 0 writes (one process: no-op)
     try:
         cfg = load_config(args.params)
+        registry.check_params(cfg)
     except ConfigError as e:
         raise EvalCLIError(str(e)) from None
     model_dir, data_dir = Path(args.model), Path(args.data_dir)

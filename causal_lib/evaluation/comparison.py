@@ -359,7 +359,7 @@ def paired_verdict(threshold_verdict: str, paired_result: dict | None, model: st
 
 def seed_paired(paths: RunPaths, main_seed: int, main_evals: dict[str, dict], seeds, alpha: float = 0.05) -> list[dict]:
     """Every pair of defenses over the main seed and the seed replicas (run.seeds) on the same attacked items:
-    verification.paired.across_seeds (a two-way cluster bootstrap over items and seeds, the joint twin control of
+    stats.paired.across_seeds (a two-way cluster bootstrap over items and seeds, the joint twin control of
     each seed), with each seed's own exact McNemar beside it. A difference is claimed only from this test when
     the run has several seeds (README, "Statistics")."""
     import itertools

@@ -128,7 +128,7 @@ def _initial_adv(tokenizer, n: int, allowed: torch.Tensor, pre, suf, prefix, suf
     raise ValueError("gcg: no initial adversarial string of allowed tokens round-trips through this tokenizer")
 
 
-class _Scorer:
+class CandidateScorer:
     """Target losses of sequences left + X + tail, where tail = (rest of U, end of turn, assistant header,
     target). `left` (system turn and U up to Z) is the same for every candidate: its keys/values are computed
     once per attack and reused, and logits are computed only where the target is predicted. The reuse is
@@ -246,7 +246,7 @@ def gcg_attack(model, tokenizer, record, target_text: str, n_steps: int = 30, su
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     adv = _initial_adv(tokenizer, suffix_tokens, allowed, pre, suf, prefix, suffix, rng)
-    scorer = _Scorer(model, torch.tensor(before + pre, device=device), torch.tensor(suf + after + target_ids,
+    scorer = CandidateScorer(model, torch.tensor(before + pre, device=device), torch.tensor(suf + after + target_ids,
                                                                                      device=device),
                      torch.tensor(target_ids, device=device))
 

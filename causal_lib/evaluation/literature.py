@@ -16,12 +16,12 @@ Per model (`evaluate_realistic`, cached under metrics/realistic_<defense>.json l
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from types import SimpleNamespace
 
 import numpy as np
 
+from causal_lib.core.hashing import file_sha256, json_hash
 from causal_lib.core.run_folder import RunPaths, write_json
 from causal_lib.config import Config
 from causal_lib.data import realistic
@@ -45,10 +45,9 @@ def enabled(cfg: Config) -> bool:
 
 def _cache_key(cfg: Config, paths: RunPaths, defense: str) -> str:
     files = (realistic.SEP_FILE, realistic.SEP_TARGETS_FILE, realistic.ALPACAFARM_FILE)
-    blob = json.dumps({"eval": eval_run._cache_key(cfg, paths, defense, "realistic"),
-                       "code": eval_run.code_version(LITERATURE_CODE),
-                       "files": [realistic.file_sha256(p) for p in files]}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_hash({"eval": eval_run._cache_key(cfg, paths, defense, "realistic"),
+                      "code": eval_run.code_version(LITERATURE_CODE),
+                      "files": [file_sha256(p) for p in files]})
 
 
 def fits(model, tok, records: list, new_tokens: int) -> list[bool]:
@@ -167,7 +166,7 @@ def _outcomes(items: list[dict], attack: str | None) -> dict[str, bool]:
 
 
 def _row(model: str, against: str, measure: str, r) -> dict:
-    """A PairedResult (verification.paired.compare_pair) as a row of the table."""
+    """A PairedResult (stats.paired.compare_pair) as a row of the table."""
     return {"model": model, "against": against, "measure": measure, "n": r.n,
             "model_rate": r.rate_a if r.n else None, "reference_rate": r.rate_b if r.n else None,
             "only_model": r.a_only, "only_reference": r.b_only, "p": r.p_value}

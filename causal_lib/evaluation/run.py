@@ -10,6 +10,7 @@ import json
 import random
 from typing import Callable, Sequence
 
+from causal_lib.core.hashing import file_sha256, json_hash
 from causal_lib.core.run_folder import RunPaths, write_json
 from causal_lib.config import Config
 from causal_lib.data.records import Record, load_split
@@ -33,8 +34,9 @@ from causal_lib.models.prompts import prompt_of
 # and filters, intervals), relative to causal_lib/: a change to any of them makes the cached result stale.
 EVALUATION_CODE = ("evaluation/run.py", "models/generate.py", "data/scoring.py", "evaluation/summary.py",
                    "models/prompts.py", "models/tokens.py", "defenses/registry.py", "defenses/load.py",
-                   "defenses/filters.py", "defenses/struq.py", "defenses/secalign.py", "data/records.py",
-                   "data/attacks.py", "data/world.py",  # world: scoring's refusal phrases
+                   "defenses/filters.py", "defenses/filter_kad.py", "defenses/filter_classifier.py",
+                   "defenses/struq.py", "defenses/secalign.py", "data/records.py",
+                   "data/attacks.py", "data/injections.py", "data/world.py",  # injections: scoring's refusal phrase
                    "stats/intervals.py", "stats/paired.py")
 
 
@@ -60,10 +62,9 @@ def _cache_key(cfg: Config, paths: RunPaths, defense: str, split: str) -> str:
     files = (meta or {}).get("files")  # a malformed checkpoint.json: no key here, load_model then says what is wrong
     weights = {k: v.get("sha256") for k, v in files.items() if isinstance(v, dict)} if isinstance(files, dict) else {}
     manifest = paths.data / "manifest.json"
-    data = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else ""
-    blob = json.dumps({"fp": fp, "weights": weights, "data": data, "eval": cfg.to_dict()["eval"], "defense": defense,
-                       "split": split, "seed": cfg.run.seed, "code": code_version()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    data = file_sha256(manifest) if manifest.exists() else ""
+    return json_hash({"fp": fp, "weights": weights, "data": data, "eval": cfg.to_dict()["eval"], "defense": defense,
+                      "split": split, "seed": cfg.run.seed, "code": code_version()})
 
 
 def evaluate_defense(cfg: Config, paths: RunPaths, defense: str, split: str = "test", records=None,

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Sequence
 
 from causal_lib.data.records import REALISTIC
-from causal_lib.data.world import GOALS
+from causal_lib.data.injections import GOALS
 from causal_lib.models.generate import ATTACK_KINDS
 from causal_lib.data.scoring import ItemResult
 from causal_lib.stats.intervals import paired_difference_ci, rate as _rate, wilson
@@ -16,7 +16,7 @@ from causal_lib.stats.paired import mcnemar_exact
 
 
 def rate_dict(k: int, n: int, alpha: float = 0.05) -> dict:
-    """{k, n, rate, lo, hi}: Clopper-Pearson via verification.intervals.rate; rate is None (not NaN, invalid JSON) when n = 0."""
+    """{k, n, rate, lo, hi}: Clopper-Pearson via stats.intervals.rate; rate is None (not NaN, invalid JSON) when n = 0."""
     r = _rate(k, n, alpha)
     return {"k": r.k, "n": r.n, "rate": None if n == 0 or math.isnan(r.rate) else r.rate, "lo": r.lo, "hi": r.hi}
 

@@ -3,13 +3,13 @@
 corrupt folders and checkpoints of another model; `checkpoint_json` reads the metadata for bookkeeping."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
-from causal_lib.core.run_folder import file_sha256, replace_folder
+from causal_lib.core.hashing import file_sha256, json_hash
+from causal_lib.core.run_folder import replace_folder
 from causal_lib.config import ModelConfig
 from causal_lib.models.load import (
     DTYPES,
@@ -34,7 +34,7 @@ _VOLATILE_CONFIG_KEYS = {"transformers_version", "dtype", "torch_dtype", "quanti
 
 
 def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_hash(obj, default=str)
 
 
 def config_hash(model) -> str:

@@ -1,8 +1,14 @@
-"""Encodings shared by the statistical tests: integer labels and one-hot blocks of discrete variables, and the
-documented PCA reduction of a representation."""
+"""Encodings shared by the statistical tests: float rows, integer labels and one-hot blocks of discrete variables,
+and the documented PCA reduction of a representation."""
 from __future__ import annotations
 
 import numpy as np
+
+
+def as_2d(X) -> np.ndarray:
+    """X as float64 rows (n, k): a vector (n,) becomes one column, more dimensions are flattened per row."""
+    X = np.asarray(X, dtype=np.float64)
+    return X[:, None] if X.ndim == 1 else X.reshape(len(X), -1)
 
 
 def as_labels(Y) -> np.ndarray:

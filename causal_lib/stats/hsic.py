@@ -32,17 +32,8 @@ import numpy as np
 from scipy import stats as sps
 
 from causal_lib.core import progress
-from causal_lib.stats.encoding import as_labels, one_hot
+from causal_lib.stats.encoding import as_2d, as_labels, one_hot
 from causal_lib.stats.intervals import Rate, rate, single_blas_thread
-
-
-def _as_2d(X) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    return X[:, None] if X.ndim == 1 else X.reshape(len(X), -1)
-
-
-
-
 
 
 def _sq_dists(X: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -65,7 +56,7 @@ def median_bandwidth(X, max_points: int = 1000, seed: int = 0) -> float:
     at most `max_points` rows (the median of ~5e5 pairwise distances is already stable; this keeps the
     cost O(max_points^2 d)). Falls back to the median of the positive distances when more than half
     are 0 (ties, discrete data), then to 1.0 when all are 0 (constant data)."""
-    X = _as_2d(X)
+    X = as_2d(X)
     n = len(X)
     if n > max_points:
         X = X[np.random.default_rng(seed).choice(n, max_points, replace=False)]
@@ -91,7 +82,7 @@ def _sqrt_median(d2: np.ndarray) -> float:
 
 def gaussian_gram(X, sigma: float | None = None, max_points: int = 1000, seed: int = 0) -> np.ndarray:
     """K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2)); sigma = median_bandwidth(X) when None."""
-    X = _as_2d(X)
+    X = as_2d(X)
     if sigma is None:
         sigma = median_bandwidth(X, max_points, seed)
     import torch
@@ -314,10 +305,10 @@ def conditional_hsic_test(X, Y, S_labels, method: str = "stratified_permutation"
             raise ValueError("groups need method='stratified_permutation'")
         if len(np.unique(np.stack([groups, strata]), axis=1).T) != len(np.unique(groups)):
             raise ValueError("every group must lie inside one stratum (pairs share S)")
-    Xf = _as_2d(X)
+    Xf = as_2d(X)
     sx = sigma_x if sigma_x is not None else median_bandwidth(Xf, max_median_points, seed)
     if not y_discrete:
-        Yf = _as_2d(Yarr)
+        Yf = as_2d(Yarr)
         sy = sigma_y if sigma_y is not None else median_bandwidth(Yf, max_median_points, seed)
     ylab = as_labels(Yarr) if y_discrete else None
     rng = np.random.default_rng(seed)
@@ -370,7 +361,7 @@ def planted_dependence(X, Z, strength: float, seed: int = 0) -> np.ndarray:
     coordinates): 0 plants nothing, and the distance between two class means is about
     strength * sqrt(2) * ||sd||, i.e. `strength` times the typical distance between two rows.
     """
-    X = _as_2d(X)
+    X = as_2d(X)
     lab = as_labels(Z)
     d = X.shape[1]
     rng = np.random.default_rng(seed)

@@ -22,13 +22,13 @@ from causal_lib.book import runner
 
 from causal_lib.core import run_folder
 from causal_lib.core.run_folder import RunFolderError
-from causal_lib.book.runner import BookError
+from causal_lib.book.common import BookError
+from causal_lib.book.lock import open_run_folder
 from causal_lib.config import ConfigError, load_config, parse_overrides, resolve_params_path
 from causal_lib.data.build import ensure_dataset
 from causal_lib.data.records import DataError
 from causal_lib.defenses import registry
 from causal_lib.core import distributed
-from causal_lib.training.lr_search import train_defense
 
 # the training stack (torch, transformers) is imported only to train: a refused command answers in about a second
 _STACK_ERRORS = (("causal_lib.models.checkpoints", "CheckpointError"), ("causal_lib.models.load", "ModelLoadError"),
@@ -48,7 +48,7 @@ def choices() -> list[str]:
 
 
 def train(params: str, defense: str, overrides: dict | None = None, resume: bool = False):
-    """Train `defense` into the run folder of `params` under the book runner's own guard (runner.open_run_folder:
+    """Train `defense` into the run folder of `params` under the book runner's own guard (book.lock.open_run_folder:
     the run lock, the params hash of run.json, no symbolic links): a folder made with other params is refused
     instead of having its data rebuilt in place. Under accelerate only the main process (RANK 0) takes the lock
     and records the params; the others check the folder (run_folder.start) and write where it does."""
@@ -56,6 +56,7 @@ def train(params: str, defense: str, overrides: dict | None = None, resume: bool
         raise ConfigError(f"--defense {defense!r}: choose from {', '.join(choices())}")
     params_file = resolve_params_path(params)
     cfg = load_config(params_file, overrides)
+    registry.check_params(cfg)
     runner.check_run_name(cfg.run.name)
     runner.check_inputs(cfg)
     distributed.init()  # under a launcher: join its process group (gloo on the CPU); nothing in one process
@@ -64,7 +65,7 @@ def train(params: str, defense: str, overrides: dict | None = None, resume: bool
     with contextlib.ExitStack() as stack:
 
         def prepare():  # rank 0 (or the one process): lock, params hash, dataset, tokenizer; the others wait for it
-            stack.enter_context(runner.open_run_folder(cfg, params_file))
+            stack.enter_context(open_run_folder(cfg, params_file))
             cfg_, paths_ = run_folder.start(params_file, overrides)
             ensure_dataset(cfg_, paths_)  # the dataset of chapter 02: built once per run folder, then reused
             if defense == "base" and cfg_.model.kind != "hf":
@@ -85,7 +86,7 @@ def train(params: str, defense: str, overrides: dict | None = None, resume: bool
             if not distributed.is_main_process() and not _base_trains(cfg):
                 return None  # the shipped base is installed by rank 0 alone: nothing to train
             return train_base(cfg, paths, resume=resume)
-        return train_defense(cfg, paths, defense, resume=resume)
+        return registry.get(defense).train(cfg, paths, resume=resume)  # over train.learning_rate_grid when set
 
 
 def _base_trains(cfg) -> bool:
@@ -155,6 +156,7 @@ def _launch(a, argv: list[str]) -> int:
         if a.run_name:
             overrides["run.name"] = a.run_name
         cfg = load_config(resolve_params_path(a.params), overrides)
+        registry.check_params(cfg)
         runner.check_run_name(cfg.run.name)
         if cfg.train.batch_size % a.num_processes:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide by the "

@@ -26,6 +26,7 @@ import transformers
 from causal_lib.core import run_folder
 from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import Config
+from causal_lib.data.names import check_params as check_data_names
 from causal_lib.data.build import GENERATOR_VERSION, data_hash, ensure_dataset, world_fingerprint
 from causal_lib.evaluation import literature
 from causal_lib.evaluation.run import evaluate_defense
@@ -71,11 +72,12 @@ def stage_steps(cfg: Config, paths: RunPaths) -> list[dict]:
 def derive(params_file: str, overrides: dict | None = None, out: Path | None = None, resume: bool = False) -> dict:
     """Train the base from `params_file` (base.source forced to pretrain), evaluate it on the test split and
     write the shipped folder (`out`, default causal_lib/base_model) with its manifest. Returns the manifest."""
-    from causal_lib.book.runner import open_run_folder  # the book's one guard: run lock, params hash, no links
+    from causal_lib.book.lock import open_run_folder  # the book's one guard: run lock, params hash, no links
     from causal_lib.config import load_config
 
     overrides = {**(overrides or {}), "base.source": "pretrain"}
     cfg = load_config(params_file, overrides)
+    check_data_names(cfg)  # the curriculum's tasks and the held-out families exist in the world
     shipped_base.check_out(Path(out) if out else (shipped_adapter.SHIPPED_ADAPTER_DIR if cfg.model.kind == "hf"
                                                   else shipped_base.SHIPPED_DIR))  # refused before the training
     with open_run_folder(cfg, Path(params_file)):
@@ -154,7 +156,7 @@ def derive_adapter(params_file: str, cfg: Config, paths: RunPaths, out: Path | N
 def main(argv=None) -> int:
     from causal_lib.config import ConfigError, parse_overrides
     from causal_lib.core.run_folder import RunFolderError
-    from causal_lib.book.runner import BookError
+    from causal_lib.book.common import BookError
     from causal_lib.models.load import ModelLoadError
 
     ap = argparse.ArgumentParser(prog="python -m causal_lib.training.derive_base", description=__doc__.split("\n\n")[0])

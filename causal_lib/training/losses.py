@@ -129,7 +129,7 @@ def _sq_dists(r: torch.Tensor) -> torch.Tensor:
 
 
 def _hsic(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """Biased HSIC_b = tr(K H L H) / n^2, the definition of verification.hsic (sum(Kc * L) = tr(Kc L) since
+    """Biased HSIC_b = tr(K H L H) / n^2, the definition of stats.hsic (sum(Kc * L) = tr(Kc L) since
     H L H and L have the same inner product with the centred Kc)."""
     n = K.shape[0]
     Kc = K - K.mean(dim=0, keepdim=True) - K.mean(dim=1, keepdim=True) + K.mean()
@@ -159,7 +159,7 @@ def hsic_loss(r: torch.Tensor, z_features: torch.Tensor, groups=None, sigma2: to
               min_group_size: int = MIN_GROUP_SIZE, unbiased: bool = False) -> torch.Tensor:
     """Differentiable biased HSIC between R and Z features within groups (the task of S), averaged over the
     groups with >= min_group_size members weighted by their sizes: sum_s (n_s / sum n_s) HSIC_b,s, the batch
-    form of the stratified statistic of verification.hsic.conditional_hsic_test. 0 when no group is that large.
+    form of the stratified statistic of stats.hsic.conditional_hsic_test. 0 when no group is that large.
 
     Kernels: Gaussian on r with the median-heuristic bandwidth (computed once on the whole batch and
     detached: the groups are small, and a per-group median of a few distances is noise); linear on

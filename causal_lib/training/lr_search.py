@@ -38,15 +38,6 @@ def selected_score(result) -> float:
     return float(scores[SELECT_BY])
 
 
-def train_defense(cfg: Config, paths, defense: str, resume: bool = False):
-    """Train a registered defense as chapter 05 and the training CLI do: through train_over_grid (the params'
-    learning-rate grid, or once as given)."""
-    from causal_lib.defenses import registry
-
-    fn, options = registry.get(defense).train_function()
-    return train_over_grid(fn, cfg, paths, defense, resume=resume, **options)
-
-
 def train_over_grid(train_fn, cfg: Config, paths, defense: str, resume: bool = False, **options):
     """train_fn(cfg, paths, resume=..., **options) once per rate of train.learning_rate_grid, each under its own
     name (checkpoints/<name>@lr<k>/; name = options' name or `defense`), or once as given without a grid ->

@@ -67,6 +67,20 @@ def base_checkpoint(paths: RunPaths) -> Path:
     return paths.checkpoints / "base" / "best_model"
 
 
+def load_base_model(cfg: Config, paths: RunPaths, trainable: bool = False):
+    """(model, tokenizer) of chapter 04's undefended base in this run (the defenses start from it); a real model
+    without a tuned base of the run is loaded as installed."""
+    from causal_lib.models.checkpoints import CheckpointError
+
+    d = base_checkpoint(paths)
+    if cfg.model.kind == "hf" and not d.exists():
+        return load_hf_model(cfg.model)
+    if not d.exists():
+        raise CheckpointError(f"no base model at {d}: run chapter 04_base_model first "
+                              f"(python -m causal_lib.book run --params ... --from 04)")
+    return load_checkpoint(d, cfg.model, is_trainable=trainable)
+
+
 REAL_BASE_ADAPTER_RUN = "base_lora"
 
 

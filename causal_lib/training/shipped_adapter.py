@@ -21,11 +21,11 @@ import json
 import shutil
 from pathlib import Path
 
-from causal_lib.core.run_folder import RunPaths, file_sha256, write_json
-from causal_lib.config import PROJECT_ROOT, Config
-from causal_lib.data.build import world_fingerprint
-from causal_lib.training.shipped_base import (MANIFEST, MANIFEST_FORMAT, ShippedBaseError, check_files, prepare_out,
-                                              read_manifest, shipped_dir, swap_in)
+from causal_lib.core.hashing import file_sha256
+from causal_lib.core.run_folder import RunPaths, write_json
+from causal_lib.config import Config
+from causal_lib.training.shipped_base import (MANIFEST, MANIFEST_FORMAT, ShippedBaseError, _display, check_files,
+                                              check_world, prepare_out, read_manifest, shipped_dir, swap_in)
 
 SHIPPED_ADAPTER_DIR = Path(__file__).resolve().parents[1] / "base_model_smollm2"
 RECIPE = "params/base_smollm2.yaml"
@@ -64,13 +64,6 @@ def model_identity(cfg: Config) -> dict:
             "gguf_sha256": _sha256_cached(str(gguf), st.st_size, st.st_mtime_ns)}
 
 
-def _display(p: Path) -> str:
-    try:
-        return str(Path(p).resolve().relative_to(PROJECT_ROOT))
-    except ValueError:
-        return str(p)
-
-
 def check_shipped_adapter(cfg: Config, folder: Path | None = None, tokenizer=None) -> dict:
     """The manifest of the shipped adapter after checking that it fits: the same world, the same model weights (the
     GGUF's sha256), unmodified adapter files and, when `tokenizer` is given, the same tokenizer.
@@ -83,12 +76,7 @@ def check_shipped_adapter(cfg: Config, folder: Path | None = None, tokenizer=Non
                                f"to tune it in chapter 04 (train.base_epochs > 0) or use it as it is (train.base_epochs: 0)")
     folder = Path(folder or adapter_dir(cfg))
     m = read_manifest(folder, rederive=REDERIVE)
-    fp = world_fingerprint()
-    if m.get("world_fingerprint") != fp:
-        raise ShippedBaseError(
-            f"the shipped base adapter at {_display(folder)} was trained on world {m.get('world_fingerprint')}, but "
-            f"this code generates world {fp} (the world changed): re-derive it with `{REDERIVE}` and commit the "
-            f"folder, or set base.source: pretrain")
+    check_world(m, folder, "the shipped base adapter", REDERIVE)
     try:
         ident = model_identity(cfg)
     except smollm2.Smollm2Missing as e:

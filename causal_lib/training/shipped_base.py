@@ -15,13 +15,13 @@ folder into the run (`install`); a mismatch is a one-line error saying how to re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
-from causal_lib.core.run_folder import copy_folder_atomic, file_sha256, replace_folder, write_json
+from causal_lib.core.hashing import file_sha256, json_hash
+from causal_lib.core.run_folder import copy_folder_atomic, replace_folder, write_json
 from causal_lib.config import PROJECT_ROOT, Config
 from causal_lib.data import realistic
 from causal_lib.data.build import REALISTIC_KEYS, world_fingerprint
@@ -64,7 +64,7 @@ def base_recipe(cfg: Config) -> dict:
 
 
 def recipe_hash(cfg: Config) -> str:
-    return hashlib.sha256(json.dumps(base_recipe(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    return json_hash(base_recipe(cfg))
 
 
 def shipped_dir(cfg: Config | None = None, default: Path = SHIPPED_DIR) -> Path:
@@ -108,6 +108,16 @@ def check_files(folder: Path, m: dict, rederive: str = REDERIVE) -> None:
                                    f"project) or re-derive the base with `{rederive}`")
 
 
+def check_world(m: dict, folder: Path, what: str = "the shipped base", rederive: str = REDERIVE) -> None:
+    """The manifest `m` names the world this code generates (data.build.world_fingerprint)."""
+    fp = world_fingerprint()
+    if m.get("world_fingerprint") != fp:
+        raise ShippedBaseError(
+            f"{what} at {_display(folder)} was trained on world {m.get('world_fingerprint')}, but this code "
+            f"generates world {fp} (the world changed): re-derive it with `{rederive}` and commit the folder, "
+            f"or set base.source: pretrain")
+
+
 _SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
@@ -116,12 +126,7 @@ def check_shipped_base(cfg: Config, folder: Path | None = None) -> dict:
     (fingerprint), the same tiny-model shape, an unmodified tokenizer. Raises ShippedBaseError naming the fix."""
     folder = Path(folder or shipped_dir(cfg))
     m = read_manifest(folder)
-    fp = world_fingerprint()
-    if m.get("world_fingerprint") != fp:
-        raise ShippedBaseError(
-            f"the shipped base at {_display(folder)} was trained on world {m.get('world_fingerprint')}, but this code "
-            f"generates world {fp} (the world changed): re-derive it with `{REDERIVE}` and commit the folder, "
-            f"or set base.source: pretrain")
+    check_world(m, folder)
     shape = {k: getattr(cfg.model.tiny, k) for k in _SHAPE_KEYS}
     shipped = {k: m.get("model", {}).get("tiny", {}).get(k) for k in _SHAPE_KEYS}
     if shape != shipped:

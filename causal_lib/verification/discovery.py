@@ -19,9 +19,9 @@ Pitfalls: a categorical O needs categorical=("O",) (see run_pc); stability must 
 replacement (see bootstrap_stability); rows of counterfactual pairs are not independent (the linear
 test then becomes conservative: 0.5% type-I for Z _||_ R | S, D with both rows of each pair).
 
-Graph encoding (causal-learn's): g[a, b] is the endpoint mark AT a of the edge between a and b:
-0 no edge, -1 tail, 1 arrowhead. So a -> b is g[a, b] = -1, g[b, a] = 1; a -- b is -1, -1;
-a <-> b is 1, 1.
+Modules: ci_test (the block CI test, registered with causal-learn on import), graph_match (LearnedGraph, the
+expected graph, graph_match; graph encoding there), discovery_plots (draw_graph). This module runs PC and its
+resampling stability, builds the blocks and is what chapter 07 calls (discover).
 """
 from __future__ import annotations
 
@@ -31,21 +31,16 @@ from itertools import combinations
 
 import numpy as np
 from causallearn.search.ConstraintBased.PC import pc
-from causallearn.utils.cit import CIT_Base, register_ci_test
-from scipy import stats as sps
 
 from causal_lib.config import Config
-from causal_lib.verification.dseparation import Sample
 from causal_lib.stats.encoding import as_labels, one_hot, pca_reduce
-from causal_lib.verification.insertion_control import standardise
 from causal_lib.stats.intervals import Rate, rate, single_blas_thread
-
-NODES = ("S", "D", "Z", "R", "O")
-
-
-TAIL, ARROW = -1, 1
-
-
+from causal_lib.stats.encoding import as_2d
+from causal_lib.verification.ci_test import _basis, block_ci_test  # noqa: F401 - registers "block_linear"
+from causal_lib.verification.discovery_plots import draw_graph  # noqa: F401 - re-exported for chapter 07
+from causal_lib.verification.dseparation import Sample
+from causal_lib.verification.graph_match import NODES, LearnedGraph, expected_graph, graph_match
+from causal_lib.verification.insertion_control import standardise
 
 
 def output_block(matches_reference, matches_injection) -> np.ndarray:
@@ -55,278 +50,6 @@ def output_block(matches_reference, matches_injection) -> np.ndarray:
     inj = np.asarray(matches_injection, dtype=bool)
     cat = np.where(ref, 0, np.where(inj, 1, 2))
     return one_hot(cat, 3)
-
-
-
-
-def _basis(X: np.ndarray, tol: float = 1e-8) -> np.ndarray:
-    """Orthonormal basis (n, r) of the centred column space of X (rank-revealing SVD): one-hot blocks
-    lose a dimension to the intercept and constant blocks (Z all clean) get r = 0."""
-    Xc = X - X.mean(axis=0)
-    if Xc.size == 0:
-        return np.zeros((len(X), 0))
-    U, s, _ = np.linalg.svd(Xc, full_matrices=False)
-    if s.size == 0 or s[0] <= 0:
-        return np.zeros((len(X), 0))
-    return U[:, s > tol * s[0]]
-
-
-def _residual_basis(Q: np.ndarray, C: np.ndarray, tol: float = 1e-6) -> np.ndarray:
-    """Orthonormal basis of the part of span(Q) orthogonal to span(C) (Q, C orthonormal)."""
-    R = Q - C @ (C.T @ Q) if C.shape[1] else Q
-    if R.shape[1] == 0:
-        return R
-    U, s, _ = np.linalg.svd(R, full_matrices=False)
-    # Q is orthonormal, so s <= 1: an absolute threshold detects "X lies in span(C)".
-    return U[:, s > tol]
-
-
-@single_blas_thread
-def block_ci_test(X, Y, C=None) -> tuple[float, float, int]:
-    """Linear block test of X _||_ Y | C by partial canonical correlation (Bartlett's chi-square).
-
-    X, Y, C: (n, p), (n, q), (n, k) blocks (C may be None or a list of blocks, concatenated).
-    Residualise X and Y on [1, C] (OLS, i.e. projection on the orthogonal complement of span(1, C)),
-    take the canonical correlations rho_1..rho_m of the residuals, then
-        stat = -(n - 1 - k - (p + q + 1) / 2) * sum_i ln(1 - rho_i^2)   ~ chi2(p q) under H0
-    (Bartlett 1938; p, q, k are the ranks after removing collinear columns). Exact for
-    multivariate-normal residuals, asymptotically valid (a Wilks' lambda test) otherwise.
-    Only LINEAR dependence is detected. Returns (p_value, stat, df); p = 1 when a residual is empty.
-    """
-    Qx, Qy = _basis(_as2d(X)), _basis(_as2d(Y))
-    Cs = [] if C is None else ([C] if isinstance(C, np.ndarray) else list(C))
-    Qc = _basis(np.concatenate([_as2d(c) for c in Cs], axis=1)) if Cs else np.zeros((len(Qx), 0))
-    return _bartlett(Qx, Qy, Qc)
-
-
-def _as2d(X) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    return X[:, None] if X.ndim == 1 else X.reshape(len(X), -1)
-
-
-def _bartlett(Qx: np.ndarray, Qy: np.ndarray, Qc: np.ndarray) -> tuple[float, float, int]:
-    n, k = len(Qx), Qc.shape[1]
-    Ux, Uy = _residual_basis(Qx, Qc), _residual_basis(Qy, Qc)
-    p, q = Ux.shape[1], Uy.shape[1]
-    if p == 0 or q == 0:
-        return 1.0, 0.0, 0
-    factor = n - 1 - k - (p + q + 1) / 2.0
-    if factor <= 0:
-        raise ValueError(f"too few samples for the block test: n={n}, k={k}, p={p}, q={q}; "
-                         "reduce the blocks (max_dim) or add items")
-    rho = np.clip(np.linalg.svd(Ux.T @ Uy, compute_uv=False), 0.0, 1.0 - 1e-12)
-    stat = float(-factor * np.sum(np.log1p(-rho**2)))
-    df = p * q
-    return float(sps.chi2.sf(stat, df)), stat, df
-
-
-def _logit_lr(labels: np.ndarray, Qx: np.ndarray, Qc: np.ndarray) -> tuple[float, float, int]:
-    """Likelihood-ratio test that a categorical Y (labels) does not depend on X given C:
-    multinomial logistic regressions of Y on [1, C] and on [1, C, X];
-    stat = 2 (loglik_full - loglik_reduced) ~ chi2((K - 1) * r) under H0, K = number of observed
-    classes, r = rank of X's part orthogonal to C. Near-unpenalised (sklearn C = 1e4) for stability
-    under (quasi-)separation."""
-    from sklearn.linear_model import LogisticRegression
-
-    n = len(labels)
-    K = len(np.unique(labels))
-    Ux = _residual_basis(Qx, Qc)
-    r = Ux.shape[1]
-    if K < 2 or r == 0:
-        return 1.0, 0.0, 0
-
-    def loglik(F):
-        if F.shape[1] == 0:  # intercept only: the empirical class frequencies
-            cnt = np.bincount(labels)
-            cnt = cnt[cnt > 0]
-            return float(np.sum(cnt * np.log(cnt / n)))
-        m = LogisticRegression(C=1e4, max_iter=1000).fit(F, labels)
-        P = m.predict_proba(F)[np.arange(n), np.searchsorted(m.classes_, labels)]
-        return float(np.sum(np.log(np.clip(P, 1e-300, None))))
-
-    # Unit-variance columns (orthonormal bases times sqrt(n)) keep lbfgs well conditioned.
-    sc = math.sqrt(n)
-    stat = max(0.0, 2.0 * (loglik(np.hstack([Qc, Ux]) * sc) - loglik(Qc * sc)))
-    df = (K - 1) * r
-    return float(sps.chi2.sf(stat, df)), stat, df
-
-
-class BlockLinearCIT(CIT_Base):
-    """causal-learn CI test over blocks: column j of the data matrix is only a proxy for node j; the
-    test answers on blocks[j] (registered as indep_test="block_linear"; pass blocks=[...] to pc).
-
-    categorical: indices of blocks that are categorical (one-hot rows, e.g. O). When a tested pair
-    contains one, that block is the response of a multinomial-logit likelihood-ratio test (_logit_lr)
-    instead of the linear test (the first listed one if both are categorical)."""
-
-    def __init__(self, data, blocks=None, categorical=(), **kwargs):
-        super().__init__(data, **kwargs)
-        if blocks is None or len(blocks) != data.shape[1]:
-            raise ValueError("block_linear needs blocks=[one array per column of data]")
-        self.check_cache_method_consistent(
-            "block_linear", str([np.shape(b) for b in blocks]) + str(list(categorical)))
-        # Orthonormal bases once per block; each query then only projects and takes one SVD.
-        self.bases = [_basis(_as2d(b)) for b in blocks]
-        self.categorical = [int(c) for c in categorical]
-        self.labels = {c: as_labels(blocks[c]) for c in self.categorical}
-
-    def __call__(self, X, Y, condition_set=None):
-        Xs, Ys, cond, key = self.get_formatted_XYZ_and_cachekey(X, Y, condition_set)
-        if key in self.pvalue_cache:
-            return self.pvalue_cache[key]
-        n = self.sample_size
-        x, y = Xs[0], Ys[0]
-        Qc = (_basis(np.concatenate([self.bases[c] for c in cond], axis=1)) if cond
-              else np.zeros((n, 0)))
-        resp = [c for c in self.categorical if c in (x, y)]
-        if resp:
-            other = y if resp[0] == x else x
-            p = _logit_lr(self.labels[resp[0]], self.bases[other], Qc)[0]
-        else:
-            p = _bartlett(self.bases[x], self.bases[y], Qc)[0]
-        self.pvalue_cache[key] = p
-        return p
-
-
-register_ci_test("block_linear", BlockLinearCIT)
-
-
-@dataclass
-class LearnedGraph:
-    """A (CP)DAG over named nodes; g uses causal-learn's endpoint encoding (module docstring)."""
-
-    nodes: list[str]
-    g: np.ndarray
-    alpha: float | None = None
-
-    def index(self, a: str) -> int:
-        return self.nodes.index(a)
-
-    def edge(self, a: str, b: str) -> str:
-        """'->' (a -> b), '<-', '--', '<->' or '' (no edge)."""
-        i, j = self.index(a), self.index(b)
-        ma, mb = self.g[i, j], self.g[j, i]  # marks at a and at b
-        if ma == 0 and mb == 0:
-            return ""
-        return {(TAIL, ARROW): "->", (ARROW, TAIL): "<-", (TAIL, TAIL): "--",
-                (ARROW, ARROW): "<->"}.get((int(ma), int(mb)), "?")
-
-    def adjacent(self, a: str, b: str) -> bool:
-        return self.edge(a, b) != ""
-
-    def edges(self) -> list[str]:
-        """Edges as strings in node order, e.g. ['S->R', 'D->R', 'R->O']; '<-' is written reversed."""
-        out = []
-        for a, b in combinations(self.nodes, 2):
-            e = self.edge(a, b)
-            if e == "<-":
-                out.append(f"{b}->{a}")
-            elif e:
-                out.append(f"{a}{e}{b}")
-        return out
-
-    def arrowheads(self) -> set[tuple[str, str]]:
-        """{(a, b): the edge between a and b has an arrowhead at b}."""
-        return {(a, b) for a in self.nodes for b in self.nodes
-                if a != b and self.g[self.index(b), self.index(a)] == ARROW}
-
-    @classmethod
-    def from_edges(cls, nodes, edges) -> "LearnedGraph":
-        """From strings 'A->B', 'A--B', 'A<->B'."""
-        nodes = list(nodes)
-        g = np.zeros((len(nodes), len(nodes)), dtype=int)
-        for e in edges:
-            for sym, (ma, mb) in (("<->", (ARROW, ARROW)), ("->", (TAIL, ARROW)), ("--", (TAIL, TAIL))):
-                if sym in e:
-                    a, b = e.split(sym)
-                    i, j = nodes.index(a.strip()), nodes.index(b.strip())
-                    g[i, j], g[j, i] = ma, mb
-                    break
-            else:
-                raise ValueError(f"bad edge {e!r}")
-        return cls(nodes, g)
-
-    def to_dict(self) -> dict:
-        return {"nodes": list(self.nodes), "edges": self.edges(), "alpha": self.alpha}
-
-
-def expected_graph(defended: bool, nodes=NODES, s_d_dependent: bool = False) -> LearnedGraph:
-    """Expected CPDAG over S, D, Z, R, O.
-
-    With S, D, Z mutually independent (s_d_dependent False, e.g. synthetic_blocks):
-      defended (Z has no causal effect): S -> R <- D, R -> O, Z isolated (no edge at all);
-      undefended: the same plus Z -> R.
-      Both CPDAGs equal their DAGs: S -> R <- D (and Z -> R) are unshielded colliders, so compelled, and R -> O
-      is compelled by Meek's rule 1 (S -> R - O with S, O non-adjacent).
-    The world makes S and D dependent (s_d_dependent True, the book): a task is drawn among those that fit the
-    document's kind, and D's features differ by kind, so the DAG has D -> S. Then S -> R <- D is shielded:
-      undefended: Z -> R <- S and Z -> R <- D are still unshielded colliders, so S -> R, D -> R, Z -> R and
-        (Meek 1) R -> O stay compelled; S - D is undirected (its direction is not identifiable);
-      defended: no unshielded collider is left: S - D, S - R, D - R and R - O are all undirected, and the
-        hard check on R -> O becomes "R and O adjacent, with no arrowhead at R" (graph_match).
-    """
-    dag = ["S->R", "D->R", "R->O"] + ([] if defended else ["Z->R"]) + (["D->S"] if s_d_dependent else [])
-    return cpdag_of(nodes, dag)
-
-
-def cpdag_of(nodes, dag_edges) -> LearnedGraph:
-    """The CPDAG (Markov equivalence class) of a DAG given as 'A->B' strings, by causal-learn's dag2cpdag."""
-    from causallearn.graph.GeneralGraph import GeneralGraph
-    from causallearn.graph.GraphNode import GraphNode
-    from causallearn.utils.DAG2CPDAG import dag2cpdag
-
-    gnodes = {n: GraphNode(n) for n in nodes}
-    G = GeneralGraph(list(gnodes.values()))
-    for e in dag_edges:
-        a, b = (x.strip() for x in e.split("->"))
-        G.add_directed_edge(gnodes[a], gnodes[b])
-    return LearnedGraph(list(nodes), np.asarray(dag2cpdag(G).graph, dtype=int).copy())
-
-
-def _shd_state(G: LearnedGraph, a: str, b: str) -> tuple[int, int]:
-    i, j = G.index(a), G.index(b)
-    return int(G.g[i, j]), int(G.g[j, i])
-
-
-def _pr(tp: int, n_pred: int, n_true: int) -> tuple[float, float]:
-    # Vacuous cases are 1.0: no claimed edges means no false claims; no true edges, none missed.
-    return (tp / n_pred if n_pred else 1.0), (tp / n_true if n_true else 1.0)
-
-
-def graph_match(learned: LearnedGraph, expected: LearnedGraph) -> dict:
-    """Compare a learned CPDAG with the expected one (same node names).
-
-    shd: number of node pairs whose edge differs (missing, extra, or other marks: reversed,
-        undirected vs directed); at most one per pair, so shd <= C(p, 2) and
-        score = 1 - shd / C(p, 2) is in [0, 1] (1 = identical).
-    adjacency precision/recall: over unordered adjacent pairs; arrowhead precision/recall: over
-        (a, b) with an arrowhead at b. An empty denominator gives 1.0.
-    hard checks: no S-O, D-O, Z-O edge; R -> O as the expected graph has it (oriented where it is compelled;
-        where the expected graph leaves R - O undirected, adjacent with no arrowhead at R); and, when the
-        expected graph has no Z-R edge (defended), no Z-R edge. hard_pass = all of them.
-    """
-    nodes = list(expected.nodes)
-    pairs = list(combinations(nodes, 2))
-    shd = sum(_shd_state(learned, a, b) != _shd_state(expected, a, b) for a, b in pairs)
-    adj_l = {(a, b) for a, b in pairs if learned.adjacent(a, b)}
-    adj_e = {(a, b) for a, b in pairs if expected.adjacent(a, b)}
-    ah_l, ah_e = learned.arrowheads(), expected.arrowheads()
-    ap, ar = _pr(len(adj_l & adj_e), len(adj_l), len(adj_e))
-    hp, hr = _pr(len(ah_l & ah_e), len(ah_l), len(ah_e))
-    hard = {}
-    if {"S", "D", "Z", "R", "O"} <= set(nodes):
-        hard = {"no_S_O": not learned.adjacent("S", "O"), "no_D_O": not learned.adjacent("D", "O"),
-                "no_Z_O": not learned.adjacent("Z", "O"),
-                "R_to_O": learned.edge("R", "O") in (("->", "--") if expected.edge("R", "O") == "--" else ("->",))}
-        if not expected.adjacent("Z", "R"):
-            hard["no_Z_R"] = not learned.adjacent("Z", "R")
-    return {
-        "shd": int(shd), "score": 1.0 - shd / len(pairs), "exact": shd == 0,
-        "adjacency_precision": ap, "adjacency_recall": ar,
-        "arrowhead_precision": hp, "arrowhead_recall": hr,
-        "hard_checks": hard, "hard_pass": all(hard.values()),
-        "learned_edges": learned.edges(), "expected_edges": expected.edges(),
-    }
 
 
 @single_blas_thread
@@ -349,7 +72,7 @@ def run_pc(blocks: dict[str, np.ndarray], alpha: float = 0.05, nodes=None, max_d
     if nodes is None:
         nodes = [v for v in NODES if v in blocks] + [v for v in blocks if v not in NODES]
     nodes = list(nodes)
-    arrs = [_as2d(blocks[v]) for v in nodes]
+    arrs = [as_2d(blocks[v]) for v in nodes]
     n = len(arrs[0])
     if any(len(a) != n for a in arrs):
         raise ValueError("all blocks need the same number of rows")
@@ -475,56 +198,6 @@ def synthetic_blocks(n: int = 1000, defended: bool = True, seed: int = 0, n_task
     else:
         O = R @ W + 0.5 * rng.standard_normal((n, d_o))
     return {"S": S, "D": D, "Z": Z, "R": R, "O": O}
-
-
-POSITIONS = {"S": (0.0, 2.0), "D": (1.0, 2.0), "Z": (2.0, 2.0), "R": (1.0, 1.0), "O": (1.0, 0.0)}
-
-
-def draw_graph(learned: LearnedGraph, ax=None, expected: LearnedGraph | None = None,
-               title: str | None = None):
-    """Draw the graph with fixed positions (S, D, Z top; R middle; O bottom). With `expected`:
-    green = edge as expected, orange = right adjacency with other marks, red = extra edge,
-    dashed grey = expected edge missing. Undirected edges have no arrowheads. Returns ax."""
-    import matplotlib.pyplot as plt
-    import networkx as nx
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(3.6, 3.6))
-    nodes = list(learned.nodes)
-    pos = {v: POSITIONS.get(v, (3.0, 1.0 - 0.5 * i)) for i, v in enumerate(nodes)}
-    G = nx.DiGraph()
-    G.add_nodes_from(nodes)
-    nx.draw_networkx_nodes(G, pos, ax=ax, node_color="#dde7f3", edgecolors="#345", node_size=900)
-    nx.draw_networkx_labels(G, pos, ax=ax, font_weight="bold")
-
-    def colour(a, b):
-        if expected is None:
-            return "black"
-        if expected.edge(a, b) == learned.edge(a, b):
-            return "green"
-        return "orange" if expected.adjacent(a, b) else "red"
-
-    for a, b in combinations(nodes, 2):
-        e = learned.edge(a, b)
-        if not e:
-            continue
-        src, dst = (b, a) if e == "<-" else (a, b)
-        style = {"->": "-|>", "<-": "-|>", "--": "-", "<->": "<|-|>"}.get(e, "-")
-        nx.draw_networkx_edges(G, pos, edgelist=[(src, dst)], ax=ax, arrows=True, arrowstyle=style,
-                               arrowsize=18, width=2, edge_color=colour(a, b), node_size=900)
-    if expected is not None:
-        missing = [(a, b) for a, b in combinations(nodes, 2)
-                   if expected.adjacent(a, b) and not learned.adjacent(a, b)]
-        for a, b in missing:
-            src, dst = (b, a) if expected.edge(a, b) == "<-" else (a, b)
-            nx.draw_networkx_edges(G, pos, edgelist=[(src, dst)], ax=ax, arrows=True, arrowstyle="-",
-                                   style="dashed", edge_color="grey", width=1.5, node_size=900)
-    ax.set_xlim(-0.5, 2.5 if all(v in POSITIONS for v in nodes) else 3.5)
-    ax.set_ylim(-0.5, 2.5)
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title)
-    return ax
 
 
 def discovery_blocks(sample: Sample, outputs_ok: np.ndarray, outputs_hijacked: np.ndarray,

@@ -6,7 +6,7 @@ clean and injected twins of the same documents, plus each pair's benign twin, ve
   coordinate and reduced to stats.repr_dim principal components of the model's rows (`reduced`: one rule for
   every model, one frame for a model's injected and benign test; HSIC power falls sharply with d, DESIGN.md s.8);
 - d-separation: R independent of Z given S, Z = attack family (clean = its own label "none"), S = the task of
-  the system instruction; stratified within-pair permutation HSIC (verification.hsic.conditional_hsic_test),
+  the system instruction; stratified within-pair permutation HSIC (stats.hsic.conditional_hsic_test),
   effect size (CKA) and n beside p, and the p-value at growing n (`p_value_curve`);
 - the same test with the benign insertion as Z: a model that reads its input rejects both, which is why the
   criterion is the comparison with the benign insertion (insertion_control), not this p-value;
@@ -117,7 +117,7 @@ def shuffle_within_pairs(Z: np.ndarray, G: np.ndarray, seed: int) -> np.ndarray:
 
 def dseparation(sample: Sample, cfg: Config, planted_strength: float | None = None, insertion: str = "injected",
                 null_control: bool = False, rows: np.ndarray | None = None) -> dict:
-    """The plan's test R _||_ Z | S (stratified within-pair permutation HSIC, verification.hsic) with its n.
+    """The plan's test R _||_ Z | S (stratified within-pair permutation HSIC, stats.hsic) with its n.
     insertion: "injected" (the plan's Z) or "benign" (the control). null_control: the same test on the model's
     real R with the clean/inserted labels swapped at random within pairs (must not reject); planted_strength:
     a Z-dependent shift planted on that null (must reject: power on the real R's geometry, not on an R that

@@ -228,10 +228,10 @@ def plot_controls(results: dict, alpha: float):
 
 
 def plot_graphs(results: dict):
-    """Each model's learned graph against the expected one (discovery.draw_graph), side by side."""
+    """Each model's learned graph against the expected one (discovery_plots.draw_graph), side by side."""
     import matplotlib.pyplot as plt
 
-    from causal_lib.verification.discovery import draw_graph
+    from causal_lib.verification.discovery_plots import draw_graph
 
     fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 4), squeeze=False)
     for ax, r in zip(axes[0], results.values()):
