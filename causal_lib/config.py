@@ -146,6 +146,10 @@ class RunConfig:
     # 90 for the real model on 2 CPU cores (issue 21)
     time_budget_min: float = field(default=30.0, metadata=_range(0.1, 7 * 24 * 60))
     torch_threads: int = field(default=2, metadata=_range(1, 1024))
+    # Chapter 05 trains each defense on this many local processes with DDP (causal_lib.core.distributed.launch:
+    # gloo on the CPU, NCCL on GPUs), train.batch_size staying the global batch. Not in the params hash: the
+    # objective on N processes is the one-process objective (tests/test_distributed.py, equal to the 5th decimal).
+    num_processes: int = field(default=1, metadata=_range(1, 1024))
 
 
 @dataclass
@@ -337,7 +341,7 @@ class Config:
         """Hash of everything that changes results (the run name does not)."""
         d = self.to_dict()
         d["run"] = {k: v for k, v in d["run"].items() if k not in ("name", "output_root", "chapter_timeout_s",
-                                                                    "time_budget_min")}
+                                                                    "time_budget_min", "num_processes")}
         return json_hash(d)
 
     @property
@@ -468,6 +472,9 @@ def _check_consistency(cfg: Config) -> None:
             raise ConfigError(f"train.learning_rate_grid[{i}]: {lr} must be > 0, e.g. [2.0e-4, 5.0e-4, 1.0e-3]")
     if len(set(grid)) != len(grid):
         raise ConfigError(f"train.learning_rate_grid: {grid} repeats a rate; give each rate once")
+    if cfg.train.batch_size % cfg.run.num_processes:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide by "
+                          f"run.num_processes={cfg.run.num_processes}; set it to a multiple of {cfg.run.num_processes}")
     seeds = cfg.run.seeds
     if cfg.run.seed in seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"run.seeds: {seeds} must be distinct extra seeds, without run.seed ({cfg.run.seed}), "

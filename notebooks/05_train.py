@@ -8,6 +8,8 @@
 # 2-family recipes), `causal_sft` is adversarial SFT on those pairs, the control. Curves of every loss, the
 # validation score per epoch, memory and speed; checkpoints per epoch under `checkpoints/<defense>/epoch_N`,
 # `best_model` chosen by one rule for every defense: the lowest validation loss on O* (`training.selection`).
+# With `run.num_processes` N > 1 the defense trains on N local processes with DDP (`book.train`, README "More
+# than one machine"): the same objective on the same global batch.
 # Writes this defense's section of `WEEK2_TRAINING_REPORT.md`.
 
 # %% tags=["parameters"]
@@ -22,14 +24,15 @@ import pandas as pd
 
 from causal_lib.core import run_folder
 from causal_lib.core import criteria
+from causal_lib.book import train
 from causal_lib.book import reports
 from causal_lib.book import report_text
 from causal_lib.book.chapters import chapter_label
 from causal_lib.defenses import registry
 from causal_lib.training.trainer import nan_free, read_train_log, steps_per_second
 
-cfg, paths = run_folder.start(params_file, overrides)
-result = registry.get(defense).train(cfg, paths, resume=resume)  # over train.learning_rate_grid when set
+# over train.learning_rate_grid when set; on run.num_processes local processes when more than one
+cfg, paths, result = train.train_defense(params_file, overrides, defense, resume=resume)
 log = read_train_log(paths, defense)
 df = pd.DataFrame([r for r in log if any(k.startswith("loss") for k in r)])
 print(f"{registry.label(defense)}: {result.steps} steps in {result.train_seconds:.0f} s; best epoch {result.best_epoch}")

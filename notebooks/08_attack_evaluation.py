@@ -56,8 +56,10 @@ pd.DataFrame(filter_rates["rows"])
 # random search and template completion broke it.
 
 # %%
+from causal_lib.data.build import data_seed
 from causal_lib.evaluation import adaptive
-adaptive_result = adaptive.run_adaptive(cfg, paths, defenses, seed=cfg.run.seed)
+# the attacked items are test content: chosen with the data's seed, the same for every training seed
+adaptive_result = adaptive.run_adaptive(cfg, paths, defenses, seed=data_seed(cfg))
 gcg = adaptive_result["gcg"]
 adaptive_df = pd.DataFrame(adaptive.adaptive_rows(adaptive_result))
 adaptive_df
@@ -184,9 +186,14 @@ if cfg.run.seeds:
     spread = seed_spread({cfg.run.seed: comparison_payload, **seed_replicas(paths, cfg.run.seeds)})
     run_folder.write_metrics(paths, "seeds", spread)
     display(pd.DataFrame(seed_spread_rows(spread)))
-    # differences are claimed from the across-seed test only (computed with the comparison above)
-    run_folder.write_metrics(paths, "seed_paired", {"pairs": over_seeds})
-    display(pd.DataFrame(seed_paired_rows(over_seeds)))
+    # differences are claimed from the across-seed test only (computed with the comparison above); the realistic
+    # benchmarks' too: every pair of models on the protocol (per attack, union) and SEP realistic, over seeds and items
+    realistic_over_seeds = literature.realistic_seed_paired(
+        {cfg.run.seed: realistic_results, **literature.replica_results(paths, cfg.run.seeds, defenses)},
+        {d: registry.label(d) for d in defenses}, alpha=cfg.stats.alpha) if realistic_results else []
+    over_seeds_rows = seed_paired_rows([{**r, "measure": "world ASR"} for r in over_seeds] + realistic_over_seeds)
+    run_folder.write_metrics(paths, "seed_paired", {"pairs": over_seeds, "realistic": realistic_over_seeds})
+    display(pd.DataFrame(over_seeds_rows))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for i, d in enumerate(spread["defenses"]):
         vals = list(spread["defenses"][d]["ASR (all attacks)"]["values"].values())
@@ -205,7 +212,7 @@ reports.write_report(paths, "WEEK4_COMPARISON_TABLE.md", report_text.comparison_
     rows, cfg.run.seed, seed_spread_rows(spread) if spread else None, spread["seeds"] if spread else None,
     paired_result, training_rows=train_rows, training_differ=training_differ,
     realistic_rows=realistic_table if realistic_results else None, realistic_paired=realistic_paired_rows,
-    contamination=contamination, seed_paired_rows=seed_paired_rows(over_seeds) if over_seeds else None,
+    contamination=contamination, seed_paired_rows=over_seeds_rows if over_seeds else None,
     tables=tables, lead=lead))
 asr_by = {key: long[(long["metric"] == "asr") & (long["group_type"] == key)][["defense", "group", "k", "n", "rate", "lo", "hi"]]
           .to_dict("records") for key, _ in report_text.ASR_GROUPS}

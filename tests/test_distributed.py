@@ -215,3 +215,43 @@ def test_the_causal_objective_on_two_processes_is_the_one_process_objective(prep
         for k in ("loss", "loss_task", "loss_causal", "loss_spurious", "grad_norm"):
             assert y[k] == pytest.approx(x[k], rel=LOSS_RTOL, abs=1e-6), (k, x, y)
     assert any(x["loss_spurious"] > 0 for x in a)  # the HSIC term was active on some step (groups across ranks)
+
+
+def test_chapter_05_trains_secalign_on_two_processes_inside_the_books_lock(prepared):
+    """Chapter 05 with run.num_processes: 2 (book.train.train_defense) launches the training command on 2 processes
+    from the chapter's own process while the book run holds the run lock: the ranks join that lock (they are the
+    book's), rank 0 alone writes, the chapter gets rank 0's result back, and SecAlign's DPO on 2 processes logs the
+    one-process curve (TRL's DPOTrainer under DDP: its reference pass and loss on each rank's half)."""
+    from causal_lib.book import train as book_train
+    from causal_lib.book.lock import RunLock, open_run_folder
+    from causal_lib.config import load_config
+
+    tmp, params, one = prepared
+    r1 = _train(params, "secalign")
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    two = _copy_prepared(one, tmp / "chapter05")
+    overrides = {"run.output_root": str(two.parent), "run.num_processes": 2}
+    cfg = load_config(params, overrides)
+    with open_run_folder(cfg, params):  # what the book runner holds while chapter 05 runs
+        cfg2, paths, result = book_train.train_defense(params, overrides, "secalign")
+        lock = json.loads((two / RunLock.NAME).read_text())
+        assert lock["pid"] == os.getpid()  # still the book's lock: the ranks joined it and left it in place
+    assert not (two / RunLock.NAME).exists()
+    assert paths.root == two and result.steps == 8 and result.best_epoch in (1, 2) and set(result.epochs) == {1, 2}
+    assert (two / "checkpoints" / "secalign" / "best_model" / "checkpoint.json").exists()
+    a, b = _log(one, "secalign"), _log(two, "secalign")
+    assert [x["step"] for x in a] == [x["step"] for x in b] and len(a) == 8
+    for x, y in zip(a, b):
+        print(f"step {x['step']}: loss {x['loss']:.5f} (1 process) {y['loss']:.5f} (2 processes)")
+        assert y["loss"] == pytest.approx(x["loss"], rel=LOSS_RTOL, abs=1e-6), (x, y)
+    # a held lock that is not the book's own still refuses the ranks, in one line
+    other = _copy_prepared(one, tmp / "locked")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (other / RunLock.NAME).write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
+                                                      "created": time.time(), "started": "now", "token": "theirs"}))
+        with pytest.raises(Exception, match="in use by another book run"):
+            book_train.train_defense(params, {"run.output_root": str(other.parent), "run.num_processes": 2}, "secalign")
+    finally:
+        holder.kill()
+        holder.wait()

@@ -7,6 +7,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json  # noqa: E402
+from pathlib import Path  # noqa: E402
 import random  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
@@ -214,6 +215,40 @@ def test_n_attacked_is_a_fixed_subsample(make_record, tok, model):
     assert sum(r.kind == "injected" for r in res) == 3 and sum(r.kind == "clean" for r in res) == 8
     again = ev_run.select_attacked(recs, 3)
     assert [r.id for r in res] == [r.id for r in again]
+    # the sample is test content: items_seed (the data's seed) chooses it, whatever the training seed
+    ids = [[r.id for r in evaluate_records(model, tok, recs, EvalConfig(batch_size=8, max_new_tokens=4, n_attacked=3),
+                                           checks=stand_in_checks(), seed=s, items_seed=0)] for s in (1, 2)]
+    assert ids[0] == ids[1] == [r.id for r in res]
+
+
+def test_the_test_content_follows_the_data_seed_not_the_training_seed(monkeypatch, make_record):
+    """A seed replica (run.seed 1, data.seed 0) is evaluated on seed 0's world sample and realistic protocol prompts
+    (ignore sentence, near-miss delimiter): evaluate_defense and evaluate_realistic draw them with the data's seed."""
+    from causal_lib.config import load_config
+    from causal_lib.core.run_folder import RunPaths
+    from causal_lib.evaluation import literature
+
+    class Drawn(Exception):
+        pass
+
+    def stop(**seeds):
+        raise Drawn(seeds)
+
+    replica = load_config("params/smoke.yaml", {"run.seed": 1, "data.seed": 0})
+    paths = RunPaths(Path("/nonexistent"))
+    for mod in (ev_run, literature):
+        monkeypatch.setattr(mod, "load_model", lambda *a, **k: (None, None))
+        monkeypatch.setattr(mod, "block_for", lambda *a, **k: None)
+    monkeypatch.setattr(ev_run, "records_for", lambda d, recs, tok: recs)
+    monkeypatch.setattr(ev_run, "evaluate_records", lambda *a, seed=0, items_seed=None, **k: stop(seed=seed, items=items_seed))
+    with pytest.raises(Drawn) as world:
+        ev_run.evaluate_defense(replica, paths, "none", records=_records(make_record, 2))
+    assert world.value.args[0] == {"seed": 1, "items": 0}  # generation may follow the run's seed, the sample not
+    monkeypatch.setattr(literature, "_cache_key", lambda *a: "key")
+    monkeypatch.setattr(literature.realistic, "protocol_records", lambda n, attacks=(), seed=0: stop(protocol=seed))
+    with pytest.raises(Drawn) as protocol:
+        literature.evaluate_realistic(replica, paths, "none", use_cache=False)
+    assert protocol.value.args[0] == {"protocol": 0}
 
 
 # ---------------------------------------------------------------------------------------------- summary

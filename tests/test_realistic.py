@@ -186,3 +186,27 @@ def test_chapter_08s_realistic_path_runs_on_the_shipped_tiny_base_and_reuses_its
     text = report_text.realistic_text(literature.realistic_rows({"none": res}), literature.realistic_paired({"none": res}),
                                       literature.contamination_check(paths))
     assert "Beyond the world" in text and "AlpacaFarm inputs 0/208" in text
+
+
+def test_realistic_seed_paired_compares_every_pair_over_seeds_with_the_joint_twin_control():
+    """The realistic benchmarks' across-seed test (chapter 08 with run.seeds): per attack, the union and SEP, every
+    pair of models, the items of every seed, SEP's items discounted by either model's twin in any seed."""
+    def result(hits_naive, hits_ignore, sep_hits, twin):
+        proto = [{"pair_id": f"p{i}", "family": "naive", "success": i in hits_naive} for i in range(30)] + \
+                [{"pair_id": f"p{i}", "family": "ignore", "success": i in hits_ignore} for i in range(30)]
+        sep = [{"pair_id": f"s{i}", "kind": "injected", "success": i in sep_hits, "twin_passed": i in twin}
+               for i in range(10)]
+        return {"items": {"protocol": proto, "sep": sep}}
+
+    strong = set(range(20))  # the undefended model falls to 20 of 30 items in each seed
+    per_seed = {s: {"none": result(strong, strong, {0, 1, 2}, {0} if s == 0 else set()),
+                    "causal": result({s}, set(), {1}, {3} if s == 1 else set())} for s in (0, 1)}
+    rows = literature.realistic_seed_paired(per_seed, {"causal": "causal (ours)"})
+    assert [r["measure"] for r in rows] == ["protocol naive", "protocol ignore", "protocol union", "SEP realistic"]
+    union = rows[2]
+    assert union["seeds"] == [0, 1] and union["n_items"] == 30 and union["label_b"] == "causal (ours)"
+    assert union["difference"] == pytest.approx(20 / 30 - 1 / 30) and union["significant"]
+    assert [p["a_only"] for p in union["per_seed"]] == [19, 19]
+    sep = rows[3]
+    assert sep["n_items"] == 8  # s0 (none's twin in seed 0) and s3 (causal's twin in seed 1) dropped for both
+    assert all("p_holm" in r and r["p_holm"] >= r["p_value"] for r in rows)

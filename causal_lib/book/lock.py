@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,14 +18,23 @@ from causal_lib.core.run_folder import RunPaths, other_params, read_state, refus
 from causal_lib.data.build import resolve_attack_file
 
 
+# The tokens of the run locks held by this process or by the process that started it: a process the holder starts
+# (chapter 05's training ranks, launched from the book's kernel) joins the held lock instead of being refused by it.
+HELD_LOCKS_ENV = "CAUSAL_PI_HELD_LOCKS"
+
+
 class RunLock:
-    """outputs/<run>/book.lock: one book run at a time per run folder. Holds {"pid", "host", "created"}; a lock
-    whose process is gone (or is another process under a reused pid) is taken over, with a line saying so."""
+    """outputs/<run>/book.lock: one book run at a time per run folder. Holds {"pid", "host", "created", "token"}; a
+    lock whose process is gone (or is another process under a reused pid) is taken over, with a line saying so. A
+    process started by the holder (its token in HELD_LOCKS_ENV, inherited) joins the lock: it neither waits nor
+    removes it."""
 
     NAME = "book.lock"
 
     def __init__(self, root: Path):
         self.path = Path(root) / self.NAME
+        self.joined = False
+        self._token: str | None = None
 
     @staticmethod
     def _alive(info: dict) -> bool:
@@ -48,6 +58,9 @@ class RunLock:
                     info = json.loads(self.path.read_text() or "{}")
                 except (OSError, ValueError):
                     info = {}
+                if isinstance(info, dict) and info.get("token") in os.environ.get(HELD_LOCKS_ENV, "").split():
+                    self.joined = True  # started by the lock's holder: its run, joined
+                    return self
                 if self._alive(info):
                     raise BookError(f"{relative_to_project(self.path.parent)} is in use by another book run "
                                     f"(pid {info.get('pid')} on {info.get('host')}, since {info.get('started')}); "
@@ -57,22 +70,31 @@ class RunLock:
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
                 continue
+            self._token = uuid.uuid4().hex
             with os.fdopen(fd, "w") as f:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "created": time.time(),
-                           "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}, f)
+                           "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "token": self._token}, f)
+            os.environ[HELD_LOCKS_ENV] = " ".join(os.environ.get(HELD_LOCKS_ENV, "").split() + [self._token])
             return self
         raise BookError(f"could not take the lock {self.path}: another book run keeps taking it")
 
     def __exit__(self, *exc):
+        if self.joined:
+            return
+        held = [t for t in os.environ.get(HELD_LOCKS_ENV, "").split() if t != self._token]
+        if held:
+            os.environ[HELD_LOCKS_ENV] = " ".join(held)
+        else:
+            os.environ.pop(HELD_LOCKS_ENV, None)
         with contextlib.suppress(FileNotFoundError):
             info = json.loads(self.path.read_text() or "{}")
             if info.get("pid") == os.getpid():
                 self.path.unlink()
 
 
-def _open_run(cfg: Config, params_file: Path, force: bool) -> tuple[RunPaths, dict]:
+def _check_run(cfg: Config, params_file: Path, force: bool = False) -> tuple[RunPaths, dict]:
+    """The run folder and run.json's state; a folder of other params refused (unless `force`)."""
     paths = RunPaths(cfg.run_dir).make()
-    state_path = paths.root / "run.json"
     state = read_state(paths.root)
     h = cfg.params_hash()
     if other_params(state, h) and not force:
@@ -80,6 +102,13 @@ def _open_run(cfg: Config, params_file: Path, force: bool) -> tuple[RunPaths, di
                         f"{state['params_hash']} from {state.get('params_file')}; now {h} from "
                         f"{relative_to_project(params_file)}). Use another run name "
                         f"(--run NAME or run.name in the params) or delete that folder; --force resets it.")
+    return paths, state
+
+
+def _open_run(cfg: Config, params_file: Path, force: bool) -> tuple[RunPaths, dict]:
+    paths, state = _check_run(cfg, params_file, force)
+    state_path = paths.root / "run.json"
+    h = cfg.params_hash()
     if state.get("params_hash") != h:
         state = {"params_hash": h, "chapters": {}}
     # the user's files as portable paths (config.portable_path) with their sha256: no absolute path in outputs
@@ -103,7 +132,9 @@ def open_run_folder(cfg: Config, params_file: Path, force: bool = False):
     """The one guard of every command that writes into a run folder (the book runner, `python -m
     causal_lib.training`): no symbolic link as or inside the run folder (run_folder.refuse_links), the run lock
     (RunLock: one writer at a time), and run.json's params hash (a folder of other params is refused, --force
-    resets it). Yields (RunPaths, run.json's state); the lock is released at the end."""
+    resets it). Yields (RunPaths, run.json's state); the lock is released at the end. A process that joins the
+    lock of the run that started it (chapter 05's training ranks) checks run.json's params hash and writes nothing:
+    the holder keeps the record (a seed replica's folder has none)."""
     refuse_links(cfg.run_dir, levels=len(cfg.run.name.split("/")))
-    with RunLock(cfg.run_dir):
-        yield _open_run(cfg, params_file, force)
+    with RunLock(cfg.run_dir) as lock:
+        yield _check_run(cfg, params_file) if lock.joined else _open_run(cfg, params_file, force)

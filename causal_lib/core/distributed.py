@@ -224,11 +224,13 @@ def is_collective_failure(e: BaseException) -> bool:
         "connection closed", "connection reset", "gloo", "nccl", "broken pipe", "timed out", "socket"))
 
 
-def write_status(rc: int, line: str | None) -> None:
-    """Under `launch`: this rank's exit code and the line it printed (rank_<r>.json in the launcher's folder)."""
+def write_status(rc: int, line: str | None, result: dict | None = None) -> None:
+    """Under `launch`: this rank's exit code, the line it printed and what it returns to the launcher (a JSON
+    mapping, e.g. the training result) in rank_<r>.json of the launcher's folder."""
     d = os.environ.get(STATUS_DIR_ENV)
     if d and Path(d).is_dir():
-        Path(d, f"rank_{rank()}.json").write_text(json.dumps({"rank": rank(), "rc": rc, "line": line}))
+        Path(d, f"rank_{rank()}.json").write_text(json.dumps({"rank": rank(), "rc": rc, "line": line,
+                                                               "result": result}))
 
 
 def _signal_text(code: int) -> str:
@@ -240,10 +242,11 @@ def _signal_text(code: int) -> str:
     return f"exit code {code}"
 
 
-def launch(module: str, argv: list[str], n: int, what: str, resume_cmd: str) -> tuple[int, str | None]:
+def launch(module: str, argv: list[str], n: int, what: str, resume_cmd: str) -> tuple[int, str | None, dict | None]:
     """Run `python -m <module> <argv>` on `n` local processes (torchrun --standalone: a free port, no restarts)
-    -> (exit code, the one line to print). The ranks' own output goes to a temporary folder, named in the line of a
-    failure and removed after a success; rank 0's line (its result, or its refusal) is the line."""
+    -> (exit code, the one line to print, rank 0's result as it wrote it with write_status). The ranks' own output
+    goes to a temporary folder, named in the line of a failure and removed after a success; rank 0's line (its
+    result, or its refusal) is the line."""
     if n < 1:
         raise ValueError(f"--num-processes {n}: must be at least 1")
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
@@ -280,18 +283,18 @@ def launch(module: str, argv: list[str], n: int, what: str, resume_cmd: str) -> 
     main = reports.get(0, {})
     if not failures:
         shutil.rmtree(status, ignore_errors=True)
-        return int(main.get("rc", 0)), main.get("line")
+        return int(main.get("rc", 0)), main.get("line"), main.get("result")
     # the root cause: a rank that failed without reporting a handled error (killed, crashed); else rank 0's refusal
     silent = sorted(r for r in failures if r not in reports)
     if not silent and main.get("line"):
         shutil.rmtree(status, ignore_errors=True)
-        return int(main.get("rc") or 2), main["line"]
+        return int(main.get("rc") or 2), main["line"], None
     # the launcher stops the other ranks with SIGTERM once one has failed: the cause is the one that was not stopped so
     r = sorted(silent or failures, key=lambda k: (failures[k].exitcode == -signal.SIGTERM, failures[k].timestamp, k))[0]
     fail = failures[r]
     logs = next(iter(sorted(status.glob(f"logs/**/{fail.local_rank}/stderr.log"))), status / "logs")
     return (3, f"error: {what} on {n} processes stopped: rank {r} ended with {_signal_text(fail.exitcode)}; "
-               f"the last complete checkpoint is kept, continue with: {resume_cmd} (the ranks' output: {logs})")
+               f"the last complete checkpoint is kept, continue with: {resume_cmd} (the ranks' output: {logs})", None)
 
 
 def threads_per_process(threads: int) -> int:

@@ -22,10 +22,12 @@ needs no second model in memory and drops the reference forward from every step 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import warnings
 from typing import Sequence
 
 from causal_lib.config import Config
+from causal_lib.core import distributed
 from causal_lib.defenses.cards import write_model_card
 from causal_lib.defenses.struq import (
     RESERVED_TOKENS,
@@ -148,6 +150,21 @@ def _make_trainer_cls():
     return SecAlignTrainer
 
 
+def shared_on_disk(ds, folder):
+    """The preference dataset as files every process reads (several processes): TRL's reference pass is gathered
+    from all ranks, written by the main one as a cache file beside the dataset's own files, and read by each rank
+    after a barrier. An in-memory dataset's files live in each process's own temporary folder, where the other
+    ranks do not find that cache; rank 0 writes the dataset once to `folder` (the run folder's), every rank maps it."""
+    from datasets import load_from_disk
+
+    def save():
+        shutil.rmtree(folder, ignore_errors=True)  # this project's folder: an earlier run's dataset and cache
+        ds.save_to_disk(str(folder))
+
+    distributed.main_first(save)
+    return load_from_disk(str(folder))
+
+
 def dpo_learning_rate(cfg: Config) -> float:
     return cfg.train.dpo_learning_rate or cfg.train.learning_rate
 
@@ -171,6 +188,8 @@ def train(cfg: Config, paths, base_model_dir=None, records=None, resume: bool = 
     records = train_records(cfg, paths, records)
     pairs, stats = secalign_pairs(records, tok, cfg.model.max_seq_length, seed=cfg.run.seed, data=data)
     ds = preference_dataset(pairs)
+    if distributed.active():
+        ds = shared_on_disk(ds, paths.checkpoints / f".{name}.preferences")
     lr, epochs = dpo_learning_rate(cfg), dpo_epochs(cfg)
     meta = {"defense": name, "data": data, "train_families": sorted({p["family"] for p in pairs if p["family"]}),
             "base": source, "reserved_tokens": list(RESERVED_TOKENS), "mixture": stats,

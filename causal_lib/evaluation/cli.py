@@ -14,6 +14,7 @@ import torch
 from causal_lib.core.run_folder import RunPaths, write_json
 from causal_lib.config import ConfigError, load_config
 from causal_lib.data import attacks
+from causal_lib.data.build import data_seed
 from causal_lib.data.records import load_split, printable
 from causal_lib.defenses import registry
 from causal_lib.defenses.load import block_for, records_for
@@ -49,7 +50,7 @@ def _expand_attack_files(files: Sequence[str], test_records: list, cfg) -> list:
             msg = str(e)
             raise EvalCLIError(msg if str(p) in msg else f"attack file {f}: {msg}") from None
         try:
-            out.extend(attacks.expand_attack_file(templates, clean, seed=cfg.run.seed, source=p.name,
+            out.extend(attacks.expand_attack_file(templates, clean, seed=data_seed(cfg), source=p.name,
                                                   held_out_families=cfg.data.held_out_families))
         except attacks.AttackFileError as e:  # e.g. a canary already in a clean document (names the line)
             raise EvalCLIError(f"attack file {f}: {e}") from None
@@ -170,7 +171,7 @@ def _run_cli(args) -> int:
     t0 = time.perf_counter()
     results = evaluate_records(model, tok, records, cfg.eval, block=block,
                                max_length=max(cfg.model.max_seq_length - cfg.eval.max_new_tokens, 1),
-                               seed=cfg.run.seed)
+                               seed=cfg.run.seed, items_seed=data_seed(cfg))
     summary = summarise(results, cfg.stats.alpha)
     if not distributed.is_main_process():
         return 0

@@ -388,10 +388,12 @@ def seed_paired(paths: RunPaths, main_seed: int, main_evals: dict[str, dict], se
 
 
 def seed_paired_rows(results: list[dict]) -> list[dict]:
-    """One markdown row per pair: the difference over seeds with its two-way interval, and each seed's counts."""
+    """One markdown row per pair (and measure, for the realistic ones): the difference over seeds with its two-way
+    interval, and each seed's counts."""
     rows = []
     for r in results:
-        rows.append({"A": r["label_a"], "B": r["label_b"], "seeds": len(r["seeds"]), "items": r["n_items"],
+        rows.append({"A": r["label_a"], "B": r["label_b"], **({"measure": r["measure"]} if "measure" in r else {}),
+                     "seeds": len(r["seeds"]), "items": r["n_items"],
                      "ASR A - B over seeds and items": f"{r['difference'] * 100:+.1f} pt "
                                                       f"[{r['lo'] * 100:+.1f}, {r['hi'] * 100:+.1f}]",
                      "Holm p (bootstrap)": f"{r['p_holm']:.3g}" if "p_holm" in r else "",

@@ -24,6 +24,7 @@ import numpy as np
 from causal_lib.core.hashing import file_sha256, json_hash
 from causal_lib.core.run_folder import RunPaths, write_json
 from causal_lib.config import Config
+from causal_lib.data.build import data_seed
 from causal_lib.data import realistic
 from causal_lib.defenses.load import block_for, load_model, records_for
 from causal_lib.evaluation import run as eval_run
@@ -89,9 +90,9 @@ def evaluate_realistic(cfg: Config, paths: RunPaths, defense: str, use_cache: bo
     e = cfg.eval
     model, tok = load_model(cfg, paths, defense)
     block = block_for(cfg, paths, defense, model, tok)
-    proto = realistic.protocol_records(e.literature_items, e.literature_attacks, seed=cfg.run.seed)
+    proto = realistic.protocol_records(e.literature_items, e.literature_attacks, seed=data_seed(cfg))
     attacked = [r for r in proto if r.kind == "injected"]
-    clean = [r for r in realistic.protocol_records(e.utility_items, (), seed=cfg.run.seed)]
+    clean = [r for r in realistic.protocol_records(e.utility_items, (), seed=data_seed(cfg))]
     sep = realistic.sep_test_records(e.sep_items)
     reference = {r.id: r.target for r in clean}
     items = {
@@ -213,6 +214,55 @@ def realistic_paired(results: dict[str, dict], reference: str = "none", alpha: f
     tested = [r for r in rows if "p" in r]
     for r, p in zip(tested, holm([r["p"] for r in tested])):
         r["p_holm"], r["significant"] = p, p < alpha
+    return rows
+
+
+def replica_results(paths: RunPaths, seeds, defenses) -> dict[int, dict[str, dict]]:
+    """The realistic evaluations (metrics/realistic_<defense>.json) of every seed replica; a missing one is an error
+    (an absent seed would shrink the across-seed test to the seeds that ran and still read as three)."""
+    out = {}
+    for s in seeds:
+        out[s] = {}
+        for d in defenses:
+            f = paths.replica(s).metrics / f"realistic_{d}.json"
+            if not f.exists():
+                raise FileNotFoundError(f"seed replica {s}: {f} is missing; run chapter 08 for that seed (run.seeds)")
+            out[s][d] = json.loads(f.read_text())
+    return out
+
+
+def realistic_seed_paired(per_seed: dict[int, dict[str, dict]], labels: dict[str, str] | None = None,
+                          alpha: float = 0.05) -> list[dict]:
+    """Every pair of models over training seeds on the same realistic items: the protocol per attack and its union,
+    and SEP realistic (each seed's twin control applied to both models jointly), each by stats.paired.across_seeds
+    (two-way cluster bootstrap over items and seeds, each seed's exact McNemar beside it); Holm over every row.
+    `per_seed`: seed -> {model -> evaluate_realistic's payload}, every seed holding the same models."""
+    import itertools
+
+    from causal_lib.stats import paired
+
+    seeds = sorted(per_seed)
+    models = list(per_seed[seeds[0]])
+    attacks = list(dict.fromkeys(i["family"] for i in per_seed[seeds[0]][models[0]]["items"]["protocol"]))
+
+    def sep(res):  # (outcomes, ids whose clean twin already showed the witness word)
+        inj = [i for i in res["items"]["sep"] if i["kind"] == "injected"]
+        return {i["pair_id"]: bool(i["success"]) for i in inj}, {i["pair_id"] for i in inj if i.get("twin_passed") is True}
+
+    rows = []
+    for a, b in itertools.combinations(models, 2):
+        for attack in attacks + [None]:
+            r = paired.across_seeds(a, {s: _outcomes(per_seed[s][a]["items"]["protocol"], attack) for s in seeds},
+                                    b, {s: _outcomes(per_seed[s][b]["items"]["protocol"], attack) for s in seeds},
+                                    alpha=alpha)
+            rows.append({**r, "measure": f"protocol {attack or 'union'}"})
+        sa, sb = {s: sep(per_seed[s][a]) for s in seeds}, {s: sep(per_seed[s][b]) for s in seeds}
+        r = paired.across_seeds(a, {s: sa[s][0] for s in seeds}, b, {s: sb[s][0] for s in seeds},
+                                ineligible={s: sa[s][1] | sb[s][1] for s in seeds}, alpha=alpha)
+        rows.append({**r, "measure": "SEP realistic"})
+    for r, p_h in zip(rows, holm([r["p_value"] for r in rows])):
+        r["p_holm"], r["significant"] = p_h, bool(p_h < alpha)
+        r["label_a"], r["label_b"] = (labels or {}).get(r["a"], r["a"]), (labels or {}).get(r["b"], r["b"])
     return rows
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from causal_lib.core.hashing import file_sha256, json_hash
 from causal_lib.core.run_folder import RunPaths, write_json
 from causal_lib.config import Config
+from causal_lib.data.build import data_seed
 from causal_lib.data.records import Record, load_split
 from causal_lib.defenses.load import block_for, load_model, model_dir, records_for
 from causal_lib.data import scoring
@@ -83,7 +84,8 @@ def evaluate_defense(cfg: Config, paths: RunPaths, defense: str, split: str = "t
         raise ValueError(f"no {split} records under {paths.data}: rebuild the data (chapter 02)")
     block = block_for(cfg, paths, defense, model, tok)
     results = evaluate_records(model, tok, records_for(defense, recs, tok), cfg.eval, block=block,
-                               max_length=cfg.model.max_seq_length - cfg.eval.max_new_tokens, seed=cfg.run.seed)
+                               max_length=cfg.model.max_seq_length - cfg.eval.max_new_tokens, seed=cfg.run.seed,
+                               items_seed=data_seed(cfg))
     summary = summarise(results)
     payload = {"defense": defense, "split": split, "cache_key": key, "seed": cfg.run.seed, "summary": summary}
     if key:
@@ -137,7 +139,8 @@ def select_attacked(records: Sequence, n_attacked: int, seed: int = 0) -> list:
 
 
 def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Callable | None = None,
-                     max_length: int | None = None, checks=None, seed: int = 0) -> list[ItemResult]:
+                     max_length: int | None = None, checks=None, seed: int = 0,
+                     items_seed: int | None = None) -> list[ItemResult]:
     """Generate (greedy) for every record and score it -> one ItemResult per record, in order.
 
     `cfg_eval` is an EvalConfig (batch_size, max_new_tokens, n_attacked, pass_k). `block(records) ->
@@ -148,7 +151,8 @@ def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Calla
     seeded) and success_pass_k says whether any sample succeeded.
     """
     checks = checks or _checks()
-    records = select_attacked(list(records), getattr(cfg_eval, "n_attacked", 0), seed)
+    # the attacked sample is test content: drawn with the data's seed (items_seed), the same for every training seed
+    records = select_attacked(list(records), getattr(cfg_eval, "n_attacked", 0), seed if items_seed is None else items_seed)
     n_records = len(records)
     records += lookalike_twins(records)  # scored like clean items, then folded into their look-alikes
     blocked = [False] * len(records)

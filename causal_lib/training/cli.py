@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 
 from causal_lib.book import runner
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if result is not None and distributed.is_main_process():
         line = f"{a.defense}: {result.steps} steps in {result.train_seconds:.0f} s, best epoch {result.best_epoch}"
         print(line)
-    distributed.write_status(0, line)
+    distributed.write_status(0, line, dataclasses.asdict(result) if result is not None else None)
     return 0
 
 
@@ -166,7 +167,7 @@ def _launch(a, argv: list[str]) -> int:
         return 2
     resume = "python -m causal_lib.training " + " ".join(child + ([] if a.resume else ["--resume"])) + \
         f" --num-processes {a.num_processes}"
-    rc, line = distributed.launch("causal_lib.training", child, a.num_processes, f"training {a.defense}", resume)
+    rc, line, _ = distributed.launch("causal_lib.training", child, a.num_processes, f"training {a.defense}", resume)
     if line:
         print(line, file=sys.stderr if rc else sys.stdout)
     return rc
