@@ -8,8 +8,8 @@
 # 2-family recipes), `causal_sft` is adversarial SFT on those pairs, the control. Curves of every loss, the
 # validation score per epoch, memory and speed; checkpoints per epoch under `checkpoints/<defense>/epoch_N`,
 # `best_model` chosen by one rule for every defense: the lowest validation loss on O* (`training.selection`).
-# With `run.num_processes` N > 1 the defense trains on N local processes with DDP (`book.train`, README "More
-# than one machine"): the same objective on the same global batch.
+# With several processes in `run.num_processes` the defense trains on that many local processes with DDP
+# (`book.train`, README "More than one machine"): the same objective on the same global batch.
 # Writes this defense's section of `WEEK2_TRAINING_REPORT.md`.
 
 # %% tags=["parameters"]

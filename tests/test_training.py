@@ -1,5 +1,6 @@
 """Training: resume after an interruption gives the same weights, NaN stops clearly and keeps the last
 good checkpoint, the causal objective logs its three parts, epoch checkpoints and best_model are written."""
+import dataclasses
 import json
 
 import pytest
@@ -187,3 +188,45 @@ def test_base_curriculum_runs_first_and_is_not_trained_again_on_resume(tmp_path)
     assert read_train_log(paths, "base")[:len(main)] == main
     after = _weights(load_checkpoint(base_checkpoint(paths), cfg.model)[0])
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_task_batch_sampler_gives_one_task_group_per_batch_every_index_once_and_a_seeded_order():
+    from causal_lib.training.examples import TaskBatchSampler
+
+    groups = [0] * 10 + [1] * 7 + [2] * 3
+    sampler = TaskBatchSampler(groups, batch=4)
+    torch.manual_seed(0)
+    order = list(sampler)
+    assert sorted(order) == list(range(20)) and len(sampler) == 20
+    batches = [order[k:k + 4] for k in range(0, 20, 4)]
+    single = [b for b in batches if len({groups[i] for i in b}) == 1]
+    assert len(single) == 3  # 10 // 4 + 7 // 4 full batches of one group; the remainders (2 + 3 + 3) fill two more
+    assert all(max(sum(groups[i] == g for i in b) for g in (0, 1, 2)) >= 2 for b in batches)  # a few groups at most
+    torch.manual_seed(0)
+    assert list(sampler) == order  # drawn from torch's generator: the Trainer's seed (and its resume) fix it
+    assert list(sampler) != order  # and the next epoch is another order
+    odd_groups = [0] * 5 + [1] * 4
+    odd = list(TaskBatchSampler(odd_groups, batch=4))
+    assert sorted(odd) == list(range(9))
+    assert [len({odd_groups[i] for i in odd[k:k + 4]}) for k in (0, 4)] == [1, 1]  # two full batches of one group
+    assert odd_groups[odd[8]] == 0  # and group 0's remainder, the one short batch, last
+
+
+def test_task_grouped_batches_make_l_spurious_estimable_on_every_step(setup):
+    """Issue 32: with random batches of 8 pairs over 4 tasks most task groups stay under losses.MIN_GROUP_SIZE and
+    L_spurious is 0 on those steps whatever R does; batched by task (the registry's causal_by_task) it is active on
+    every step. The same pairs and steps either way."""
+    cfg, paths, recs, tok = setup
+    recs = [dataclasses.replace(r, task=f"task{int(r.pair_id[1:]) % 4}") for r in recs]
+    active = {}
+    for batches in ("random", "by_task"):
+        ds = PairDataset(make_pairs(recs), tok, 64, z_vocabulary(recs), clean_pair_fraction=0.0, seed=0)
+        model = build_tiny_model(cfg.model, tok, seed=0)
+        res = run_training(cfg, paths, f"causal_{batches}", model, tok, ds, trainer_cls=CausalTrainer,
+                           trainer_kwargs={"cfg": cfg, "batches": batches}, epochs=3, learning_rate=1e-3,
+                           logging_steps=1)
+        log = [r for r in read_train_log(paths, f"causal_{batches}") if "loss_spurious" in r]
+        assert res.steps == 9 and len(log) == 9
+        active[batches] = [r["loss_spurious_active"] for r in log]
+    assert all(a == 1.0 for a in active["by_task"])
+    assert sum(active["random"]) < sum(active["by_task"])

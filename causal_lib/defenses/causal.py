@@ -14,7 +14,7 @@ from causal_lib.models.load import apply_lora, is_peft_model
 from causal_lib.models.representation import representation
 from causal_lib.core import distributed
 from causal_lib.training import selection
-from causal_lib.training.examples import PairDataset, make_pairs, training_slots, z_vocabulary
+from causal_lib.training.examples import PairDataset, TaskBatchSampler, make_pairs, training_slots, z_vocabulary
 from causal_lib.training.losses import (MIN_GROUP_SIZE, causal_loss, hsic_loss, kl_along_response, task_loss,
                                         total_loss)
 from causal_lib.training.pretrain import base_checkpoint, load_base_model
@@ -92,14 +92,29 @@ def spurious_diagnostics(r: torch.Tensor, z, groups, unbiased: bool) -> dict:
     return {"spurious_floor": float(floor), "spurious_active": float(active)}
 
 
+# How the pairs are batched: "random" (every defense's default) or "by_task" (TaskBatchSampler: each batch from one
+# task group, so that L_spurious's groups are large enough to be estimated; issue 32)
+BATCHES = ("random", "by_task")
+
+
 class CausalTrainer(Trainer):
     """L = L_task + lambda_causal * L_causal + lambda_spurious * L_spurious (DESIGN.md s.3)."""
 
-    def __init__(self, *args, cfg: Config, **kwargs):
+    def __init__(self, *args, cfg: Config, batches: str = "random", **kwargs):
+        if batches not in BATCHES:
+            raise ValueError(f"batches={batches!r}: choose from {', '.join(BATCHES)}")
         super().__init__(*args, **kwargs)
         self.cfg = cfg
+        self.batches = batches
         self._parts_sum: dict[str, float] = {}
         self._parts_n = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.batches == "random":
+            return super()._get_train_sampler(train_dataset)
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        return TaskBatchSampler([item["s_group"] for item in ds.items],
+                                self.args.per_device_train_batch_size * distributed.world_size())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, parts, out_i = causal_objective(model, inputs, self.cfg)
@@ -121,14 +136,16 @@ def validation_pairs(paths, limit: int | None = None) -> list[tuple]:
     return pairs[:limit] if limit else pairs
 
 
-def train(cfg: Config, paths, resume: bool = False, name: str = "causal", **loss_weights) -> TrainResult:
+def train(cfg: Config, paths, resume: bool = False, name: str = "causal", batches: str = "random",
+          **loss_weights) -> TrainResult:
     """Fine-tune the base with L_task + lambda_causal L_causal + lambda_spurious L_spurious on the train pairs;
     best_model = the epoch of lowest validation loss on O* (training.selection, the rule of every defense).
 
     `name` is the defense (checkpoints/<name>/); `loss_weights` (lambda_causal, lambda_spurious, kl_weight,
     hsic_estimator)
     replace the params' weights for this model only: the registry's ablations train the same pairs, data and
-    schedule with parts of the loss switched off."""
+    schedule with parts of the loss switched off. `batches`: "random" or "by_task" (BATCHES: the same pairs and
+    steps, each batch from one task group)."""
     if loss_weights:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **loss_weights))
 
@@ -153,10 +170,11 @@ def train(cfg: Config, paths, resume: bool = False, name: str = "causal", **loss
                 "epsilon_causal": r["epsilon_causal"]["value"]}
 
     n_injected = sum(t is not c for c, t in training_slots(pairs, cfg.train.clean_pair_fraction, cfg.run.seed))
-    return run_training(cfg, paths, name, model, tok, ds, trainer_cls=CausalTrainer, trainer_kwargs={"cfg": cfg},
+    return run_training(cfg, paths, name, model, tok, ds, trainer_cls=CausalTrainer,
+                        trainer_kwargs={"cfg": cfg, "batches": batches},
                         epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate, score_fn=score,
                         select_by=selection.SELECT_BY, higher_is_better=False,
-                        resume=resume, extra_meta={"defense": name, **loss_weights,
+                        resume=resume, extra_meta={"defense": name, **loss_weights, "batches": batches,
                                                    "train_families": sorted({i.family for _, i in pairs if i.family}),
                                                    # the training table of the comparison (issue 30): one example per
                                                    # pair (training.examples.training_slots), its clean twin the

@@ -94,6 +94,43 @@ class PairDataset(Dataset):
         return self.items[i]
 
 
+class TaskBatchSampler(torch.utils.data.Sampler):
+    """An epoch of pair indices in batches of one task group (issue 32): L_spurious estimates HSIC(R, Z) within
+    the groups of S, and a random batch of 8 pairs over the world's 8 tasks leaves most groups under the estimator's
+    minimum (losses.MIN_GROUP_SIZE), so the term is 0 on most steps whatever R does. Here each group is shuffled
+    and cut into batches of `batch` pairs; each group's remainder follows the others' (so a mixed batch still holds
+    few groups), and the order of the batches is shuffled, the one short batch (if any) last. Every index once per
+    epoch, as a random sampler gives; the order is drawn from torch's global generator, as torch's RandomSampler
+    draws its own, so the Trainer's seeding, its resume (RNG state restored) and DDP (every rank seeded alike, the
+    same order) treat it the same. `batch` is one forward's pairs over all processes (the global micro-batch)."""
+
+    def __init__(self, groups: Sequence[int], batch: int):
+        self.groups = [int(g) for g in groups]
+        self.batch = max(int(batch), 1)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __iter__(self):
+        import random
+
+        rng = random.Random(int(torch.empty((), dtype=torch.int64).random_().item()))
+        members: dict[int, list[int]] = {}
+        for i, g in enumerate(self.groups):
+            members.setdefault(g, []).append(i)
+        full, rest = [], []
+        for g in sorted(members):
+            idx = members[g]
+            rng.shuffle(idx)
+            cut = len(idx) - len(idx) % self.batch
+            full += [idx[k:k + self.batch] for k in range(0, cut, self.batch)]
+            rest += idx[cut:]
+        chunks = full + [rest[k:k + self.batch] for k in range(0, len(rest), self.batch)]
+        short = chunks.pop() if chunks and len(chunks[-1]) < self.batch else None
+        rng.shuffle(chunks)
+        return iter([i for c in chunks + ([short] if short else []) for i in c])
+
+
 def make_collator(pad_id: int):
     """Right-pads each side of a batch to its own longest item (not a fixed length: DESIGN.md s.9)."""
 
