@@ -68,3 +68,26 @@ def test_a_process_that_joins_the_lock_checks_the_params_hash_and_writes_no_reco
             with open_run_folder(cfg, params):
                 pass
         assert (cfg.run_dir / RunLock.NAME).exists()  # the holder's lock stays
+
+
+def test_a_rank_ends_when_its_launcher_is_gone(tmp_path):
+    """distributed.watch_launcher: the ranks run in sessions of their own; when the process that launched them (a
+    chapter's kernel) is killed they end too, instead of writing into a run folder whose lock is released."""
+    import time
+
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = ("from causal_lib.core import distributed; import time\n"
+            "distributed.watch_launcher(poll_s=0.1)\ntime.sleep(30)")
+    rank = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
+                            env=dict(os.environ, CAUSAL_PI_LAUNCHER_PID=str(launcher.pid)))
+    try:
+        time.sleep(1.0)
+        assert rank.poll() is None  # its launcher runs: it goes on
+        launcher.kill()
+        launcher.wait()
+        assert rank.wait(timeout=20) == 3
+    finally:
+        for p in (launcher, rank):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -14,6 +14,7 @@ About 4 min on the 2-core CPU.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -232,11 +233,16 @@ def test_chapter_05_trains_secalign_on_two_processes_inside_the_books_lock(prepa
     two = _copy_prepared(one, tmp / "chapter05")
     overrides = {"run.output_root": str(two.parent), "run.num_processes": 2}
     cfg = load_config(params, overrides)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with open_run_folder(cfg, params):  # what the book runner holds while chapter 05 runs
+        token = json.loads((two / RunLock.NAME).read_text())["token"]
         cfg2, paths, result = book_train.train_defense(params, overrides, "secalign")
         lock = json.loads((two / RunLock.NAME).read_text())
-        assert lock["pid"] == os.getpid()  # still the book's lock: the ranks joined it and left it in place
+        assert lock["pid"] == os.getpid() and lock["token"] == token  # the book's lock: joined, left in place
     assert not (two / RunLock.NAME).exists()
+    # the launch leaves this (long-lived, like a kernel) process as it found it
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+    assert "CAUSAL_PI_LAUNCHER_PID" not in os.environ and "CAUSAL_PI_STATUS_DIR" not in os.environ
     assert paths.root == two and result.steps == 8 and result.best_epoch in (1, 2) and set(result.epochs) == {1, 2}
     assert (two / "checkpoints" / "secalign" / "best_model" / "checkpoint.json").exists()
     a, b = _log(one, "secalign"), _log(two, "secalign")
@@ -244,7 +250,7 @@ def test_chapter_05_trains_secalign_on_two_processes_inside_the_books_lock(prepa
     for x, y in zip(a, b):
         print(f"step {x['step']}: loss {x['loss']:.5f} (1 process) {y['loss']:.5f} (2 processes)")
         assert y["loss"] == pytest.approx(x["loss"], rel=LOSS_RTOL, abs=1e-6), (x, y)
-    # a held lock that is not the book's own still refuses the ranks, in one line
+    # a lock held by another run refuses the chapter in one line, before any process starts
     other = _copy_prepared(one, tmp / "locked")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:

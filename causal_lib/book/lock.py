@@ -26,8 +26,8 @@ HELD_LOCKS_ENV = "CAUSAL_PI_HELD_LOCKS"
 class RunLock:
     """outputs/<run>/book.lock: one book run at a time per run folder. Holds {"pid", "host", "created", "token"}; a
     lock whose process is gone (or is another process under a reused pid) is taken over, with a line saying so. A
-    process started by the holder (its token in HELD_LOCKS_ENV, inherited) joins the lock: it neither waits nor
-    removes it."""
+    process started by the holder while it runs (its token in HELD_LOCKS_ENV, inherited) joins the lock: it neither
+    waits nor removes it."""
 
     NAME = "book.lock"
 
@@ -58,10 +58,12 @@ class RunLock:
                     info = json.loads(self.path.read_text() or "{}")
                 except (OSError, ValueError):
                     info = {}
-                if isinstance(info, dict) and info.get("token") in os.environ.get(HELD_LOCKS_ENV, "").split():
-                    self.joined = True  # started by the lock's holder: its run, joined
+                info = info if isinstance(info, dict) else {}
+                alive = self._alive(info)
+                if alive and info.get("token") in os.environ.get(HELD_LOCKS_ENV, "").split():
+                    self.joined = True  # started by the lock's holder, which still runs: its run, joined
                     return self
-                if self._alive(info):
+                if alive:
                     raise BookError(f"{relative_to_project(self.path.parent)} is in use by another book run "
                                     f"(pid {info.get('pid')} on {info.get('host')}, since {info.get('started')}); "
                                     f"wait for it to end, or use another run name (--run NAME)") from None

@@ -9,6 +9,7 @@ fails ends the chapter with the launcher's one line (which rank, how, the comman
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from causal_lib.book.common import BookError
@@ -29,7 +30,7 @@ def train_defense(params_file: str | Path, overrides: dict | None, defense: str,
     if n == 1:
         return cfg, paths, registry.get(defense).train(cfg, paths, resume=resume)
     argv = training_command(params_file, overrides, cfg, defense)
-    again = "python -m causal_lib.training " + " ".join(argv + ["--resume"]) + f" --num-processes {n}"
+    again = shlex.join(["python", "-m", "causal_lib.training", *argv, "--resume", "--num-processes", str(n)])
     # The chapter holds its run folder's lock while the processes train, and they join it: the book's lock when the
     # runner holds it, else the chapter's own (a seed replica's folder, a chapter run alone); joined, they write no
     # run.json of their own.

@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 
 STATUS_DIR_ENV = "CAUSAL_PI_STATUS_DIR"  # set by `launch`: each rank writes rank_<r>.json (its exit code and line)
+LAUNCHER_PID_ENV = "CAUSAL_PI_LAUNCHER_PID"  # set by `launch`: the process the ranks belong to (watch_launcher)
 
 
 class RankStopped(RuntimeError):
@@ -224,6 +225,30 @@ def is_collective_failure(e: BaseException) -> bool:
         "connection closed", "connection reset", "gloo", "nccl", "broken pipe", "timed out", "socket"))
 
 
+def watch_launcher(poll_s: float = 2.0) -> None:
+    """Under `launch`: end this rank when the process that launched it is gone (a chapter's kernel killed at its
+    timeout): the ranks run in sessions of their own, which the kernel's process group does not reach, and would
+    otherwise go on writing into a run folder whose lock has been released. A daemon thread; nothing elsewhere."""
+    pid = os.environ.get(LAUNCHER_PID_ENV)
+    if not pid or not pid.isdigit():
+        return
+    import threading
+
+    def watch():
+        import time
+
+        while True:
+            time.sleep(poll_s)
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                os._exit(3)
+            except OSError:
+                pass
+
+    threading.Thread(target=watch, name="causal-pi-launcher-watch", daemon=True).start()
+
+
 def write_status(rc: int, line: str | None, result: dict | None = None) -> None:
     """Under `launch`: this rank's exit code, the line it printed and what it returns to the launcher (a JSON
     mapping, e.g. the training result) in rank_<r>.json of the launcher's folder."""
@@ -256,8 +281,11 @@ def launch(module: str, argv: list[str], n: int, what: str, resume_cmd: str) -> 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # our line, not the agent's logging
     logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
     status = Path(tempfile.mkdtemp(prefix="causal-pi-ranks-"))
-    env_before = os.environ.get(STATUS_DIR_ENV)
+    # what the launch changes in this process, put back at the end: it may be a long-lived one (a chapter's kernel)
+    env_before = {k: os.environ.get(k) for k in (STATUS_DIR_ENV, "OMP_NUM_THREADS", LAUNCHER_PID_ENV)}
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
     os.environ[STATUS_DIR_ENV] = str(status)
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # the ranks end when this process does (watch_launcher)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: run_folder.start sets the threads per rank
     run_id = uuid.uuid4().hex[:8]
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=run_id, rdzv_backend="c10d",
@@ -269,10 +297,14 @@ def launch(module: str, argv: list[str], n: int, what: str, resume_cmd: str) -> 
     except ChildFailedError as e:
         failures = e.failures
     finally:
-        if env_before is None:
-            os.environ.pop(STATUS_DIR_ENV, None)
-        else:
-            os.environ[STATUS_DIR_ENV] = env_before
+        for k, v in env_before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for sig, handler in handlers.items():  # torch elastic installs its own and leaves them
+            if handler is not None:
+                signal.signal(sig, handler)
     reports = {}
     for f in status.glob("rank_*.json"):
         try:

@@ -113,8 +113,9 @@ class CausalTrainer(Trainer):
         if self.batches == "random":
             return super()._get_train_sampler(train_dataset)
         ds = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return TaskBatchSampler([item["s_group"] for item in ds.items],
-                                self.args.per_device_train_batch_size * distributed.world_size())
+                                self.args.per_device_train_batch_size * distributed.world_size(), seed=seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, parts, out_i = causal_objective(model, inputs, self.cfg)

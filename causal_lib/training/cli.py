@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.num_processes is not None:
         return _launch(a, argv if argv is not None else sys.argv[1:])
+    distributed.watch_launcher()  # a rank started by --num-processes or a chapter ends with its launcher
     try:
         overrides = parse_overrides(a.set)
         if a.run_name:

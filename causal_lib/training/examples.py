@@ -100,13 +100,19 @@ class TaskBatchSampler(torch.utils.data.Sampler):
     minimum (losses.MIN_GROUP_SIZE), so the term is 0 on most steps whatever R does. Here each group is shuffled
     and cut into batches of `batch` pairs; each group's remainder follows the others' (so a mixed batch still holds
     few groups), and the order of the batches is shuffled, the one short batch (if any) last. Every index once per
-    epoch, as a random sampler gives; the order is drawn from torch's global generator, as torch's RandomSampler
-    draws its own, so the Trainer's seeding, its resume (RNG state restored) and DDP (every rank seeded alike, the
-    same order) treat it the same. `batch` is one forward's pairs over all processes (the global micro-batch)."""
+    epoch. The order is a function of (`seed`, epoch) alone: the Trainer calls `set_epoch` before each epoch (and
+    on resume, for the epoch it resumes), so every process of a DDP run draws the same order whatever its own
+    random state did (dropout draws differ per process), and a resumed run the uninterrupted one's. `batch` is one
+    forward's pairs over all processes (the global micro-batch)."""
 
-    def __init__(self, groups: Sequence[int], batch: int):
+    def __init__(self, groups: Sequence[int], batch: int, seed: int = 0):
         self.groups = [int(g) for g in groups]
         self.batch = max(int(batch), 1)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -114,7 +120,7 @@ class TaskBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         import random
 
-        rng = random.Random(int(torch.empty((), dtype=torch.int64).random_().item()))
+        rng = random.Random(f"causal-pi:task-batches:{self.seed}:{self.epoch}")
         members: dict[int, list[int]] = {}
         for i, g in enumerate(self.groups):
             members.setdefault(g, []).append(i)
