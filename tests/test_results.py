@@ -48,3 +48,29 @@ def test_incomplete_runs_say_so_and_missing_ones_are_one_line(tmp_path, capsys):
     assert results.main(["table", "--preset", "none", "--results-root", str(tmp_path / "results")]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 3 and all(ln.startswith("error: ") for ln in err)
+
+
+def test_seed_tables_render_each_seed_and_the_across_seed_tests(tmp_path):
+    from causal_lib.book.results import ResultsError, seed_tables
+
+    def rate(k, n):
+        return {"k": k, "n": n, "rate": k / n, "lo": max(k / n - 0.05, 0.0), "hi": min(k / n + 0.05, 1.0)}
+
+    for s, k in ((0, 32), (1, 30)):
+        real = {"protocol": {a: {"starts_with": rate(k // 2, 208)} for a in ("naive", "ignore", "completion")},
+                "union": rate(k, 208), "utility": {"rouge_l": 0.14, "lo": 0.10, "hi": 0.18, "n": 60},
+                "sep": rate(3, 60)}
+        (tmp_path / f"seed_{s}").mkdir()
+        (tmp_path / f"seed_{s}" / "summary.json").write_text(json.dumps(
+            {"causal": {"realistic": real, "world": {"asr": rate(1, 300), "benign_accuracy": rate(297, 300)}}}))
+    (tmp_path / "across_seeds.json").write_text(json.dumps({"tests": [{
+        "measure": "protocol union", "a": "causal", "b": "causal_sft", "seeds": [0, 1], "n_items": 208,
+        "difference": -0.12, "lo": -0.17, "hi": -0.07, "p_holm": 1e-4, "significant": True,
+        "per_seed": [{"seed": 0, "a_only": 1, "b_only": 26}, {"seed": 1, "a_only": 2, "b_only": 25}]}]}))
+    text = seed_tables(tmp_path)
+    lines = text.splitlines()
+    assert lines[2].startswith("| causal | 0 | 7.7% [2.7, 12.7]") and "| 15.4% [10.4, 20.4] |" in lines[2]
+    assert lines[3].startswith("| causal | 1 |") and "14.4%" in lines[3]
+    assert "| protocol union | causal - causal_sft | 2 | 208 | -12.0 pt [-17.0, -7.0] | 0.0001 | yes | 0: 1/26; 1: 2/25 |" in text
+    with pytest.raises(ResultsError, match="no seed_<s>/summary.json"):
+        seed_tables(tmp_path / "seed_0")

@@ -3,6 +3,7 @@ table regenerated from them (DESIGN.md s.11).
 
     python -m causal_lib.book.results save --run default      # -> results/<preset>/<date>-<commit>/
     python -m causal_lib.book.results table --preset default  # the comparison table of the newest saved run
+    python -m causal_lib.book.results seeds results/realistic-fair/2026-12-07-d930c20  # a comparison saved per seed
 
 A saved run holds the metrics JSON and the Markdown reports of the main run and of each seed replica (no checkpoints,
 no per-item outputs, no data), with every absolute path of the checkout removed, and provenance.json: the commit the
@@ -144,6 +145,48 @@ def comparison_markdown(folder: Path) -> str:
     return head + "\n\n" + "\n".join(lines[start:end]) + "\n"
 
 
+def _pct(r: dict | None) -> str:
+    return "" if not r else f"{100 * r['rate']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
+
+
+def seed_tables(folder: Path) -> str:
+    """README's tables of a comparison saved seed by seed (`seed_<s>/summary.json`: per model its world summary and
+    its realistic summary; `across_seeds.json`: the across-seed paired tests): one row per model and seed, then the
+    tests, each difference over seeds and items with its interval and Holm p, and each seed's discordant counts."""
+    folder = Path(folder)
+    seeds = sorted((int(p.name.split("_")[1]), p) for p in folder.glob("seed_*") if (p / "summary.json").is_file())
+    if not seeds:
+        raise ResultsError(f"{folder} holds no seed_<s>/summary.json")
+    head = ("| model | seed | naive | ignore | completion | union | ROUGE-L | SEP realistic | world ASR | world benign |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    models = list(json.loads(seeds[0][1].joinpath("summary.json").read_text()))
+    for model in models:
+        for s_, p in seeds:
+            m = json.loads((p / "summary.json").read_text()).get(model)
+            if m is None:
+                continue
+            real, world = m["realistic"], m["world"]
+            proto = real["protocol"]
+            u = real["utility"]
+            rows.append(f"| {model} | {s_} | " + " | ".join(_pct((proto.get(a) or {}).get("starts_with"))
+                                                           for a in ("naive", "ignore", "completion"))
+                        + f" | {_pct(real['union'])} | {u['rouge_l']:.3f} [{u['lo']:.3f}, {u['hi']:.3f}] | "
+                          f"{_pct(real['sep'])} | {_pct(world['asr'])} | {_pct(world.get('benign_accuracy'))} |")
+    text = head + "\n".join(rows) + "\n"
+    tests = folder / "across_seeds.json"
+    if tests.is_file():
+        t = json.loads(tests.read_text())
+        text += ("\n| measure | A - B | seeds | items | difference over seeds and items [95%] | Holm p | established "
+                 "| per seed (A only / B only) |\n|---|---|---|---|---|---|---|---|\n")
+        for r in t["tests"]:
+            text += (f"| {r['measure']} | {r['a']} - {r['b']} | {len(r['seeds'])} | {r['n_items']} | "
+                     f"{100 * r['difference']:+.1f} pt [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}] | "
+                     f"{r['p_holm']:.2g} | {'yes' if r['significant'] else 'no'} | "
+                     + "; ".join(f"{p['seed']}: {p['a_only']}/{p['b_only']}" for p in r["per_seed"]) + " |\n")
+    return text
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m causal_lib.book.results", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -155,12 +198,17 @@ def main(argv=None) -> int:
     t = sub.add_parser("table", help="print README's comparison table from the newest saved run of a preset")
     t.add_argument("--preset", default="default")
     t.add_argument("--results-root", default=str(RESULTS_DIR))
+    sd = sub.add_parser("seeds", help="print README's per-seed table and across-seed tests of a folder saved seed by "
+                                      "seed (seed_<s>/summary.json, across_seeds.json)")
+    sd.add_argument("folder")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "save":
             if not is_plain_name(a.run):
                 raise ResultsError(f"--run {a.run!r} refused: {RUN_NAME_RULE}")
             print(save_run(Path(a.output_root) / a.run, Path(a.results_root), a.commit))
+        elif a.cmd == "seeds":
+            print(seed_tables(Path(a.folder)), end="")
         else:
             print(comparison_markdown(newest(a.preset, Path(a.results_root))), end="")
     except ResultsError as e:
