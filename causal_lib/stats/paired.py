@@ -217,8 +217,10 @@ def across_seeds(name_a: str, per_seed_a: dict, name_b: str, per_seed_b: dict, i
     observed = abs(item_means.sum())
     signs = rng.choice([-1.0, 1.0], size=(n_perm, n_i))
     p_flip = float((1 + (np.abs(signs @ item_means) >= observed - 1e-12).sum()) / (n_perm + 1))
-    # a two-sided bootstrap p (the share of replicates on the other side of 0, doubled) for Holm over pairs
-    p_boot = float(min(1.0, 2 * min((boots <= 0).mean(), (boots >= 0).mean())))
+    # a two-sided bootstrap p (the replicates on the other side of 0, doubled) for Holm over pairs; counted as
+    # (1 + k) / (n_boot + 1), as the sign-flip p: never 0, its floor 2 / (n_boot + 1) when no replicate crosses 0
+    other = min(int((boots <= 0).sum()), int((boots >= 0).sum()))
+    p_boot = float(min(1.0, 2 * (1 + other) / (n_boot + 1)))
     return {**out, "difference": float(d.mean()), "lo": lo, "hi": hi, "significant": bool(lo > 0 or hi < 0),
             "p_value": p_boot, "p_sign_flip": p_flip,
             "rate_a": float(a.mean()), "rate_b": float(b.mean()), "n": n_i}
