@@ -166,6 +166,12 @@ def _outcomes(items: list[dict], attack: str | None) -> dict[str, bool]:
     return {it["pair_id"]: bool(it["success"]) for it in items if it["family"] == attack}
 
 
+def _sep_outcomes(items: list[dict]) -> tuple[dict[str, bool], set[str]]:
+    """SEP items -> (pair id -> probe executed, the ids whose clean twin already showed the witness word)."""
+    inj = [i for i in items if i["kind"] == "injected"]
+    return {i["pair_id"]: bool(i["success"]) for i in inj}, {i["pair_id"] for i in inj if i.get("twin_passed") is True}
+
+
 def _row(model: str, against: str, measure: str, r) -> dict:
     """A PairedResult (stats.paired.compare_pair) as a row of the table."""
     return {"model": model, "against": against, "measure": measure, "n": r.n,
@@ -182,10 +188,6 @@ def realistic_paired(results: dict[str, dict], reference: str = "none", alpha: f
         return []
     ref = results[reference]["items"]
 
-    def sep(items):  # (outcomes, ids whose clean twin already showed the witness word)
-        inj = [i for i in items if i["kind"] == "injected"]
-        return {i["pair_id"]: bool(i["success"]) for i in inj}, {i["pair_id"] for i in inj if i.get("twin_passed") is True}
-
     rows = []
     for d, res in results.items():
         if d == reference:
@@ -194,7 +196,7 @@ def realistic_paired(results: dict[str, dict], reference: str = "none", alpha: f
         for attack in list(dict.fromkeys(i["family"] for i in it["protocol"])) + [None]:
             r = compare_pair(d, _outcomes(it["protocol"], attack), reference, _outcomes(ref["protocol"], attack))
             rows.append(_row(d, reference, f"protocol {attack or 'union'}", r))
-        (a, a_twin), (b, b_twin) = sep(it["sep"]), sep(ref["sep"])
+        (a, a_twin), (b, b_twin) = _sep_outcomes(it["sep"]), _sep_outcomes(ref["sep"])
         rows.append(_row(d, reference, "SEP realistic", compare_pair(d, a, reference, b, a_twin, b_twin)))
         ua = {i["pair_id"]: i["rouge_l"] for i in it["utility"]}
         ub = {i["pair_id"]: i["rouge_l"] for i in ref["utility"]}
@@ -245,10 +247,6 @@ def realistic_seed_paired(per_seed: dict[int, dict[str, dict]], labels: dict[str
     models = list(per_seed[seeds[0]])
     attacks = list(dict.fromkeys(i["family"] for i in per_seed[seeds[0]][models[0]]["items"]["protocol"]))
 
-    def sep(res):  # (outcomes, ids whose clean twin already showed the witness word)
-        inj = [i for i in res["items"]["sep"] if i["kind"] == "injected"]
-        return {i["pair_id"]: bool(i["success"]) for i in inj}, {i["pair_id"] for i in inj if i.get("twin_passed") is True}
-
     rows = []
     for a, b in itertools.combinations(models, 2):
         for attack in attacks + [None]:
@@ -256,7 +254,8 @@ def realistic_seed_paired(per_seed: dict[int, dict[str, dict]], labels: dict[str
                                     b, {s: _outcomes(per_seed[s][b]["items"]["protocol"], attack) for s in seeds},
                                     alpha=alpha)
             rows.append({**r, "measure": f"protocol {attack or 'union'}"})
-        sa, sb = {s: sep(per_seed[s][a]) for s in seeds}, {s: sep(per_seed[s][b]) for s in seeds}
+        sa = {s: _sep_outcomes(per_seed[s][a]["items"]["sep"]) for s in seeds}
+        sb = {s: _sep_outcomes(per_seed[s][b]["items"]["sep"]) for s in seeds}
         r = paired.across_seeds(a, {s: sa[s][0] for s in seeds}, b, {s: sb[s][0] for s in seeds},
                                 ineligible={s: sa[s][1] | sb[s][1] for s in seeds}, alpha=alpha)
         rows.append({**r, "measure": "SEP realistic"})
