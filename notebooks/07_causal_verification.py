@@ -9,8 +9,10 @@
 # 2. **The benign-insertion control** (the criterion). "R ⊥ Z | S" is false for any model that reads its input:
 #    any inserted sentence moves R. So each pair gets a third item, its *benign twin*: the injection replaced by
 #    neutral sentences of the same length in the same place. An injection should move R no more than that:
-#    the distance ratio ‖R(inj) − R(clean)‖ / ‖R(ben) − R(clean)‖ with its 95% interval, held to a margin fixed
-#    in advance. The base must be shown above the margin, or the test has no power. Beside it, a linear probe on
+#    the distance ratio ‖R(inj) − R(clean)‖ / ‖R(ben) − R(clean)‖ with its 95% interval, held to a margin chosen
+#    first, on validation pairs with the undefended base (a defense may keep at most half of the base's excess
+#    movement), before any test item is read. The base must be shown above the margin on the test pairs too, or the
+#    test has no power. Beside it, a linear probe on
 #    the full R for "instruction inserted" and "benign text inserted" (chance 0.5).
 # 3. **The plan's HSIC test** R ⊥ Z | S with its n and effect size, for the injection and for the benign
 #    insertion, its p-value at growing n, and two controls on each model's real R (labels shuffled within pairs:
@@ -31,6 +33,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from causal_lib.book import report_text, reports
+from causal_lib.book.results import code_commit
 
 from causal_lib.core import criteria, run_folder
 from causal_lib.data.records import load_split
@@ -40,10 +43,14 @@ from causal_lib.stats.hsic import calibrate, conditional_hsic_test
 
 cfg, paths = run_folder.start(params_file, overrides)
 sc = cfg.stats
-pairs = dseparation.test_pairs(load_split(paths.data, "test"), sc.n_independence // 2, cfg.run.seed)
-# benign twins as long as the injections in the base's tokens (every model reads the same twins); the base's weights
-# are also the PAC-Bayes prior below
+# the base's weights: the margin's reference and the PAC-Bayes prior below
 base_model, base_tokenizer = load_model(cfg, paths, "none")
+# the equivalence margin, chosen on validation pairs with the base before any test item is read: an equivalent
+# defense keeps at most half of the base's excess movement (insertion_control.validation_margin)
+margin = verify_models.choose_margin(cfg, paths, base_model, base_tokenizer)
+print(report_text.margin_provenance(margin, code_commit()))
+pairs = dseparation.test_pairs(load_split(paths.data, "test"), sc.n_independence // 2, cfg.run.seed)
+# benign twins as long as the injections in the base's tokens (every model reads the same twins)
 benign = [t[2] for t in insertion_control.control_triples(pairs, cfg.run.seed, tokenizer=base_tokenizer)]
 defenses = verify_models.models_to_verify(cfg, paths)
 print(f"{len(pairs)} test pairs (n = {2 * len(pairs)} rows per test), each with a benign twin; models: {defenses}")
@@ -70,7 +77,8 @@ results = {}
 for defense in defenses:
     evaluation = verify_models.outputs_on_pairs(cfg, paths, defense, pairs, full=(defense == model_name))
     results[defense] = verify_models.verify_model(cfg, paths, defense, pairs, benign, evaluation,
-                                                  base_model=None if defense == "none" else base_model)
+                                                  base_model=None if defense == "none" else base_model,
+                                                  margin=margin["margin"])
 # the base must be shown above the margin where the criterion is judged: the model's worst untrained point
 controls = verify_models.power_controls(results, sc.alpha, point=(results[model_name]["worst_untrained"] or {}).get("point"))
 table_df = pd.DataFrame(verify_models.summary_rows(results, sc.alpha))
@@ -89,7 +97,7 @@ points_df = pd.DataFrame(verify_models.point_rows(results))
 points_df
 
 # %%
-verify_models.plot_controls(results, alpha=sc.alpha)
+verify_models.plot_controls(results, alpha=sc.alpha, margin=margin["margin"])
 plt.show()
 
 # %% [markdown]
@@ -128,7 +136,8 @@ criteria_rows = {
                                         f"null not rejected on every model: {controls['null_not_rejected_everywhere']}"),
     "insertion_equivalence": criteria.row("insertion_equivalence", {**eqm, "power": power},
                                           measured=f"{eqm['value']:.2f} [{eqm['lo']:.2f}, {eqm['hi']:.2f}] at "
-                                                   f"{eqm.get('point', 'the trained point')}; base {controls['base_verdict']}"),
+                                                   f"{eqm.get('point', 'the trained point')}; base {controls['base_verdict']}",
+                                          threshold=margin["margin"]),
     "epsilon_causal": criteria.row("epsilon_causal", mine["representation"]["epsilon_causal"]),
     "sep": criteria.row("sep", mine["representation"]["sep"]),
     "graph_match": criteria.row("graph_match", match, measured=f"{match['score']:.2f} (base "
@@ -139,10 +148,12 @@ table = [{c: r[c] for c in ("criterion", "measured", "target", "status")} for r 
 # the type-I calibration is judged only from the criterion's minimum of repetitions on; below it, it is NOT
 # MEASURED, and NOT MEASURED is not met
 verdict = criteria.overall(criteria_rows)
-metrics = verify_models.metrics_record(results, model_name, calibration, controls, table, verdict, cfg.run.seed)
+metrics = verify_models.metrics_record(results, model_name, calibration, controls, table, verdict, cfg.run.seed,
+                                      margin=margin)
 run_folder.write_metrics(paths, "verification", metrics)
 reports.write_report(paths, "WEEK3_VERIFICATION_REPORT.md", report_text.verification_report(
     model_name, cfg.run.seed, len(pairs), d, table, table_df.to_dict("records"), hsic_df.to_dict("records"),
-    cal, controls, metrics["bounds"], verdict, point_rows=points_df.to_dict("records")))
+    cal, controls, metrics["bounds"], verdict, point_rows=points_df.to_dict("records"), margin=margin,
+    commit=code_commit()))
 reports.record_verdict(paths, "07_causal_verification", verdict, report_text.criteria_summary(table))
 pd.DataFrame(table)

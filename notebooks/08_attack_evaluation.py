@@ -122,6 +122,23 @@ else:
     print("eval.literature_items, eval.utility_items and eval.sep_items are 0: the realistic benchmarks are off")
 
 # %% [markdown]
+# ## Ablations: what the causal terms add beyond adversarial SFT
+# The causal method's rows (the full objective and each ablation this run trains) against its control, adversarial
+# SFT on the same pairs (`causal_sft`), beside the matched baselines: static, held-out-content, adaptive and protocol
+# ASR, benign accuracy, S-utility and over-defense, then each row minus the control on the same items (paired
+# interval, exact McNemar, Holm over the table). A causal term earns its place only where its row is below the
+# control here (and, with several seeds, in the across-seed test), at the control's benign accuracy.
+
+# %%
+from causal_lib.evaluation.ablation import ablation, ablation_rows
+ablation_result = ablation({d: evals[d] for d in defenses}, adaptive_result, realistic_results, alpha=cfg.stats.alpha)
+ablation_table = ablation_rows(ablation_result)
+if ablation_table:
+    display(pd.DataFrame(ablation_table))
+else:
+    print(report_text.ablation_text(ablation_table).strip())
+
+# %% [markdown]
 # ## Training of each defense
 # What each trained defense was trained on and how, as chapters 05 and 06 recorded it: attack families, injected
 # and clean examples, optimiser steps, epochs, learning rate (and its grid), the selection rule and the epoch it
@@ -179,6 +196,7 @@ comparison_payload = {"defenses": defenses, "summaries": {d: evals[d]["summary"]
                       "filter_detectors": filter_rates, "table": rows, "paired": paired_result, "training": training,
                       "realistic": {d: r["summary"] for d, r in realistic_results.items()},
                       "realistic_paired": realistic_paired_rows, "contamination": contamination,
+                      "ablation": ablation_result,
                       "seed": cfg.run.seed}
 spread = None
 if cfg.run.seeds:
@@ -213,7 +231,7 @@ reports.write_report(paths, "WEEK4_COMPARISON_TABLE.md", report_text.comparison_
     paired_result, training_rows=train_rows, training_differ=training_differ,
     realistic_rows=realistic_table if realistic_results else None, realistic_paired=realistic_paired_rows,
     contamination=contamination, seed_paired_rows=over_seeds_rows if over_seeds else None,
-    tables=tables, lead=lead))
+    tables=tables, lead=lead, ablation_rows=ablation_table))
 asr_by = {key: long[(long["metric"] == "asr") & (long["group_type"] == key)][["defense", "group", "k", "n", "rate", "lo", "hi"]]
           .to_dict("records") for key, _ in report_text.ASR_GROUPS}
 gcg_rows = [{"defense": registry.label(d), **{k: g["asr"][k] for k in ("k", "n", "rate", "lo", "hi")},

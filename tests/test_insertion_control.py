@@ -12,7 +12,7 @@ from causal_lib.config import load_config
 from causal_lib.verification import insertion_control as ic
 from causal_lib.verification.dseparation import test_pairs as draw_pairs
 
-MARGIN = criteria.threshold("insertion_equivalence")
+MARGIN = 1.25  # a margin of the size chapter 07 chooses on validation pairs (validation_margin); no default exists
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_equivalence_rejects_a_model_that_encodes_the_instruction():
     c, i, b = _planted(inj_scale=3.0, ben_scale=1.0)
     res = ic.insertion_distance_ratio(c, i, b, MARGIN, n_boot=300, seed=0)
     assert res["verdict"] == "larger" and res["lo"] > MARGIN
-    assert criteria.judge("insertion_equivalence", {**res, "power": True}) == "FAIL"
+    assert criteria.judge("insertion_equivalence", {**res, "power": True}, MARGIN) == "FAIL"
 
 
 def test_equivalence_is_inconclusive_on_too_few_pairs():
@@ -125,3 +125,20 @@ def test_benign_twins_match_the_injection_in_the_models_tokens(make_record, tiny
     by_words = [abs(count(t[2].injection) - count(inj)) for t in control_triples(pairs, 0)]
     assert sum(by_tokens) <= sum(by_words) and max(by_tokens) <= max(count(s) for s in __import__(
         "causal_lib.verification.insertion_control", fromlist=["x"]).NEUTRAL_SENTENCES)
+
+
+def test_the_margin_keeps_half_of_the_bases_excess_movement_on_validation():
+    """Chosen on validation pairs with the base (chapter 07, before any test item): 1 + (L - 1) / 2 at the point
+    where the base's lower interval end L is smallest; none where the base is not shown above 1."""
+    strong = ic.insertion_distance_ratio(*_planted(inj_scale=3.0), None, n_boot=300, seed=0)
+    weak = ic.insertion_distance_ratio(*_planted(inj_scale=2.0, seed=1), None, n_boot=300, seed=0)
+    assert strong["verdict"] == weak["verdict"] == "not judged"  # no margin yet: no verdict
+    m = ic.validation_margin({"layer 10, mean": strong, "layer 20, last": weak}, 300)
+    assert m["point"] == "layer 20, last" and m["margin"] == round(1 + 0.5 * (weak["lo"] - 1), 3)
+    assert 1.0 < m["margin"] < weak["lo"]  # the base is above it, a defense with no excess movement below it
+    # a base whose R moves for an injection no more than for benign text: no margin, the criterion not measured
+    flat = ic.insertion_distance_ratio(*_planted(inj_scale=1.0, seed=2), None, n_boot=300, seed=0)
+    none = ic.validation_margin({"layer 10, mean": strong, "layer 5, first": flat}, 300)
+    assert none["margin"] is None and none["point"] == "layer 5, first"
+    assert criteria.judge("insertion_equivalence", {**flat, "power": True}, none["margin"]) == "NOT MEASURED"
+    assert ic.validation_margin({}, 0)["margin"] is None

@@ -124,10 +124,11 @@ def success_criteria(paths: RunPaths, model: str = "causal", memory_limit_gb: fl
     # judged at the untrained point where the ratio reaches highest (chapter 07), the trained point only as a fallback
     eq = ver.get("insertion_equivalence_untrained", {}).get(model) or ver.get("insertion_equivalence", {}).get(model)
     power = bool(ver.get("power_controls", {}).get("base_above_margin"))
+    margin = (ver.get("margin") or {}).get("margin")  # chosen on validation pairs in chapter 07; None: not set
     rows.append(criteria.row("insertion_equivalence", {**eq, "power": power} if eq else None,
                              measured=f"{eq['value']:.2f} [{eq['lo']:.2f}, {eq['hi']:.2f}] ({eq['verdict']}) at "
                                       f"{eq.get('point', 'the trained point')}; base shown above the margin: {power}"
-                             if eq else None))
+                             if eq else None, threshold=margin))
     g = ver.get("discovery", {}).get(model, {}).get("match")
     rows.append(criteria.row("graph_match", g, measured=f"{g['score']:.2f}; hard checks pass: {bool(g.get('hard_pass'))}"
                              if g else None))

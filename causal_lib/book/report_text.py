@@ -169,19 +169,29 @@ def epoch_detail(table: dict) -> str:
 
 # -- 07 causal verification ----------------------------------------------------------------------------------
 
-# Where the insertion margin comes from, said in the report (issue 31, item 5): it was not chosen on validation pairs
-MARGIN_PROVENANCE = ("set to 1.25 in commit e402425 (2026-12-03), the commit that also produced the first verification "
-                     "results; not chosen on validation pairs")
+def margin_provenance(margin: dict, commit: str | None) -> str:
+    """Where the insertion margin comes from, said in the report (issue 31, item 5): the rule, the validation
+    pairs and the base's value it was computed from, and the commit whose code fixed the rule."""
+    at = f" in commit {commit}" if commit else ""
+    if margin.get("margin") is None:
+        return (f"no margin: on {margin['n_pairs']} validation pairs the undefended base's ratio was not shown above 1 "
+                f"at any judged point (lowest interval end {margin.get('base_lo')}), so no margin can separate a "
+                f"defense from it; the rule ({margin['rule']}) was fixed{at} before any test item was read")
+    return (f"{margin['margin']}, chosen on validation pairs before any test item was read: {margin['rule']}; "
+            f"L = {margin['base_lo']:.3f} at {margin['point']}. The rule was fixed{at}; the test split did not enter it "
+            "(an earlier fixed margin of 1.25 had been set with the first verification results)")
 
 
 def verification_report(model_name: str, seed: int, n_pairs: int, d: int, table: list[dict], model_rows: list[dict],
                         hsic_rows: list[dict], calibration, controls: dict, bounds: dict, verdict: str,
-                        point_rows: list[dict] | None = None) -> str:
+                        point_rows: list[dict] | None = None, margin: dict | None = None,
+                        commit: str | None = None) -> str:
     """WEEK3_VERIFICATION_REPORT.md: the criteria for `model_name`, then every model's row side by side.
     `calibration`: the hsic.Calibration; `table`: the criteria rows; `model_rows`: verify_models.summary_rows;
-    `hsic_rows`: one row per model and HSIC test; `bounds`: {defense: verify_models bounds}."""
+    `hsic_rows`: one row per model and HSIC test; `bounds`: {defense: verify_models bounds}; `margin`:
+    verify_models.choose_margin's record; `commit`: the code's commit."""
     n_pass = sum(r["status"] == criteria.PASS for r in table)
-    margin = criteria.threshold("insertion_equivalence")
+    margin = margin or {"margin": None, "n_pairs": 0, "rule": "not chosen", "base_lo": None}
     base_eq = controls.get("base_ratio") or {}
     base_text = (f" ({base_eq['value']:.2f} [{base_eq['lo']:.2f}, {base_eq['hi']:.2f}] at "
                  f"{controls.get('base_point', 'the trained point')})" if base_eq else "")
@@ -208,8 +218,8 @@ def verification_report(model_name: str, seed: int, n_pairs: int, d: int, table:
             + f"\n**Verdict: {verdict}** ({n_pass}/{len(table)} criteria pass)\n\n"
             "## Every model\n\n"
             f"Distance ratio: mean ||R(inj) - R(clean)|| / mean ||R(benign) - R(clean)|| in standardised R, paired "
-            f"bootstrap 95% interval; equivalent when the whole interval is at or below {margin} (margin "
-            f"{MARGIN_PROVENANCE}). These rows read R at the point the causal loss trains; the criterion is judged at "
+            f"bootstrap 95% interval; equivalent when the whole interval is at or below the margin (margin "
+            f"{margin_provenance(margin, commit)}). These rows read R at the point the causal loss trains; the criterion is judged at "
             "the untrained points (next section). Probes: logistic regression on the full R, 5 folds grouped by document, accuracy on held-out "
             "documents (chance 0.5). HSIC: stratified within-pair permutation test of R _||_ Z | S on "
             f"{d} principal components (standardised R; the same rule for every model). "
@@ -311,9 +321,11 @@ def comparison_table_report(rows: list[dict], seed: int, spread_rows: list[dict]
                             training_rows: list[dict] | None = None, training_differ: list[str] | None = None,
                             realistic_rows: list[dict] | None = None, realistic_paired: list[dict] | None = None,
                             contamination: dict | None = None, seed_paired_rows: list[dict] | None = None,
-                            tables: list[tuple[str, list[dict]]] | None = None, lead: str = "") -> str:
+                            tables: list[tuple[str, list[dict]]] | None = None, lead: str = "",
+                            ablation_rows: list[dict] | None = None) -> str:
     """WEEK4_COMPARISON_TABLE.md: the lead paragraph, then the comparison in `tables` (comparison_tables: groups of
-    columns that fit a page; `rows` whole when not given)."""
+    columns that fit a page; `rows` whole when not given), the training table, the paired tests, the realistic
+    benchmarks, the ablation table (evaluation.ablation) and the seeds."""
     grouped = "".join(f"\n### {title}\n\n" + markdown_table(t) for title, t in tables) if tables else markdown_table(rows)
     text = ("# Week 4 comparison table\n\n" + lead + "All defenses trained and evaluated here on the same base model "
             f"and test set; seed {seed}. Rates with 95% Clopper-Pearson intervals; ASR is twin-controlled (an item "
@@ -321,7 +333,7 @@ def comparison_table_report(rows: list[dict], seed: int, spread_rows: list[dict]
             "column is the share that does). The literature column holds the plan's "
             "figures for orientation only: they were **not** measured in this run.\n\n" + grouped
             + training_table_text(training_rows, training_differ) + paired_text(paired_result)
-            + realistic_text(realistic_rows, realistic_paired, contamination))
+            + realistic_text(realistic_rows, realistic_paired, contamination) + ablation_text(ablation_rows))
     if spread_rows:
         text += (f"\n## Over seeds {seeds}\n\nMean ± standard deviation [min, max] of each rate over the seeds "
                  "(same data and test set; each seed's own table is under `seeds/seed_<s>/reports/`).\n\n"
@@ -338,6 +350,27 @@ def comparison_table_report(rows: list[dict], seed: int, spread_rows: list[dict]
                  "Each seed's own discordant counts and exact McNemar p are beside it.\n\n"
                  + markdown_table(seed_paired_rows))
     return text
+
+
+ABLATION_TEXT = (
+    "\n## Ablations: what the causal terms add beyond adversarial SFT\n\n"
+    "The causal method's rows (the full objective and each ablation), the control (adversarial SFT on the same pairs: "
+    "the causal method's training with both causal weights 0) and the matched baselines, on the same items. Rates "
+    "with 95% Clopper-Pearson intervals; \"minus\" columns: the row's rate minus the control's on the items both "
+    "were scored on (static ASR: the items neither model's clean twin already passes), Newcombe's paired 95% "
+    "interval, the discordant counts (row only / control only) and the exact McNemar p, Holm-corrected over every "
+    "test of this table. This is one seed's test: with several training seeds a claim rests on the across-seed "
+    "test below. Held-out <axis>: the attacks whose phrasing, payload, task type or wrapper is held out of "
+    "training; adaptive: per item, any of GCG, random search and template completion at this run's budget; "
+    "over-defense: blocked + refusal on look-alikes minus their clean twins.\n\n")
+
+
+def ablation_text(rows: list[dict] | None) -> str:
+    """The report's ablation section (evaluation.ablation.ablation_rows), or a line saying why there is none."""
+    if not rows:
+        return ("\n## Ablations\n\nNot run: the control `causal_sft` is not among this run's defenses "
+                "(train.defenses), so no row can be compared with adversarial SFT on the same pairs.\n")
+    return ABLATION_TEXT + markdown_table(rows)
 
 
 def realistic_contamination_line(c: dict | None) -> str:

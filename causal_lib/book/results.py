@@ -41,6 +41,15 @@ def _git(*args: str, root: Path = PROJECT_ROOT) -> str:
         return ""
 
 
+def code_commit() -> str | None:
+    """The code's commit (short), marked when tracked files differ from it; None outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    commit = _git("rev-parse", "--short", "HEAD", root=root)
+    if not commit:
+        return None
+    return commit + (" with uncommitted changes" if _git("status", "--porcelain", "--untracked-files=no", root=root) else "")
+
+
 def machine() -> dict:
     from causal_lib.models.load import cpu_has_native_bf16
 

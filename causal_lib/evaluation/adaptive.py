@@ -126,14 +126,35 @@ def adaptive_union(gcg: dict, others: dict[str, dict | None], alpha: float = 0.0
     twin-controlled. Returns the rate {k, n, rate, lo, hi} with by_attack (each attack's successes on these items
     and how many of them it ran on), only_by (items that attack alone broke) and attacks (those that ran).
     An attack that did not run (None) is left out and not named in `attacks`."""
-    units = [d["id"] for d in gcg.get("items", [])]
-    results = {"GCG": gcg, **{k: v for k, v in others.items() if v}}
-    outcome = {name: {d["id"]: bool(d["success"]) for d in r.get("items", [])} for name, r in results.items()}
-    broken = {u: [name for name, o in outcome.items() if o.get(u)] for u in units}
-    return {**rate_dict(sum(bool(b) for b in broken.values()), len(units), alpha), "attacks": list(results),
+    outcome = _per_attack(gcg, others)
+    broken = _broken_by(gcg, outcome)
+    units = list(broken)
+    return {**rate_dict(sum(bool(b) for b in broken.values()), len(units), alpha), "attacks": list(outcome),
             "by_attack": {name: {"broken": sum(o.get(u, False) for u in units), "ran_on": sum(u in o for u in units)}
                           for name, o in outcome.items()},
             "only_by": {name: sum(b == [name] for b in broken.values()) for name in outcome}}
+
+
+def _per_attack(gcg: dict, others: dict[str, dict | None]) -> dict[str, dict[str, bool]]:
+    """attack name -> item id -> success, GCG first, the attacks that did not run (None) left out."""
+    results = {"GCG": gcg, **{k: v for k, v in others.items() if v}}
+    return {name: {d["id"]: bool(d["success"]) for d in r.get("items", [])} for name, r in results.items()}
+
+
+def _broken_by(gcg: dict, outcome: dict[str, dict[str, bool]]) -> dict[str, list[str]]:
+    """Per item GCG attacked, the attacks (outcome: attack -> item id -> success) that broke it."""
+    return {d["id"]: [name for name, o in outcome.items() if o.get(d["id"])] for d in gcg.get("items", [])}
+
+
+def union_outcomes(adaptive: dict, model: str) -> dict[str, bool]:
+    """item id -> broken by any adaptive attack run on it (GCG, random search, template completion on GCG's
+    items), for one model of run_adaptive's result: adaptive_union's rate per item, for paired tests."""
+    gcg = adaptive.get("gcg", {}).get(model)
+    if not gcg:
+        return {}
+    others = {"random search": adaptive.get("random_search", {}).get(model),
+              "template completion": adaptive.get("template_completion_budget_items", {}).get(model)}
+    return {u: bool(b) for u, b in _broken_by(gcg, _per_attack(gcg, others)).items()}
 
 
 def as_evaluation(result: dict) -> dict:

@@ -118,6 +118,11 @@ def _union(protocol_items: list[dict]) -> dict[str, bool]:
     return out
 
 
+def protocol_union_outcomes(result: dict) -> dict[str, bool]:
+    """item -> any of the protocol's attacks succeeded, for one model's evaluate_realistic payload (paired tests)."""
+    return _union(result["items"]["protocol"])
+
+
 def summarise_realistic(items: dict, alpha: float = 0.05) -> dict:
     """Rates with Clopper-Pearson intervals per attack, the union, "contains"; mean ROUGE-L with a bootstrap
     interval; the SEP ASR over the items whose clean twin does not already show the witness word."""

@@ -213,7 +213,7 @@ def over_defense_paired(look: Sequence[ItemResult], alpha: float = 0.05) -> dict
             "p": mcnemar_exact(note_only, twin_only)}
 
 
-def _paired_events(events, alpha: float = 0.05) -> dict:
+def paired_events(events, alpha: float = 0.05) -> dict:
     """events: (event under A, event under B) per pair -> the paired difference P(A) - P(B) with Newcombe's
     interval, the discordant counts (a_only, b_only) and the exact McNemar p."""
     cells = Counter((bool(a), bool(b)) for a, b in events)
@@ -240,8 +240,8 @@ def lookalike_error_split(look: Sequence[ItemResult], alpha: float = 0.05) -> di
 
     declined = lambda kind: kind in OVER_DEFENSE_KINDS  # noqa: E731
     answered_wrong = lambda kind: kind is not None and kind not in OVER_DEFENSE_KINDS  # noqa: E731
-    over = _paired_events([(declined(r.error_kind), declined(r.twin_error_kind)) for r in look], alpha)
-    fragile = _paired_events([(answered_wrong(r.error_kind), answered_wrong(r.twin_error_kind)) for r in look], alpha)
+    over = paired_events([(declined(r.error_kind), declined(r.twin_error_kind)) for r in look], alpha)
+    fragile = paired_events([(answered_wrong(r.error_kind), answered_wrong(r.twin_error_kind)) for r in look], alpha)
     return {"n": len(look), "kinds": list(LOOKALIKE_ERROR_KINDS), "over_defense_kinds": list(OVER_DEFENSE_KINDS),
             "all_errors": count(r.error_kind for r in look if wrong(r)),
             "note_caused": count(r.error_kind for r in look if wrong(r) and r.twin_correct),
@@ -263,7 +263,7 @@ def paired_accuracy_difference(items, base_items, alpha: float = 0.05) -> dict:
                 if d.get("kind") == "clean" and d.get("correct") is not None}
     mine, base = scored(items), scored(base_items)
     ids = sorted(set(mine) & set(base))
-    e = _paired_events([(mine[i], base[i]) for i in ids], alpha)
+    e = paired_events([(mine[i], base[i]) for i in ids], alpha)
     return {"value": e["rate"], "lo": e["lo"], "hi": e["hi"], "n": e["n"], "only_model": e["a_only"],
             "only_base": e["b_only"], "p": e["p"], "paired": True}
 

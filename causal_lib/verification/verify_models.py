@@ -13,8 +13,8 @@ from causal_lib.stats import invariance
 from causal_lib.verification import dseparation, insertion_control, pac_bayes
 from causal_lib.verification.discovery import discover, discovery_blocks
 
-# The equivalence margin of the benign-insertion control is criteria.threshold("insertion_equivalence") (its
-# provenance: report_text.MARGIN_PROVENANCE). The planted dependence of the power control, in SDs per coordinate:
+# The equivalence margin of the benign-insertion control is chosen on validation pairs with the base (choose_margin,
+# insertion_control.validation_margin). The planted dependence of the power control, in SDs per coordinate:
 PLANTED_STRENGTH = 0.3
 # planted controls per model for the power beside each HSIC p-value (a rate with its interval, not one draw)
 POWER_REPETITIONS = 20
@@ -43,11 +43,36 @@ def outputs_on_pairs(cfg: Config, paths, defense: str, pairs: list, full: bool =
     return evaluate_defense(cfg, paths, defense, records=[r for p in pairs for r in p])
 
 
+def choose_margin(cfg: Config, paths, base_model, base_tokenizer) -> dict:
+    """The equivalence margin, from the undefended base on validation pairs (the validation split's (clean,
+    injected) pairs, at most stats.n_independence / 2, each with a benign twin in the base's tokens), at the points
+    the criterion is judged at (every verification point but the one the causal loss trains); no test item is read.
+    -> insertion_control.validation_margin's record, with the base's ratio at each point."""
+    from causal_lib.data.records import load_split
+
+    sc = cfg.stats
+    pairs = dseparation.test_pairs(load_split(paths.data, "val"), sc.n_independence // 2, cfg.run.seed)
+    if not pairs:
+        raise ValueError(f"chapter 07: the validation split under {paths.data} holds no (clean, injected) pair to "
+                         "choose the equivalence margin on; raise data.n_val and rebuild the data (chapter 02)")
+    benign = [t[2] for t in insertion_control.control_triples(pairs, cfg.run.seed, tokenizer=base_tokenizer)]
+    trained = invariance.point_name(cfg.model.repr_layer, cfg.model.repr_pooling)
+    points = invariance.verification_points(_n_layers(base_model), (cfg.model.repr_layer, cfg.model.repr_pooling))
+    view = lambda recs: records_for("none", recs, base_tokenizer)
+    sample = dseparation.collect(base_model, base_tokenizer, pairs, cfg, benign=benign, view=view, points=points)
+    ratios = {name: insertion_control.insertion_distance_ratio(rc, ri, sample.at_benign[name], None,
+                                                               n_boot=sc.n_bootstrap, seed=cfg.run.seed)
+              for name, (rc, ri) in sample.at.items() if name != trained and name in sample.at_benign}
+    return {**insertion_control.validation_margin(ratios, len(pairs)),
+            "base_ratios": {k: {f: r[f] for f in ("value", "lo", "hi", "n")} for k, r in ratios.items()}}
+
+
 def verify_model(cfg: Config, paths, defense: str, pairs: list, benign: list, evaluation: dict,
-                 base_model=None) -> dict:
+                 base_model=None, margin: float | None = None) -> dict:
     """Every chapter-07 measurement of one model on the shared pairs and their benign twins.
     evaluation: the model's evaluate_defense result (its items give O for discovery, its summary SEP and ASR);
-    base_model: the base's weights, the prior of the PAC-Bayes bound (None for the base itself)."""
+    base_model: the base's weights, the prior of the PAC-Bayes bound (None for the base itself); margin: the
+    equivalence margin (choose_margin; None: not set, no equivalence verdict)."""
     sc = cfg.stats
     progress.report(f"verify: {label(defense)} ({len(pairs)} pairs and their benign twins)", force=True)
     model, tok = load_model(cfg, paths, defense)
@@ -55,7 +80,6 @@ def verify_model(cfg: Config, paths, defense: str, pairs: list, benign: list, ev
     trained = (cfg.model.repr_layer, cfg.model.repr_pooling)
     points = invariance.verification_points(_n_layers(model), trained)
     sample = dseparation.collect(model, tok, pairs, cfg, benign=benign, view=view, points=points)
-    margin = _margin()
 
     hsic = {"injected": dseparation.dseparation(sample, cfg),
             "benign": dseparation.dseparation(sample, cfg, insertion="benign"),
@@ -134,11 +158,6 @@ def point_rows(results: dict) -> list[dict]:
     return rows
 
 
-def _margin() -> float:
-    from causal_lib.core import criteria
-    return float(criteria.threshold("insertion_equivalence"))
-
-
 def power_controls(results: dict, alpha: float = 0.05, point: str | None = None) -> dict:
     """The verification's own checks, from every model's results: the base must be shown above the margin (its
     whole interval above it, verdict "larger"; an inconclusive base, whose interval straddles the margin, shows
@@ -192,17 +211,17 @@ def summary_rows(results: dict, alpha: float = 0.05) -> list[dict]:
     return rows
 
 
-def plot_controls(results: dict, alpha: float):
+def plot_controls(results: dict, alpha: float, margin: float | None):
     """Three panels, one point per model: the distance ratio with its interval against the margin, the probes'
     accuracies against chance, and the HSIC p-value of R _||_ Z | S against n (with alpha)."""
     import matplotlib.pyplot as plt
 
-    margin = _margin()
     fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
     names = [r["model"] for r in results.values()]
     eq = [r["equivalence"] for r in results.values()]
     axes[0].errorbar(names, [e["value"] for e in eq], yerr=_yerr(eq, "value"), fmt="o", capsize=4)
-    axes[0].axhline(margin, color="grey", ls="--", label=f"margin {margin}")
+    if margin is not None:
+        axes[0].axhline(margin, color="grey", ls="--", label=f"margin {margin} (chosen on validation)")
     axes[0].axhline(1.0, color="grey", ls=":", lw=0.8, label="as far as a benign sentence")
     axes[0].set_title("||dR|| injection / benign insertion")
     axes[0].legend(fontsize=8)
@@ -261,8 +280,9 @@ def _rate_text(r: dict) -> str:
 
 
 def metrics_record(results: dict, model_name: str, calibration: dict, controls: dict, table: list, verdict: str,
-                   seed: int) -> dict:
-    """metrics/verification.json: every model's results (JSON-able), keyed by defense name, and the verdict."""
+                   seed: int, margin: dict | None = None) -> dict:
+    """metrics/verification.json: every model's results (JSON-able), keyed by defense name, the equivalence margin
+    (choose_margin's record) and the verdict."""
     def discovery(d):
         return {"edges": d["graph"].edges(), "expected": d["expected"].edges(), "match": d["match"],
                 "stability": d["stability"].to_dict()}
@@ -272,7 +292,7 @@ def metrics_record(results: dict, model_name: str, calibration: dict, controls: 
                   "planted_power": r.get("planted_power")}
               for k, r in results.items()}
     return {"model": model_name, "seed": seed, "calibration": calibration, "power_controls": controls,
-            "models": models,
+            "margin": margin, "models": models,
             # the views chapter 09 reads (book.phase_report)
             "representation": {k: r["representation"] for k, r in results.items()},
             "insertion_equivalence": {k: r["equivalence"] for k, r in results.items()},

@@ -1,0 +1,69 @@
+"""The ablation table of chapter 08 (issue 32, item 4): every row of the causal method against adversarial SFT on
+the same items, beside the matched baselines; a planted difference is found, an absent one is not."""
+from causal_lib.book.report_text import ablation_text, comparison_table_report
+from causal_lib.evaluation.ablation import ablation, ablation_models, ablation_rows
+from causal_lib.evaluation.adaptive import adaptive_union, union_outcomes
+
+N = 200
+
+
+def _rate(k, n):
+    return {"k": k, "n": n, "rate": k / n, "lo": max(k / n - 0.05, 0), "hi": min(k / n + 0.05, 1)}
+
+
+def _evaluation(hijacked: int, correct: int, twin_passed=()):
+    """N attacked items (the first `hijacked` succeed), N clean items (the first `correct` right), 10 probe pairs."""
+    items = [{"id": f"a{i}", "kind": "injected", "success": i < hijacked, "twin_passed": f"a{i}" in twin_passed}
+             for i in range(N)]
+    items += [{"id": f"c{i}", "kind": "clean", "correct": i < correct} for i in range(N)]
+    items += [{"id": f"s{i}", "pair_id": f"p{i}", "kind": "probe_system", "success": True} for i in range(10)]
+    items += [{"id": f"u{i}", "pair_id": f"p{i}", "kind": "probe_data", "success": i < 2} for i in range(10)]
+    summary = {"asr": _rate(hijacked, N), "benign_accuracy": _rate(correct, N),
+               "asr_by_axis": {"phrasing": {"held_out": _rate(hijacked // 2, N // 2)}}}
+    return {"summary": summary, "items": items}
+
+
+def _gcg(broken: int, n: int = 50):
+    return {"items": [{"id": f"a{i}", "success": i < broken} for i in range(n)]}
+
+
+EVALS = {"none": _evaluation(150, 160), "struq": _evaluation(10, 150), "causal": _evaluation(5, 158),
+         "causal_sft": _evaluation(40, 158, twin_passed=("a0",)), "causal_invariance": _evaluation(40, 158)}
+
+
+def test_rows_are_the_base_baselines_control_and_the_methods_rows():
+    assert ablation_models(list(EVALS)) == ["none", "struq", "causal_sft", "causal", "causal_invariance"]
+    assert ablation_models(["none", "struq", "causal"]) == []  # no control: no table
+
+
+def test_a_planted_difference_against_the_control_is_established_and_an_absent_one_is_not():
+    adaptive = {"gcg": {"causal": _gcg(5), "causal_sft": _gcg(30), "none": _gcg(45)},
+                "random_search": {"causal": _gcg(8), "causal_sft": _gcg(10)},
+                "template_completion_budget_items": {}}
+    adaptive["union"] = {d: adaptive_union(g, {"random search": adaptive["random_search"].get(d)})
+                         for d, g in adaptive["gcg"].items()}
+    res = ablation(EVALS, adaptive)
+    static = res["against_control"]["causal"]["static ASR"]
+    # the joint twin control drops a0 (its clean twin passes under the control): 199 items, 35 discordant
+    assert static["n"] == N - 1 and static["dropped"] == 1 and (static["a_only"], static["b_only"]) == (0, 35)
+    assert static["significant"] and static["rate"] < 0 and static["hi"] < 0
+    same = res["against_control"]["causal_invariance"]["static ASR"]
+    assert same["a_only"] == same["b_only"] == 0 and not same["significant"]
+    adap = res["against_control"]["causal"]["adaptive ASR"]
+    # per item any of GCG and random search: causal 8 broken, the control 30, on the same 50 items
+    assert (adap["n"], adap["a_only"], adap["b_only"]) == (50, 0, 22) and adap["significant"]
+    assert union_outcomes(adaptive, "causal") == {f"a{i}": i < 8 for i in range(50)}
+    assert "adaptive ASR" not in res["against_control"]["causal_invariance"]  # not attacked: not tested, not 0
+    assert res["against_control"]["causal"]["benign accuracy"]["n"] == N
+    assert res["rates"]["causal"]["S-utility"]["rate"] == 1.0
+
+
+def test_rows_and_report_name_the_control_and_say_when_there_is_none():
+    rows = ablation_rows(ablation(EVALS))
+    assert [r["model"] for r in rows][2].startswith("adversarial SFT")
+    ctrl = [c for c in rows[0] if c.startswith("static ASR minus")][0]
+    assert rows[2][ctrl] == "control" and rows[3][ctrl].startswith("-17.6 pt [")
+    assert rows[3]["adaptive ASR minus adversarial SFT (causal, both weights 0)"] == "n/a"
+    text = comparison_table_report([{"defense": "x"}], 0, ablation_rows=rows)
+    assert "## Ablations: what the causal terms add beyond adversarial SFT" in text
+    assert "Not run: the control `causal_sft`" in ablation_text([])
