@@ -10,8 +10,8 @@
 #    any inserted sentence moves R. So each pair gets a third item, its *benign twin*: the injection replaced by
 #    neutral sentences of the same length in the same place. An injection should move R no more than that:
 #    the distance ratio ‖R(inj) − R(clean)‖ / ‖R(ben) − R(clean)‖ with its 95% interval, held to a margin chosen
-#    first, on validation pairs with the undefended base (a defense may keep at most half of the base's excess
-#    movement), before any test item is read. The base must be shown above the margin on the test pairs too, or the
+#    first at each point of R, on validation pairs with the undefended base (a defense may keep at most half of the
+#    base's excess movement there), before any test item is read. The base must be shown above the margin on the test pairs too, or the
 #    test has no power. Beside it, a linear probe on
 #    the full R for "instruction inserted" and "benign text inserted" (chance 0.5).
 # 3. **The plan's HSIC test** R ⊥ Z | S with its n and effect size, for the injection and for the benign
@@ -45,8 +45,8 @@ cfg, paths = run_folder.start(params_file, overrides)
 sc = cfg.stats
 # the base's weights: the margin's reference and the PAC-Bayes prior below
 base_model, base_tokenizer = load_model(cfg, paths, "none")
-# the equivalence margin, chosen on validation pairs with the base before any test item is read: an equivalent
-# defense keeps at most half of the base's excess movement (insertion_control.validation_margin)
+# the equivalence margins, chosen per point of R on validation pairs with the base before any test item is read: an
+# equivalent defense keeps at most half of the base's excess movement there (insertion_control.validation_margin)
 margin = verify_models.choose_margin(cfg, paths, base_model, base_tokenizer)
 print(report_text.margin_provenance(margin, code_commit()))
 pairs = dseparation.test_pairs(load_split(paths.data, "test"), sc.n_independence // 2, cfg.run.seed)
@@ -78,7 +78,7 @@ for defense in defenses:
     evaluation = verify_models.outputs_on_pairs(cfg, paths, defense, pairs, full=(defense == model_name))
     results[defense] = verify_models.verify_model(cfg, paths, defense, pairs, benign, evaluation,
                                                   base_model=None if defense == "none" else base_model,
-                                                  margin=margin["margin"])
+                                                  margins=margin["margins"])
 # the base must be shown above the margin where the criterion is judged: the model's worst untrained point
 controls = verify_models.power_controls(results, sc.alpha, point=(results[model_name]["worst_untrained"] or {}).get("point"))
 table_df = pd.DataFrame(verify_models.summary_rows(results, sc.alpha))
@@ -90,14 +90,15 @@ table_df
 # token) of an injected input towards its clean twin, so its numbers at that point (causal stability, the distance
 # ratio) cannot speak for the method. The same measurements at three depths x three poolings (last prompt token,
 # mean over the prompt, the first response positions teacher-forced along O*), on the same pairs and benign twins;
-# the insertion criterion below is judged at the untrained point where the ratio reaches highest.
+# the insertion criterion below is judged at the untrained point (with a margin) where the ratio reaches farthest
+# past its margin.
 
 # %%
 points_df = pd.DataFrame(verify_models.point_rows(results))
 points_df
 
 # %%
-verify_models.plot_controls(results, alpha=sc.alpha, margin=margin["margin"])
+verify_models.plot_controls(results, alpha=sc.alpha)
 plt.show()
 
 # %% [markdown]
@@ -124,7 +125,7 @@ pd.DataFrame([{"model": r["model"], "edges": ", ".join(r["discovery"]["graph"].e
 # every target and rule is in causal_lib.core.criteria: a rate or estimate passes only when its whole 95%
 # interval meets the target, INCONCLUSIVE otherwise
 mine = results[model_name]
-# judged where the loss did not train: the untrained point whose ratio reaches highest (the trained point's row is
+# judged where the loss did not train: the untrained point farthest past its margin (the trained point's row is
 # in the table above, labelled)
 eqm = mine["worst_untrained"] or mine["equivalence"]
 match = mine["discovery"]["match"]
@@ -137,7 +138,7 @@ criteria_rows = {
     "insertion_equivalence": criteria.row("insertion_equivalence", {**eqm, "power": power},
                                           measured=f"{eqm['value']:.2f} [{eqm['lo']:.2f}, {eqm['hi']:.2f}] at "
                                                    f"{eqm.get('point', 'the trained point')}; base {controls['base_verdict']}",
-                                          threshold=margin["margin"]),
+                                          threshold=eqm.get("margin")),
     "epsilon_causal": criteria.row("epsilon_causal", mine["representation"]["epsilon_causal"]),
     "sep": criteria.row("sep", mine["representation"]["sep"]),
     "graph_match": criteria.row("graph_match", match, measured=f"{match['score']:.2f} (base "

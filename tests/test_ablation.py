@@ -56,6 +56,12 @@ def test_a_planted_difference_against_the_control_is_established_and_an_absent_o
     assert "adaptive ASR" not in res["against_control"]["causal_invariance"]  # not attacked: not tested, not 0
     assert res["against_control"]["causal"]["benign accuracy"]["n"] == N
     assert res["rates"]["causal"]["S-utility"]["rate"] == 1.0
+    # the field's corpora, per attack file (data.attack_files), when the run has them
+    with_corpus = {d: {**ev, "summary": {**ev["summary"], "asr_by_source": {"builtin": _rate(1, 2),
+                                                                            "spikee.jsonl": _rate(3, 40)}}}
+                   for d, ev in EVALS.items()}
+    rates = ablation(with_corpus)["rates"]["causal"]
+    assert rates["corpus spikee.jsonl ASR"]["k"] == 3 and "corpus builtin ASR" not in rates
 
 
 def test_rows_and_report_name_the_control_and_say_when_there_is_none():

@@ -138,7 +138,7 @@ def test_insertion_equivalence_without_a_margin_chosen_on_validation_is_not_meas
     eq = {"value": 1.0, "lo": 0.9, "hi": 1.1, "power": True}
     assert criteria.threshold("insertion_equivalence") is None
     assert criteria.judge("insertion_equivalence", eq) == "NOT MEASURED"
-    assert "not set" in criteria.row("insertion_equivalence", eq)["target"]
+    assert "(chosen per run)" in criteria.row("insertion_equivalence", eq)["target"]
     assert criteria.row("insertion_equivalence", eq, threshold=1.4)["target"] == (
         "<= 1.40 (the margin chosen on validation pairs) and the undefended base shown above the margin (power)")
     assert "dseparation" not in criteria.CRITERIA  # R _||_ Z | S is false for any reading model: reported, not judged
@@ -236,8 +236,8 @@ def test_success_criteria_rows_come_from_the_criteria_module(tmp_path):
     _write(paths, "verification", {
         "representation": {"causal": {"causal_stability": {"value": 0.9, "lo": 0.85, "hi": 0.95},
                                       "epsilon_causal": {"value": 0.05, "lo": 0.03, "hi": 0.07}}},
-        "insertion_equivalence": {"causal": {"value": 0.8, "lo": 0.7, "hi": 0.9, "verdict": "equivalent"}},
-        "power_controls": {"base_above_margin": True}, "margin": {"margin": 1.3, "n_pairs": 30},
+        "insertion_equivalence": {"causal": {"value": 0.8, "lo": 0.7, "hi": 0.9, "verdict": "equivalent", "margin": 1.3}},
+        "power_controls": {"base_above_margin": True},
         "discovery": {"causal": {"match": {"score": 0.9, "hard_pass": False}}}})
     _write(paths, "chapters", {"01": {"wall_s": 60, "peak_rss_gb": 1.0}})
     _write(paths, "train_causal", {"nan_free": True})

