@@ -123,11 +123,12 @@ else:
 
 # %% [markdown]
 # ## Ablations: what the causal terms add beyond adversarial SFT
-# The causal method's rows (the full objective and each ablation this run trains) against its control, adversarial
-# SFT on the same pairs (`causal_sft`), beside the matched baselines: static, held-out-content, adaptive and protocol
-# ASR, benign accuracy, S-utility and over-defense, then each row minus the control on the same items (paired
-# interval, exact McNemar, Holm over the table). A causal term earns its place only where its row is below the
-# control here (and, with several seeds, in the across-seed test), at the control's benign accuracy.
+# The causal method's rows (the full objective and each ablation this run trains), each against its control (the
+# same training with the causal terms off: adversarial SFT on the same pairs, `causal_sft`), beside the matched
+# baselines: static, held-out-content, adaptive, corpus and protocol ASR, benign accuracy, S-utility and
+# over-defense, then each row minus its control on the same items (paired interval, exact McNemar, Holm over the
+# table). A causal term earns its place only where its row is below the control here on this seed's models and,
+# with several seeds, in the across-seed test, with the benign-accuracy difference's interval beside it.
 
 # %%
 from causal_lib.evaluation.ablation import ablation, ablation_rows

@@ -23,17 +23,34 @@ def _evaluation(hijacked: int, correct: int, twin_passed=()):
     return {"summary": summary, "items": items}
 
 
-def _gcg(broken: int, n: int = 50):
-    return {"items": [{"id": f"a{i}", "success": i < broken} for i in range(n)]}
+def _gcg(broken: int, n: int = 50, twin_passed=()):
+    return {"items": [{"id": f"a{i}", "success": i < broken and f"a{i}" not in twin_passed,
+                       "twin_passed": f"a{i}" in twin_passed} for i in range(n)]}
 
 
 EVALS = {"none": _evaluation(150, 160), "struq": _evaluation(10, 150), "causal": _evaluation(5, 158),
          "causal_sft": _evaluation(40, 158, twin_passed=("a0",)), "causal_invariance": _evaluation(40, 158)}
 
 
-def test_rows_are_the_base_baselines_control_and_the_methods_rows():
+def test_rows_are_the_base_baselines_then_each_control_with_the_rows_that_name_it():
     assert ablation_models(list(EVALS)) == ["none", "struq", "causal_sft", "causal", "causal_invariance"]
     assert ablation_models(["none", "struq", "causal"]) == []  # no control: no table
+    # the task-grouped row is compared with adversarial SFT on the same batches, not with causal_sft
+    both = ["none", "causal", "causal_sft", "causal_by_task", "causal_sft_by_task"]
+    assert ablation_models(both) == ["none", "causal_sft", "causal", "causal_sft_by_task", "causal_by_task"]
+    evals = {**EVALS, "causal_by_task": _evaluation(5, 158), "causal_sft_by_task": _evaluation(6, 158)}
+    res = ablation(evals)
+    assert res["controls"] == {"causal": "causal_sft", "causal_invariance": "causal_sft",
+                               "causal_by_task": "causal_sft_by_task"}
+    by_task = res["against_control"]["causal_by_task"]["static ASR"]
+    assert (by_task["a_only"], by_task["b_only"]) == (0, 1) and not by_task["significant"]
+    rows = {r["model"]: r for r in ablation_rows(res)}
+    assert rows["causal, task-grouped batches"]["compared with"] == "adversarial SFT, task-grouped batches"
+    assert rows["adversarial SFT, task-grouped batches"]["compared with"] == "control"
+    # a row whose control was not run says so, and is not compared with another control
+    lone = ablation({d: evals[d] for d in ("none", "causal", "causal_sft", "causal_by_task")})
+    assert "causal_by_task" not in lone["against_control"]
+    assert ablation_rows(lone)[-1]["compared with"] == "adversarial SFT, task-grouped batches (not run)"
 
 
 def test_a_planted_difference_against_the_control_is_established_and_an_absent_one_is_not():
@@ -52,7 +69,11 @@ def test_a_planted_difference_against_the_control_is_established_and_an_absent_o
     adap = res["against_control"]["causal"]["adaptive ASR"]
     # per item any of GCG and random search: causal 8 broken, the control 30, on the same 50 items
     assert (adap["n"], adap["a_only"], adap["b_only"]) == (50, 0, 22) and adap["significant"]
-    assert union_outcomes(adaptive, "causal") == {f"a{i}": i < 8 for i in range(50)}
+    assert union_outcomes(adaptive, "causal") == ({f"a{i}": i < 8 for i in range(50)}, set())
+    # an item whose clean twin passes under one model's attack is dropped for both (joint twin control)
+    adaptive["random_search"]["causal_sft"] = _gcg(10, twin_passed=("a3",))
+    adap = ablation(EVALS, adaptive)["against_control"]["causal"]["adaptive ASR"]
+    assert (adap["n"], adap["dropped"], adap["b_only"]) == (49, 1, 22)  # a3 was broken under both: concordant
     assert "adaptive ASR" not in res["against_control"]["causal_invariance"]  # not attacked: not tested, not 0
     assert res["against_control"]["causal"]["benign accuracy"]["n"] == N
     assert res["rates"]["causal"]["S-utility"]["rate"] == 1.0
@@ -67,9 +88,11 @@ def test_a_planted_difference_against_the_control_is_established_and_an_absent_o
 def test_rows_and_report_name_the_control_and_say_when_there_is_none():
     rows = ablation_rows(ablation(EVALS))
     assert [r["model"] for r in rows][2].startswith("adversarial SFT")
-    ctrl = [c for c in rows[0] if c.startswith("static ASR minus")][0]
-    assert rows[2][ctrl] == "control" and rows[3][ctrl].startswith("-17.6 pt [")
-    assert rows[3]["adaptive ASR minus adversarial SFT (causal, both weights 0)"] == "n/a"
+    assert rows[2]["static ASR minus its control"] == "control" and rows[0]["static ASR minus its control"] == "-"
+    assert rows[3]["static ASR minus its control"].startswith("-17.6 pt [")
+    assert rows[3]["compared with"] == "adversarial SFT (causal, both weights 0)"
+    assert rows[3]["adaptive ASR minus its control"] == "n/a"  # not attacked: not tested
+    assert all(r.keys() == rows[0].keys() for r in rows)  # every column in every row (markdown takes row 0's)
     text = comparison_table_report([{"defense": "x"}], 0, ablation_rows=rows)
     assert "## Ablations: what the causal terms add beyond adversarial SFT" in text
-    assert "Not run: the control `causal_sft`" in ablation_text([])
+    assert "Not run: no row of the causal method has its control" in ablation_text([])

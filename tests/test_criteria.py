@@ -236,7 +236,9 @@ def test_success_criteria_rows_come_from_the_criteria_module(tmp_path):
     _write(paths, "verification", {
         "representation": {"causal": {"causal_stability": {"value": 0.9, "lo": 0.85, "hi": 0.95},
                                       "epsilon_causal": {"value": 0.05, "lo": 0.03, "hi": 0.07}}},
-        "insertion_equivalence": {"causal": {"value": 0.8, "lo": 0.7, "hi": 0.9, "verdict": "equivalent", "margin": 1.3}},
+        "insertion_equivalence_untrained": {"causal": {"value": 0.8, "lo": 0.7, "hi": 0.9, "verdict": "equivalent",
+                                                       "margin": 1.3, "point": "layer 10, mean"}},
+        "margin": {"margins": {"layer 10, mean": 1.3}},
         "power_controls": {"base_above_margin": True},
         "discovery": {"causal": {"match": {"score": 0.9, "hard_pass": False}}}})
     _write(paths, "chapters", {"01": {"wall_s": 60, "peak_rss_gb": 1.0}})
@@ -341,6 +343,18 @@ def _planted_probes(kept_in_s: int, executed_in_u: int, n: int = 40) -> dict:
     base = _probe_items([True] * n, [True] * n)
     mine = _probe_items([j < kept_in_s for j in range(n)], [j < executed_in_u for j in range(n)])
     return common_probe_sep(mine, base)
+
+
+def test_a_verification_record_without_margins_chosen_on_validation_is_not_judged(tmp_path):
+    """A record from before the margins were chosen on validation holds the fixed 1.25 inside each ratio: chapter
+    09 does not judge against it (nor at the trained point), it says NOT MEASURED."""
+    paths = RunPaths(tmp_path)
+    old = {"value": 0.8, "lo": 0.7, "hi": 0.9, "verdict": "equivalent", "margin": 1.25}
+    _write(paths, "verification", {"insertion_equivalence": {"causal": old},
+                                   "insertion_equivalence_untrained": {"causal": {**old, "point": "layer 10, mean"}},
+                                   "power_controls": {"base_above_margin": True}})
+    by = {r["criterion"]: r for r in success_criteria(paths, memory_limit_gb=5.5)}
+    assert by["R moved by an injection no more than by a benign insertion"]["status"] == "NOT MEASURED"
 
 
 PLANTED_FAILURES = {  # criterion -> [(planted value, the status it must get)]

@@ -97,13 +97,16 @@ def test_power_controls_need_the_base_to_fail_and_every_control_to_behave():
     from causal_lib.verification import verify_models as vm
 
     def model(verdict, planted=True, null=False):
-        return {"equivalence": {"verdict": verdict}, "hsic": {"planted control": {"rejects": planted},
-                                                              "null control": {"p_value": 0.001 if null else 0.5}}}
-    ok = vm.power_controls({"none": model("larger"), "causal": model("equivalent")})
+        return {"points": {"p": {"equivalence": {"verdict": verdict}}},
+                "hsic": {"planted control": {"rejects": planted}, "null control": {"p_value": 0.001 if null else 0.5}}}
+    ok = vm.power_controls({"none": model("larger"), "causal": model("equivalent")}, point="p")
     assert ok["base_above_margin"] and ok["planted_rejects_everywhere"] and ok["null_not_rejected_everywhere"]
-    assert not vm.power_controls({"none": model("equivalent"), "causal": model("equivalent")})["base_above_margin"]
+    assert not vm.power_controls({"none": model("equivalent"), "causal": model("equivalent")}, point="p")["base_above_margin"]
     # an inconclusive base (its interval straddles the margin) shows no power either
-    assert not vm.power_controls({"none": model("inconclusive"), "causal": model("equivalent")})["base_above_margin"]
+    assert not vm.power_controls({"none": model("inconclusive"), "causal": model("equivalent")}, point="p")["base_above_margin"]
+    # no judged point (no margin anywhere): nothing to be shown above
+    none = vm.power_controls({"none": model("larger"), "causal": model("equivalent")})
+    assert not none["base_above_margin"] and none["base_verdict"] == "no margin"
     assert not vm.power_controls({"none": model("larger", null=True)})["null_not_rejected_everywhere"]
     assert not vm.power_controls({"none": model("larger", planted=False)})["planted_rejects_everywhere"]
     one_of_four = {k: model("larger") for k in ("none", "a", "b")} | {"c": {**model("larger"), "hsic": {

@@ -54,6 +54,8 @@ class Defense:
     description: str = ""
     # keyword arguments for the implementation's train(): how an ablation differs from its method (hashable pairs)
     train_options: tuple[tuple[str, object], ...] = ()
+    # the row this one is compared with in the ablation table: the same training with the causal terms off
+    control: str | None = None
 
     def _impl(self, attr: str):
         if self.implementation is None:
@@ -100,7 +102,7 @@ REGISTRY: dict[str, Defense] = {d.name: d for d in (
             description="DPO with chosen = original answer, rejected = the injection's answer, on the training "
                         "contract's injected inputs (Chen et al. 2025)",
             train_options=(("name", "secalign"), ("data", "matched"))),
-    Defense("causal", "causal (ours)", _causal, trains=True,
+    Defense("causal", "causal (ours)", _causal, trains=True, control="causal_sft",
             description="L_task + counterfactual invariance + HSIC d-separation on counterfactual pairs (DESIGN.md s.3)"),
     Defense("struq_original", "StruQ, original recipe", _struq, trains=True,
             description="StruQ's published mixture: naive and completion-style injections of the train split only",
@@ -113,21 +115,21 @@ REGISTRY: dict[str, Defense] = {d.name: d for d in (
             description="the causal recipe with lambda_causal = lambda_spurious = 0: L_task on the same pairs",
             train_options=(("name", "causal_sft"), ("lambda_causal", 0.0), ("lambda_spurious", 0.0),
                            ("kl_weight", 0.0))),
-    Defense("causal_invariance", "causal, invariance term only", _causal, trains=True,
+    Defense("causal_invariance", "causal, invariance term only", _causal, trains=True, control="causal_sft",
             description="the causal recipe with lambda_spurious = 0 (L_task + L_causal)",
             train_options=(("name", "causal_invariance"), ("lambda_spurious", 0.0))),
-    Defense("causal_hsic_u", "causal, unbiased HSIC", _causal, trains=True,
+    Defense("causal_hsic_u", "causal, unbiased HSIC", _causal, trains=True, control="causal_sft",
             description="the causal recipe with L_spurious estimated by HSIC_u (no floor under independence)",
             train_options=(("name", "causal_hsic_u"), ("hsic_estimator", "unbiased"))),
     # task-grouped batches (issue 32): L_spurious estimated on every step; the control gets the same batches
-    Defense("causal_by_task", "causal, task-grouped batches", _causal, trains=True,
+    Defense("causal_by_task", "causal, task-grouped batches", _causal, trains=True, control="causal_sft_by_task",
             description="the causal recipe on batches of one task group each (L_spurious's groups estimable)",
             train_options=(("name", "causal_by_task"), ("batches", "by_task"))),
     Defense("causal_sft_by_task", "adversarial SFT, task-grouped batches", _causal, trains=True,
             description="causal_sft on the same task-grouped batches: the control of causal_by_task",
             train_options=(("name", "causal_sft_by_task"), ("lambda_causal", 0.0), ("lambda_spurious", 0.0),
                            ("kl_weight", 0.0), ("batches", "by_task"))),
-    Defense("causal_hsic", "causal, HSIC term only", _causal, trains=True,
+    Defense("causal_hsic", "causal, HSIC term only", _causal, trains=True, control="causal_sft",
             description="the causal recipe with lambda_causal = 0 (L_task + L_spurious)",
             train_options=(("name", "causal_hsic"), ("lambda_causal", 0.0), ("kl_weight", 0.0))),
 )}

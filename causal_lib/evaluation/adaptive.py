@@ -146,15 +146,19 @@ def _broken_by(gcg: dict, outcome: dict[str, dict[str, bool]]) -> dict[str, list
     return {d["id"]: [name for name, o in outcome.items() if o.get(d["id"])] for d in gcg.get("items", [])}
 
 
-def union_outcomes(adaptive: dict, model: str) -> dict[str, bool]:
-    """item id -> broken by any adaptive attack run on it (GCG, random search, template completion on GCG's
-    items), for one model of run_adaptive's result: adaptive_union's rate per item, for paired tests."""
+def union_outcomes(adaptive: dict, model: str) -> tuple[dict[str, bool], set[str]]:
+    """For one model of run_adaptive's result: (item id -> broken by any adaptive attack run on it: GCG, random
+    search, template completion on GCG's items; the ids whose clean twin already passed some attack's check under
+    this model). adaptive_union's rate per item, and the twin control to apply jointly in a paired test."""
     gcg = adaptive.get("gcg", {}).get(model)
     if not gcg:
-        return {}
+        return {}, set()
     others = {"random search": adaptive.get("random_search", {}).get(model),
               "template completion": adaptive.get("template_completion_budget_items", {}).get(model)}
-    return {u: bool(b) for u, b in _broken_by(gcg, _per_attack(gcg, others)).items()}
+    broken = {u: bool(b) for u, b in _broken_by(gcg, _per_attack(gcg, others)).items()}
+    runs = [gcg, *(r for r in others.values() if r)]
+    twin = {d["id"] for r in runs for d in r.get("items", []) if d.get("twin_passed") and d["id"] in broken}
+    return broken, twin
 
 
 def as_evaluation(result: dict) -> dict:

@@ -131,10 +131,10 @@ def insertion_distance_ratio(r_clean, r_injected, r_benign, margin: float | None
 
 
 # The equivalence margins, chosen on validation pairs with the undefended base before any test pair is read (issue
-# 31). A non-inferiority margin is conventionally the share of the active control's effect that may be lost (FDA's
-# M2 = M1 / 2, with M1 taken from the lower confidence bound of the control's effect); here the "effect" is how much
-# farther the base's R moves for an injection than for a benign sentence, ratio - 1, and an equivalent defense may
-# keep at most half of it: margin = 1 + MARGIN_SHARE * (L - 1), L the lower end of the base's validation interval,
+# 31). By analogy with a non-inferiority margin, which bounds the share of an active control's effect a new drug may
+# lose (FDA's M2 = M1 / 2, M1 taken from the lower confidence bound of the control's effect): here the "effect" is a
+# harm, how much farther the base's R moves for an injection than for a benign sentence (ratio - 1), and an
+# equivalent defense must remove at least half of it, keep at most half: margin = 1 + MARGIN_SHARE * (L - 1), L the lower end of the base's validation interval,
 # at each point of R separately (the base's effect differs by layer and pooling: 1.07 to 2.7 on SmolLM2). A point
 # where the base itself is not shown above 1 on validation (R pooled over the whole prompt moves as much for benign
 # text) cannot tell a defense from the base: it gets no margin and is not judged.

@@ -170,16 +170,16 @@ def power_controls(results: dict, alpha: float = 0.05, point: str | None = None)
     test must reject the planted dependence and not reject the shuffled null built from its real R. The null is
     judged at alpha / (number of models) (Bonferroni): at alpha itself one of four true nulls would reject in
     ~19% of runs, a false alarm about the test's size."""
-    # the base's ratio at the point the criterion is judged at (`point`, an untrained one), else at the trained point
+    # the base's ratio at the point the criterion is judged at (`point`: an untrained one with a margin); without
+    # such a point nothing is judged, and the base has nothing to be shown above ("no margin")
     none = results.get("none", {})
-    at = (none.get("points", {}).get(point) or {}).get("equivalence") if point else None
-    base = at or none.get("equivalence", {})
+    base = ((none.get("points", {}).get(point) or {}).get("equivalence") if point else None) or {}
     planted = all(r["hsic"]["planted control"]["rejects"] for r in results.values())
     null_ok = all(r["hsic"]["null control"]["p_value"] > alpha / max(len(results), 1) for r in results.values())
     return {"base_above_margin": bool(base) and base.get("verdict") == "larger",
-            "base_verdict": base.get("verdict"),
-            "base_ratio": {k: base.get(k) for k in ("value", "lo", "hi")} if base else None,
-            "base_point": point if at else "the trained point",
+            "base_verdict": base.get("verdict") if base else "no margin",
+            "base_ratio": {k: base.get(k) for k in ("value", "lo", "hi", "margin")} if base else None,
+            "base_point": point if base else None,
             "planted_rejects_everywhere": planted,
             "null_not_rejected_everywhere": null_ok}
 
