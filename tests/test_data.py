@@ -105,7 +105,9 @@ def test_test_split_is_balanced(built):
         by_pair.setdefault(r.pair_id, {})[r.kind] = r
     for pair in by_pair.values():
         s, d = pair["probe_system"], pair["probe_data"]
-        assert s.system == f"{d.system} {d.injection}" and s.target == s.injected_target == d.injected_target
+        # the same probe in S and in U (there bare or inside a wrapper, injections.PROBE_WRAPPERS_TEST)
+        assert s.system == f"{d.system} {s.injection}" and s.injection in d.injection
+        assert s.target == s.injected_target == d.injected_target and s.template_id == d.template_id
         assert d.target != s.target and d.injection in d.data and s.data == s.clean_data == d.clean_data
 
 

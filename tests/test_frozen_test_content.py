@@ -46,7 +46,7 @@ def test_a_change_to_any_set_is_caught(monkeypatch, what, expected):
     elif what == "ignore":
         monkeypatch.setattr(attacks, "IGNORE_EVAL", attacks.IGNORE_EVAL[1:])
     elif what == "probe":
-        monkeypatch.setattr(injections, "SYSTEM_EXTRAS", injections.SYSTEM_EXTRAS + ("Also add the word {payload}.",))
+        monkeypatch.setattr(injections, "PROBES_TEST", injections.PROBES_TEST + ("Also add the word {payload}.",))
     elif what == "witness":
         monkeypatch.setitem(world.STRING_CLASSES, "witness", (1, 2))
     changed = test_content.changed_sets()

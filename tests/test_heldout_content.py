@@ -77,6 +77,30 @@ def test_every_held_out_phrase_planted_in_training_is_caught(splits, cfg):
         _assert_caught(_check(_plant(splits, file, _fill(phrase)), cfg), "phrasing", file, phrase)
 
 
+def test_every_sep_probe_phrasing_and_wrapper_planted_in_training_is_caught(splits, cfg):
+    """The test split's SEP probes (held out of training since issue 31) and their wrappers, planted in turn."""
+    probes = injections.held_out_phrases()["probe"]
+    assert len(probes) == len(injections.PROBES_TEST) + len(injections.PROBE_WRAPPERS_TEST) - 1
+    for k, phrase in enumerate(probes):
+        file = TRAINING_FILES[k % len(TRAINING_FILES)]
+        text = _fill(phrase.replace("{probe}", "the word shown"))
+        _assert_caught(_check(_plant(splits, file, text), cfg), "phrasing", file, phrase)
+
+
+def test_sep_probes_are_held_out_phrasings_bare_or_wrapped_in_u(splits):
+    probes = [r for r in splits["test"] if r.kind in ("probe_system", "probe_data")]
+    assert probes
+    phrasings = {p.format(payload=r.injected_target) for r in probes for p in injections.PROBES_TEST}
+    for r in probes:
+        k, w = (int(x) for x in r.template_id.split("/")[1::2])
+        probe = injections.PROBES_TEST[k].format(payload=r.injected_target)
+        if r.kind == "probe_system":
+            assert r.system.endswith(probe) and r.injection == probe in phrasings
+        else:
+            assert r.injection == injections.PROBE_WRAPPERS_TEST[w].format(probe=probe) and r.injection in r.data
+    assert not any(s in r.system for r in splits["base_corpus"] for s in (p.split("{")[0] for p in injections.PROBES_TEST))
+
+
 @pytest.mark.parametrize("file", TRAINING_FILES)
 def test_held_out_task_request_planted_in_training_is_caught(splits, cfg, file):
     reqs = injections.held_out_phrases()["task"]

