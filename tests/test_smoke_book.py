@@ -154,10 +154,16 @@ def test_verification_shows_power_next_to_every_independence_test(smoke):
     for m in models.values():
         assert set(m["hsic"]) == {"injected", "benign", "null control", "planted control"}
         assert m["hsic"]["planted control"]["n"] == m["hsic"]["injected"]["n"]
-        eq = m["equivalence"]
-        assert eq["lo"] <= eq["value"] <= eq["hi"] and eq["verdict"] in ("equivalent", "larger", "inconclusive")
+        eq = m["equivalence"]  # the trained point: reported, not judged (the loss optimised it; it has no margin)
+        assert eq["lo"] <= eq["value"] <= eq["hi"] and eq["verdict"] == "not judged"
+        # the untrained points with a margin chosen on validation pairs are judged
+        judged = [p["equivalence"] for p in m["points"].values() if not p["optimised"] and p["equivalence"]
+                  and p["equivalence"]["margin"] is not None]
+        assert judged and all(e["verdict"] in ("equivalent", "larger", "inconclusive") for e in judged)
         assert 0 <= m["bounds"]["test_set"]["bound"] <= 1
     assert "base_above_margin" in ver["power_controls"]
+    margin = ver["margin"]  # chosen on the validation split's pairs before any test pair
+    assert margin["n_pairs"] > 0 and set(margin["margins"]) | set(margin["uninformative"]) == set(margin["base_ratios"])
     cal = ver["calibration"]
     assert 0 <= cal["type1"]["rate"] <= 1 and cal["power"]["n"] > 0
 
