@@ -254,6 +254,9 @@ class TrainConfig:
     lambda_causal: float = field(default=0.5, metadata=_range(0.0, MAX_WEIGHT))
     lambda_spurious: float = field(default=0.5, metadata=_range(0.0, MAX_WEIGHT))
     kl_weight: float = field(default=0.0, metadata=_range(0.0, MAX_WEIGHT))  # optional KL term inside L_causal
+    # issue 32: the KL weight chosen on validation (training.lr_search): a defense whose train() takes kl_weight and
+    # whose registry entry does not fix it trains once per (rate, weight), the same selection rule choosing
+    kl_weight_grid: list[float] = field(default_factory=list, metadata=_range(0.0, MAX_WEIGHT))
     # L_spurious's estimator: "biased" HSIC_b (the recipe so far: its O(1/n) floor is > 0 under independence) or
     # "unbiased" HSIC_u (0 in expectation under independence; losses.hsic_loss). Training logs the value on
     # shuffled Z (the floor) and the share of steps with a group large enough to estimate it beside it
@@ -472,6 +475,9 @@ def _check_consistency(cfg: Config) -> None:
             raise ConfigError(f"train.learning_rate_grid[{i}]: {lr} must be > 0, e.g. [2.0e-4, 5.0e-4, 1.0e-3]")
     if len(set(grid)) != len(grid):
         raise ConfigError(f"train.learning_rate_grid: {grid} repeats a rate; give each rate once")
+    kl_grid = cfg.train.kl_weight_grid
+    if len(set(kl_grid)) != len(kl_grid):
+        raise ConfigError(f"train.kl_weight_grid: {kl_grid} repeats a weight; give each weight once")
     if cfg.train.batch_size % cfg.run.num_processes:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is the global batch and must divide by "
                           f"run.num_processes={cfg.run.num_processes}; set it to a multiple of {cfg.run.num_processes}")

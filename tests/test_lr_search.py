@@ -84,3 +84,48 @@ def test_a_defense_without_a_name_parameter_cannot_search(tmp_path):
     cfg = config_from_dict({"train": {"learning_rate_grid": [1e-4, 2e-4]}, "run": {"output_root": str(tmp_path)}})
     with pytest.raises(ValueError, match="takes no name="):
         train_over_grid(lambda cfg, paths, resume=False: None, cfg, RunPaths(cfg.run_dir).make(), "mine")
+
+
+KL_LOSS = {(5e-4, 0.0): 0.4, (5e-4, 1.0): 0.3, (1e-3, 0.0): 0.7, (1e-3, 1.0): 0.5}
+
+
+def fake_causal_train(cfg, paths, resume=False, name="causal", kl_weight=None, **loss_weights):
+    """A train() that takes kl_weight (the causal method's): its validation loss depends on the rate and weight."""
+    w = cfg.train.kl_weight if kl_weight is None else kl_weight
+    lr = cfg.train.learning_rate
+    best = paths.checkpoints / name / "best_model"
+    best.mkdir(parents=True)
+    (best / "checkpoint.json").write_text(json.dumps({"extra": {"learning_rate": lr, "kl_weight": w}}))
+    return TrainResult(name=name, epochs={1: {"val_loss": KL_LOSS[(lr, w)]}}, best_epoch=1)
+
+
+def test_the_kl_weight_is_chosen_on_validation_with_the_rate(tmp_path):
+    """issue 32: the KL term's weight chosen by the contract's rule, over the product with the rate grid."""
+    cfg = config_from_dict({"train": {"learning_rate_grid": [5e-4, 1e-3], "kl_weight_grid": [0.0, 1.0]},
+                            "run": {"output_root": str(tmp_path)}})
+    paths = RunPaths(cfg.run_dir).make()
+    train_over_grid(fake_causal_train, cfg, paths, "causal")
+    search = json.loads((paths.checkpoints / "causal" / "lr_search.json").read_text())
+    assert (search["learning_rate"], search["kl_weight"], search["configurations"]) == (5e-4, 1.0, 4)
+    assert search["chosen_folder"] == "causal@lr0kl1" and len(search["scores"]) == 4
+    from causal_lib.evaluation.comparison import training_record, training_rows
+
+    row = training_rows([training_record(paths, "causal")])[0]
+    assert row["KL weight (grid)"] == "1 [0, 1]" and row["configurations tried on validation"] == "4"
+
+
+def test_the_kl_grid_skips_defenses_without_the_term_or_with_it_fixed(tmp_path):
+    cfg = config_from_dict({"train": {"kl_weight_grid": [0.0, 1.0]}, "run": {"output_root": str(tmp_path)}})
+    paths = RunPaths(cfg.run_dir).make()
+    calls = []
+
+    def no_kl(cfg, paths, resume=False, name="struq", data="matched"):
+        calls.append(name)
+        return TrainResult(name=name, epochs={}, best_epoch=None)
+
+    train_over_grid(no_kl, cfg, paths, "struq", name="struq")  # StruQ has no KL term: trained once, as given
+    train_over_grid(lambda cfg, paths, resume=False, name="x", kl_weight=None, **o: calls.append((name, kl_weight)),
+                    cfg, paths, "causal_sft", name="causal_sft", kl_weight=0.0)  # the control fixes it to 0
+    assert calls == ["struq", ("causal_sft", 0.0)]
+    with pytest.raises(ConfigError, match="kl_weight_grid.*repeats"):
+        config_from_dict({"train": {"kl_weight_grid": [1.0, 1.0]}})

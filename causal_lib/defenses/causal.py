@@ -138,7 +138,7 @@ def validation_pairs(paths, limit: int | None = None) -> list[tuple]:
 
 
 def train(cfg: Config, paths, resume: bool = False, name: str = "causal", batches: str = "random",
-          **loss_weights) -> TrainResult:
+          kl_weight: float | None = None, **loss_weights) -> TrainResult:
     """Fine-tune the base with L_task + lambda_causal L_causal + lambda_spurious L_spurious on the train pairs;
     best_model = the epoch of lowest validation loss on O* (training.selection, the rule of every defense).
 
@@ -146,7 +146,10 @@ def train(cfg: Config, paths, resume: bool = False, name: str = "causal", batche
     hsic_estimator)
     replace the params' weights for this model only: the registry's ablations train the same pairs, data and
     schedule with parts of the loss switched off. `batches`: "random" or "by_task" (BATCHES: the same pairs and
-    steps, each batch from one task group)."""
+    steps, each batch from one task group). `kl_weight` is named so that train.kl_weight_grid can choose it on
+    validation (training.lr_search) where the registry entry does not fix it."""
+    if kl_weight is not None:
+        loss_weights["kl_weight"] = kl_weight
     if loss_weights:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **loss_weights))
 

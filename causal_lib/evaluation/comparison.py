@@ -140,12 +140,18 @@ def training_record(paths: RunPaths, defense: str) -> dict:
     if epochs is None and train.get("epochs"):
         epochs = len(train["epochs"])
     n_params, how = trainable_parameters(best)
+    grid = _first(sources, TRAINING_KEYS["grid"])
+    # how many configurations the validation rule chose among (rates x KL weights; 1 without a search): a defense
+    # that tries more has more chances on validation, a difference of the contract the table shows
+    tried = sources[0].get("configurations") or (len(grid) if grid else 1 if (extra or train) else None)
     return {"defense": defense, "data": _first(sources, ("data",)),
+            "configurations": tried, "kl_weight": _first(sources, ("kl_weight",)),
+            "kl_weight_grid": sources[0].get("kl_weight_grid"),
             "families": _first(sources + [mix], ("train_families", "families")),
             "n_injected": injected, "n_clean": clean,
             "steps": train.get("steps") if train.get("steps") is not None else extra.get("global_step"),
             "epochs": epochs, "learning_rate": _first(sources, TRAINING_KEYS["learning_rate"]),
-            "learning_rate_grid": _first(sources, TRAINING_KEYS["grid"]),
+            "learning_rate_grid": grid,
             "selection_rule": chosen.get("criterion") or _first(sources, TRAINING_KEYS["selection"]),
             "selected_epoch": chosen.get("best_epoch", train.get("best_epoch", extra.get("epoch"))),
             "trainable_parameters": n_params, "trainable_parameters_from": how,
@@ -160,7 +166,7 @@ def training_records(paths: RunPaths, defenses) -> list[dict]:
 # what one training contract holds equal (issue 30): the learning rate itself may differ when each defense picks
 # it from the same grid, so the grid is compared where one is recorded, the rate where none is
 TRAINING_COLUMNS = ("attack families", "injected examples", "clean examples", "optimiser steps", "epochs",
-                    "learning rate", "selection rule")
+                    "learning rate", "configurations tried on validation", "selection rule")
 
 
 def training_rows(records: list[dict]) -> list[dict]:
@@ -177,6 +183,10 @@ def training_rows(records: list[dict]) -> list[dict]:
                      "clean examples": show(r["n_clean"]), "optimiser steps": show(r["steps"]),
                      "epochs": show(r["epochs"], "{:g}"), "learning rate": show(r["learning_rate"], "{:.3g}"),
                      "learning-rate grid": "[" + ", ".join(f"{x:.3g}" for x in grid) + "]" if grid else "none",
+                     "KL weight (grid)": (show(r.get("kl_weight"), "{:g}") + (
+                         " [" + ", ".join(f"{x:g}" for x in r["kl_weight_grid"]) + "]" if r.get("kl_weight_grid") else "")
+                         if r.get("kl_weight") is not None else "no KL term"),
+                     "configurations tried on validation": show(r.get("configurations")),
                      "selection rule": show(r["selection_rule"]),
                      "selected epoch": show(r["selected_epoch"]),
                      "trainable parameters": (f"{r['trainable_parameters']:,} ({r['trainable_parameters_from']})"
