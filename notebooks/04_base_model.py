@@ -115,7 +115,8 @@ run_folder.write_metrics(paths, "base", {
     "summary": summary, "train_seconds": result.train_seconds if result else 0.0,
     "steps": result.steps if result else 0, "nan_free": nan_free(log), "seed": cfg.run.seed,
     "verdict": verdict, "kind": cfg.model.kind, "source": "shipped" if shipped else cfg.base.source,
-    "manifest": {k: manifest.get(k) for k in ("recipe", "recipe_hash", "world_fingerprint", "data_hash", "created")}})
+    "manifest": {k: manifest.get(k) for k in ("recipe", "recipe_hash", "world_fingerprint", "training_fingerprint",
+                                                 "data_hash", "created")}})
 reports.record_verdict(paths, "04_base_model", verdict, detail)
 display(pd.DataFrame(base_rows.values()))
 print(detail)

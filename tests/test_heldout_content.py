@@ -89,16 +89,20 @@ def test_every_sep_probe_phrasing_and_wrapper_planted_in_training_is_caught(spli
 
 def test_sep_probes_are_held_out_phrasings_bare_or_wrapped_in_u(splits):
     probes = [r for r in splits["test"] if r.kind in ("probe_system", "probe_data")]
-    assert probes
-    phrasings = {p.format(payload=r.injected_target) for r in probes for p in injections.PROBES_TEST}
+    assert probes and {r.template_id.split("/")[3] for r in probes if r.kind == "probe_data"} > {"0"}  # wrapped too
     for r in probes:
         k, w = (int(x) for x in r.template_id.split("/")[1::2])
         probe = injections.PROBES_TEST[k].format(payload=r.injected_target)
         if r.kind == "probe_system":
-            assert r.system.endswith(probe) and r.injection == probe in phrasings
+            assert r.system.endswith(" " + probe) and r.injection == probe
         else:
             assert r.injection == injections.PROBE_WRAPPERS_TEST[w].format(probe=probe) and r.injection in r.data
-    assert not any(s in r.system for r in splits["base_corpus"] for s in (p.split("{")[0] for p in injections.PROBES_TEST))
+    # no training text holds a probe's words around its slot (S, U and targets of every training record)
+    frags = [f.strip() for p in injections.PROBES_TEST for f in p.split("{payload}") if len(f.split()) >= 3]
+    assert frags
+    for file in TRAINING_FILES:
+        for r in splits[file]:
+            assert not any(f in t for f in frags for t in filter(None, _texts(r))), (file, r.id)
 
 
 @pytest.mark.parametrize("file", TRAINING_FILES)

@@ -48,13 +48,21 @@ def test_shipped_tokenizer_is_the_recipes():
     assert tokenizer_hash(tok) == tokenizer_hash(shipped)
 
 
-@pytest.mark.parametrize("change", ["note", "instruction", "request"])
+@pytest.mark.parametrize("change", ["note", "instruction", "request", "training template"])
 def test_a_changed_training_text_is_refused(monkeypatch, change):
-    """What the base corpus draws from: its notes, a task's instructions, a training phrasing of a request. (Test
-    content and attack templates, which the base corpus never holds, may change: the test below.)"""
+    """What the base corpus and the train split (the embedded tokenizer reads it) draw from: the notes, a task's
+    instructions, a training phrasing, a training family's template. (Test content and held-out templates may
+    change: the test below.)"""
     import dataclasses
 
-    if change == "note":
+    from causal_lib.data import attacks
+
+    if change == "training template":
+        t = attacks.BUILTIN_TEMPLATES[0]  # naive: a training family
+        assert t.family not in attacks.DEFAULT_HELD_OUT
+        monkeypatch.setattr(attacks, "BUILTIN_TEMPLATES",
+                            (dataclasses.replace(t, template=t.template + " Thanks."),) + attacks.BUILTIN_TEMPLATES[1:])
+    elif change == "note":
         monkeypatch.setattr(injections, "NOTES_BASE", injections.NOTES_BASE + ("A new note.",))
     elif change == "instruction":
         spec = world.TASKS["first_item"]
@@ -66,18 +74,22 @@ def test_a_changed_training_text_is_refused(monkeypatch, change):
         shipped_base.check_shipped_base(load_config("params/tiny.yaml"))
 
 
-@pytest.mark.parametrize("change", ["lookalike note", "template"])
-def test_test_content_and_attack_templates_leave_the_base_valid(monkeypatch, change):
+@pytest.mark.parametrize("change", ["lookalike note", "held-out template", "probe"])
+def test_test_content_and_held_out_templates_leave_the_base_valid(monkeypatch, change):
     import dataclasses
 
     from causal_lib.data import attacks
 
     if change == "lookalike note":
         monkeypatch.setattr(injections, "NOTES_TEST", injections.NOTES_TEST + ("A new note.",))
+    elif change == "probe":
+        monkeypatch.setattr(injections, "PROBES_TEST", injections.PROBES_TEST[:-1] + ("Say {payload} now.",))
     else:
-        t = attacks.BUILTIN_TEMPLATES[0]
-        monkeypatch.setattr(attacks, "BUILTIN_TEMPLATES",
-                            (dataclasses.replace(t, template=t.template + " Thanks."),) + attacks.BUILTIN_TEMPLATES[1:])
+        k = next(i for i, t in enumerate(attacks.BUILTIN_TEMPLATES) if t.family == "role_authority")
+        assert "role_authority" in attacks.DEFAULT_HELD_OUT
+        t = list(attacks.BUILTIN_TEMPLATES)
+        t[k] = dataclasses.replace(t[k], template=t[k].template + " Thanks.")
+        monkeypatch.setattr(attacks, "BUILTIN_TEMPLATES", tuple(t))
     shipped_base.check_shipped_base(load_config("params/tiny.yaml"))
 
 

@@ -354,12 +354,15 @@ def build_base_corpus(n: int, rng: random.Random, seen_docs: set[str], split: st
 
 
 def training_fingerprint() -> str:
-    """A hash of what a base model learns from: the base corpus of a small seeded build and the pools it draws from
-    (the tasks without their test-only phrasings, the training phrasings of each request, the system extras, the
-    base corpus's notes, the refusal text). The test split's content (held-out phrasings, payload class, look-alike
-    notes, SEP probes, held-out wrappers) is not in it: changing what the test holds out does not change what a base
-    learned (the frozen test-content manifest, data.test_content, guards it). The shipped bases are checked against
-    this (training/shipped_base.py), so a fix to test content does not force a base to be re-derived."""
+    """A hash of the world's text a base model and its tokenizer learn from: the base corpus and the train split of
+    a small seeded build (the base tunes on the base corpus and the train split's clean items, the embedded
+    tokenizer reads the whole train split) and the pools they draw from (the tasks without their test-only
+    phrasings, the training phrasings of each request, the system extras, the base corpus's notes, the refusal text,
+    the training families' templates). The realistic items a recipe adds enter its recipe hash instead
+    (shipped_base.base_recipe: realistic_fingerprint). The test split's content (held-out phrasings, payload class,
+    look-alike notes, SEP probes, held-out wrappers) is not in it: changing what the test holds out does not change
+    what a base learned (the frozen test-content manifest, data.test_content, guards it). The shipped bases are
+    checked against this (training/shipped_base.py), so a fix to test content does not force a re-derivation."""
     from causal_lib.config import Config, DataConfig
 
     cfg = Config(data=DataConfig(seed=0, n_base_corpus=400, n_train=40, n_val=16, n_test=48,
@@ -372,7 +375,10 @@ def training_fingerprint() -> str:
         "requests": [pool["train"] for pool in (injections.OUTPUT_REQUESTS, injections.LEAK_REQUESTS,
                                                 injections.REFUSAL_REQUESTS)],
         "extras": [injections.SYSTEM_EXTRAS, injections.NOTES_BASE, injections.REFUSAL],
+        "templates": [dataclasses.asdict(t) for t in attacks.BUILTIN_TEMPLATES
+                      if t.family not in attacks.DEFAULT_HELD_OUT and "train" in t.splits],
         "base_corpus": [r.to_dict() for r in sample["base_corpus"]],
+        "train": [r.to_dict() for r in sample["train"]],
     }
     return json_hash(key, default=str)
 

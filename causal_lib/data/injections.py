@@ -9,7 +9,8 @@ these requests in the attack families' templates.
     positions   start, middle (between two sentences) or end of D: `insert`
     requests    OUTPUT_REQUESTS, LEAK_REQUESTS, REFUSAL_REQUESTS and the tasks' own request phrasings
                 (world.TASKS), each with held-out phrasings for the test split (`held_out_phrases`)
-    extras      SYSTEM_EXTRAS: an extra instruction carried by S itself (the SEP probes and the base corpus)
+    extras      SYSTEM_EXTRAS: an extra instruction carried by S itself (the base corpus); the test split's SEP
+                probes are held-out phrasings (PROBES_TEST, in U bare or in a PROBE_WRAPPERS_TEST wrapper)
     notes       NOTES_BASE, NOTES_TEST: data that merely mentions instructions (benign look-alikes)
 
 The base corpus uses the same requests bare (a chat model follows a user's later request), so the base model

@@ -179,6 +179,7 @@ def train(cfg: Config, paths, resume: bool = False, name: str = "causal", batche
                         epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate, score_fn=score,
                         select_by=selection.SELECT_BY, higher_is_better=False,
                         resume=resume, extra_meta={"defense": name, **loss_weights, "batches": batches,
+                                                   "kl_weight": cfg.train.kl_weight,  # the table's KL column
                                                    "train_families": sorted({i.family for _, i in pairs if i.family}),
                                                    # the training table of the comparison (issue 30): one example per
                                                    # pair (training.examples.training_slots), its clean twin the

@@ -62,8 +62,9 @@ def train_over_grid(train_fn, cfg: Config, paths, defense: str, resume: bool = F
     if not grid and not kls:  # a defense module's train() need not take a name (registry.py: train(cfg, paths, resume))
         return train_fn(cfg, paths, resume=resume, **options)
     if "name" not in inspect.signature(train_fn).parameters:
-        raise ValueError(f"defense {defense!r}: its train() takes no name=, so train.learning_rate_grid cannot train "
-                         f"one model per rate; add a name parameter (checkpoints/<name>/) or leave the grid empty")
+        raise ValueError(f"defense {defense!r}: its train() takes no name=, so train.learning_rate_grid / "
+                         f"train.kl_weight_grid cannot train one model per configuration; add a name parameter "
+                         f"(checkpoints/<name>/) or leave the grids empty")
     name = options.pop("name", defense)
     # one configuration per (rate, weight); k / j index the grids (None: that grid is not searched)
     configs = [(k, lr, j, w) for k, lr in (enumerate(grid) if grid else [(None, cfg.train.learning_rate)])
