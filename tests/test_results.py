@@ -74,3 +74,9 @@ def test_seed_tables_render_each_seed_and_the_across_seed_tests(tmp_path):
     assert "| protocol union | causal - causal_sft | 2 | 208 | -12.0 pt [-17.0, -7.0] | 0.0001 | yes | 0: 1/26; 1: 2/25 |" in text
     with pytest.raises(ResultsError, match="no seed_<s>/summary.json"):
         seed_tables(tmp_path / "seed_0")
+    # a seed whose realistic benchmarks are not evaluated yet shows its world columns and says so
+    (tmp_path / "seed_2").mkdir()
+    (tmp_path / "seed_2" / "summary.json").write_text(json.dumps(
+        {"causal": {"realistic": None, "world": {"asr": rate(2, 300), "benign_accuracy": rate(296, 300)}}}))
+    last = [ln for ln in seed_tables(tmp_path).splitlines() if ln.startswith("| causal | 2 |")][0]
+    assert "not yet evaluated" in last and last.count("|") == 11 and "0.7% [0.0, 5.7]" in last

@@ -160,7 +160,8 @@ def _pct(r: dict | None) -> str:
 
 def seed_tables(folder: Path) -> str:
     """README's tables of a comparison saved seed by seed (`seed_<s>/summary.json`: per model its world summary and
-    its realistic summary; `across_seeds.json`: the across-seed paired tests): one row per model and seed, then the
+    its realistic summary, null while not evaluated; `across_seeds.json`: the across-seed paired tests, each row
+    over the seeds it names): one row per model and seed, then the
     tests, each difference over seeds and items with its interval and Holm p, and each seed's discordant counts."""
     folder = Path(folder)
     seeds = sorted((int(p.name.split("_")[1]), p) for p in folder.glob("seed_*") if (p / "summary.json").is_file())
@@ -175,13 +176,17 @@ def seed_tables(folder: Path) -> str:
             m = json.loads((p / "summary.json").read_text()).get(model)
             if m is None:
                 continue
-            real, world = m["realistic"], m["world"]
-            proto = real["protocol"]
-            u = real["utility"]
-            rows.append(f"| {model} | {s_} | " + " | ".join(_pct((proto.get(a) or {}).get("starts_with"))
-                                                           for a in ("naive", "ignore", "completion"))
-                        + f" | {_pct(real['union'])} | {u['rouge_l']:.3f} [{u['lo']:.3f}, {u['hi']:.3f}] | "
-                          f"{_pct(real['sep'])} | {_pct(world['asr'])} | {_pct(world.get('benign_accuracy'))} |")
+            real, world = m.get("realistic"), m["world"]
+            if real is None:  # a seed whose realistic benchmarks are not evaluated yet: its world columns only
+                realistic_cells = " | ".join(["not yet evaluated"] + [""] * 5)
+            else:
+                proto, u = real["protocol"], real["utility"]
+                realistic_cells = (" | ".join(_pct((proto.get(a) or {}).get("starts_with"))
+                                              for a in ("naive", "ignore", "completion"))
+                                   + f" | {_pct(real['union'])} | {u['rouge_l']:.3f} [{u['lo']:.3f}, {u['hi']:.3f}] | "
+                                     f"{_pct(real['sep'])}")
+            rows.append(f"| {model} | {s_} | {realistic_cells} | {_pct(world['asr'])} | "
+                        f"{_pct(world.get('benign_accuracy'))} |")
     text = head + "\n".join(rows) + "\n"
     tests = folder / "across_seeds.json"
     if tests.is_file():
