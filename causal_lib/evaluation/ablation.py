@@ -27,7 +27,7 @@ from __future__ import annotations
 from causal_lib.data.world import CONTENT_AXES
 from causal_lib.defenses import registry
 from causal_lib.evaluation.adaptive import union_outcomes
-from causal_lib.evaluation.comparison import attack_outcomes, twin_passed_items
+from causal_lib.evaluation.comparison import _ci, attack_outcomes, twin_passed_items
 from causal_lib.evaluation.literature import protocol_union_outcomes
 from causal_lib.evaluation.summary import common_probe_sep, paired_accuracy_difference, paired_events
 from causal_lib.stats.paired import holm, jointly_eligible
@@ -55,12 +55,6 @@ def ablation_models(defenses) -> list[str]:
     for c in controls:
         rows += [c] + [d for d in method if control_of(d) == c and d != c]
     return rows + [d for d in method if d not in rows]
-
-
-def _ci(r: dict | None) -> str:
-    if not r or r.get("rate") is None or not r.get("n"):
-        return "n/a"
-    return f"{r['rate']:.1%} [{r['lo']:.1%}, {r['hi']:.1%}] (n={r['n']})"
 
 
 def _difference(a: dict[str, bool], b: dict[str, bool], ineligible: set | None = None, alpha: float = 0.05) -> dict:
