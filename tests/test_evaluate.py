@@ -501,11 +501,13 @@ def test_cli_on_real_dataset_with_attack_file(tmp_path, capsys, ckpt):
     assert s["asr_by_source"]["mine.jsonl"]["n"] == n_clean and s["asr_by_source"]["builtin"]["n"] == n_clean
     assert s["counts"]["probe_system"] == 3 and s["counts"]["lookalike"] == 3
     assert s["asr_by_split"]["held_out"]["n"] >= n_clean  # an unknown family counts as held out
-    # --no-builtin keeps the file's attacks only
+    # --no-builtin keeps the file's attacks and their clean twins only (no look-alikes, no SEP probes)
     rc = ev_cli.main(["--model", str(ckpt), "--data-dir", str(d), "--params", str(_params(tmp_path)), "--out", str(out),
                   "--attacks", str(f), "--no-builtin"])
     assert rc == 0
-    assert set(json.loads(out.read_text())["summary"]["asr_by_source"]) == {"mine.jsonl"}
+    doc = json.loads(out.read_text())
+    assert set(doc["summary"]["asr_by_source"]) == {"mine.jsonl"}
+    assert {i["kind"] for i in doc["items"]} == {"clean", "injected"} and len(doc["items"]) == 2 * n_clean
     # a data folder without test.jsonl: one line that says which chapter builds it
     (d / "test.jsonl").unlink()
     rc = ev_cli.main(["--model", str(ckpt), "--data-dir", str(d), "--params", str(_params(tmp_path)), "--out", str(out)])

@@ -80,3 +80,68 @@ def test_seed_tables_render_each_seed_and_the_across_seed_tests(tmp_path):
         {"causal": {"realistic": None, "world": {"asr": rate(2, 300), "benign_accuracy": rate(296, 300)}}}))
     last = [ln for ln in seed_tables(tmp_path).splitlines() if ln.startswith("| causal | 2 |")][0]
     assert "not yet evaluated" in last and last.count("|") == 11 and "0.7% [0.0, 5.7]" in last
+
+
+def _seed_folder(root, asr_items: dict, corpora_items: dict | None = None, realistic=False):
+    """A seed's run folder as the book leaves it: per model its world items (id -> succeeded) and, optionally, its
+    corpora items (id -> (source, succeeded)); every attacked item has a clean twin that fails the attack check."""
+    m = root / "metrics"
+    m.mkdir(parents=True)
+    for d, outcomes in asr_items.items():
+        items = [{"id": i, "kind": "injected", "success": ok, "twin_passed": False} for i, ok in outcomes.items()]
+        rate = {"k": sum(outcomes.values()), "n": len(outcomes), "rate": 0.0, "lo": 0.0, "hi": 1.0}
+        (m / f"eval_{d}.json").write_text(json.dumps({"summary": {"asr": rate}, "cache_key": "k"}))
+        (m / f"eval_{d}_items.jsonl").write_text("\n".join(json.dumps(i) for i in items))
+        (m / f"train_{d}_log.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n"
+                                                + json.dumps({"train_runtime": 12.0}))
+        if corpora_items is not None:
+            its = [{"id": i, "kind": "injected", "source": src, "success": ok, "twin_passed": i.endswith("tw")}
+                   for i, (src, ok) in corpora_items[d].items()] + [{"id": "c0", "kind": "clean"}]
+            (m / f"corpora_{d}.json").write_text(json.dumps({
+                "attack_files": ["/abs/x/spikee.jsonl"], "seconds": 3.0, "items": its,
+                "summary": {"asr_by_source": {"spikee.jsonl": rate}, "asr": rate, "twin_control": {"discounted": 1},
+                            "truncated_by_source": {"spikee.jsonl": 0}}}))
+    return root
+
+
+def test_collect_and_across_seeds_with_corpora(tmp_path):
+    """results collect / across (book.seed_records): a seed's small record without paths, corpora null until
+    evaluated; the across-seed table holds world ASR and one row per corpus over the seeds that have it, the
+    twin-passed corpus items dropped for both models, Holm over the table."""
+    from causal_lib.book import seed_records
+
+    ids = [f"t{i}" for i in range(40)]
+    folders = {}
+    for s in (0, 1, 2):
+        a = {i: k < 2 for k, i in enumerate(ids)}  # causal: 2 successes
+        b = {i: k < 12 for k, i in enumerate(ids)}  # causal_sft: 12
+        corp = None
+        if s != 2:  # seed 2's corpora are not evaluated yet
+            corp = {"causal": {f"s{k}" + ("tw" if k == 0 else ""): ("spikee.jsonl", k == 0) for k in range(30)},
+                    "causal_sft": {f"s{k}" + ("tw" if k == 0 else ""): ("spikee.jsonl", k < 20) for k in range(30)}}
+        folders[s] = _seed_folder(tmp_path / f"seed_{s}", {"causal": a, "causal_sft": b}, corp)
+    out = tmp_path / "results" / "seed_0"
+    summary = seed_records.collect(folders[0], out)
+    assert summary["causal"]["corpora"]["attack_files"] == ["spikee.jsonl"]  # no absolute path
+    assert summary["causal"]["realistic"] is None
+    assert json.loads((out / "training.json").read_text())["causal"]["train_runtime_s"] == 12.0
+    assert seed_records.collect(folders[2], tmp_path / "r2")["causal"]["corpora"] is None
+    res = seed_records.across(folders)
+    rows = {r["measure"]: r for r in res["tests"]}
+    assert set(rows) == {"world ASR", "corpus spikee.jsonl ASR"} and res["corpora_seeds"] == [0, 1]
+    assert rows["world ASR"]["seeds"] == [0, 1, 2] and rows["world ASR"]["n_items"] == 40
+    corpus = rows["corpus spikee.jsonl ASR"]
+    assert corpus["seeds"] == [0, 1] and corpus["n_items"] == 29  # the twin-passed item dropped for both
+    assert [p["b_only"] for p in corpus["per_seed"]] == [19, 19] and corpus["difference"] < 0
+    assert all(r["p_holm"] >= r["p_value"] for r in res["tests"])
+    # the per-seed table shows the corpora where a seed has them
+    for s in (0, 1, 2):
+        seed_records.collect(folders[s], tmp_path / "saved" / f"seed_{s}")
+    text = results.seed_tables(tmp_path / "saved")
+    assert "| model | seed | spikee.jsonl ASR |" in text and "| causal | 2 |" not in text.split("spikee.jsonl ASR")[1]
+
+
+def test_results_across_names_a_malformed_seed_folder(capsys):
+    assert results.main(["across", "/tmp/x.json", "seed0-folder"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "SEED:RUN_FOLDER" in err

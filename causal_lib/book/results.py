@@ -4,6 +4,7 @@ table regenerated from them (DESIGN.md s.11).
     python -m causal_lib.book.results save --run default      # -> results/<preset>/<date>-<commit>/
     python -m causal_lib.book.results table --preset default  # the comparison table of the newest saved run
     python -m causal_lib.book.results seeds results/realistic-fair/2026-12-07-d930c20  # a comparison saved per seed
+    python -m causal_lib.book.results collect|across ...  # such a comparison's seeds (book.seed_records)
 
 A saved run holds the metrics JSON and the Markdown reports of the main run and of each seed replica (no checkpoints,
 no per-item outputs, no data), with every absolute path of the checkout removed, and provenance.json: the commit the
@@ -21,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from causal_lib.book import seed_records
 from causal_lib.core.run_folder import SEEDS_DIR, write_json, write_text_atomic
 from causal_lib.config import PROJECT_ROOT, RUN_NAME_RULE, is_plain_name
 
@@ -158,6 +160,24 @@ def _pct(r: dict | None) -> str:
     return "" if not r else f"{100 * r['rate']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
 
 
+def _corpora_table(seeds: list, models: list) -> str:
+    """The field's corpora per model and seed (ASR per attack file, twin-controlled), where any seed has them."""
+    cells = {}
+    for model in models:
+        for s_, p in seeds:
+            c = (json.loads((p / "summary.json").read_text()).get(model) or {}).get("corpora")
+            if c:
+                cells[(model, s_)] = c["asr_by_source"]
+    if not cells:
+        return ""
+    sources = sorted({src for by in cells.values() for src in by if src != "builtin"})
+    text = ("\n| model | seed | " + " | ".join(f"{src} ASR" for src in sources) + " |\n|---|---|"
+            + "---|" * len(sources) + "\n")
+    for (model, s_), by in cells.items():
+        text += f"| {model} | {s_} | " + " | ".join(_pct(by.get(src)) or "n/a" for src in sources) + " |\n"
+    return text
+
+
 def seed_tables(folder: Path) -> str:
     """README's tables of a comparison saved seed by seed (`seed_<s>/summary.json`: per model its world summary and
     its realistic summary, null while not evaluated; `across_seeds.json`: the across-seed paired tests, each row
@@ -188,6 +208,7 @@ def seed_tables(folder: Path) -> str:
             rows.append(f"| {model} | {s_} | {realistic_cells} | {_pct(world['asr'])} | "
                         f"{_pct(world.get('benign_accuracy'))} |")
     text = head + "\n".join(rows) + "\n"
+    text += _corpora_table(seeds, models)
     tests = folder / "across_seeds.json"
     if tests.is_file():
         t = json.loads(tests.read_text())
@@ -215,6 +236,14 @@ def main(argv=None) -> int:
     sd = sub.add_parser("seeds", help="print README's per-seed table and across-seed tests of a folder saved seed by "
                                       "seed (seed_<s>/summary.json, across_seeds.json)")
     sd.add_argument("folder")
+    c = sub.add_parser("collect", help="write one seed folder's small results (summary.json, training.json) to OUT_DIR")
+    c.add_argument("run_folder")
+    c.add_argument("out_dir")
+    c.add_argument("--models", nargs="+", default=list(seed_records.MODELS))
+    x = sub.add_parser("across", help="the across-seed paired tests over seed folders (SEED:RUN_FOLDER ...) -> OUT.json")
+    x.add_argument("out")
+    x.add_argument("folders", nargs="+", metavar="SEED:RUN_FOLDER")
+    x.add_argument("--models", nargs="+", default=list(seed_records.MODELS))
     a = ap.parse_args(argv)
     try:
         if a.cmd == "save":
@@ -223,9 +252,20 @@ def main(argv=None) -> int:
             print(save_run(Path(a.output_root) / a.run, Path(a.results_root), a.commit))
         elif a.cmd == "seeds":
             print(seed_tables(Path(a.folder)), end="")
+        elif a.cmd == "collect":
+            seed_records.collect(Path(a.run_folder), Path(a.out_dir), a.models)
+            print(Path(a.out_dir))
+        elif a.cmd == "across":
+            try:
+                folders = {int(f.split(":", 1)[0]): Path(f.split(":", 1)[1]) for f in a.folders}
+            except (ValueError, IndexError):
+                raise ResultsError(f"{a.folders}: give each seed folder as SEED:RUN_FOLDER, e.g. 1:outputs/rec/seeds/seed_1")
+            result = seed_records.across(folders, a.models)
+            write_json(Path(a.out), result)
+            print("\n".join(seed_records.test_lines(result)))
         else:
             print(comparison_markdown(newest(a.preset, Path(a.results_root))), end="")
-    except ResultsError as e:
+    except (ResultsError, seed_records.SeedRecordError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -18,7 +18,6 @@ from causal_lib.data.build import data_seed
 from causal_lib.data.records import load_split, printable
 from causal_lib.defenses import registry
 from causal_lib.defenses.load import block_for, records_for
-from causal_lib.models.generate import ATTACK_KINDS
 from causal_lib.evaluation.run import evaluate_records
 from causal_lib.evaluation.summary import report_lines, summarise
 from causal_lib.models.checkpoints import CheckpointError, load_checkpoint
@@ -108,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="JSONL of one's own documents (id, document, task/question, ideal_answer): the attack files "
                          "run on these instead of the world's test items (see README, 'Your own attacks')")
     ap.add_argument("--no-builtin", action="store_true",
-                    help="evaluate only the attack files' items (plus the clean test items), not the built-in attacks")
+                    help="evaluate only the attack files' items and the clean test items (their twins), not the built-in "
+                         "attacks, look-alikes or SEP probes")
     args = ap.parse_args(argv)
     try:
         return _run_cli(args)
@@ -156,7 +156,7 @@ def _run_cli(args) -> int:
     extra = _expand_attack_files(args.attacks, test, cfg)
     # A file listed in data.attack_files is already in test.jsonl (same ids): keep one copy.
     fresh = {r.id for r in extra}
-    records = [r for r in test if r.id not in fresh and not (args.no_builtin and r.kind in ATTACK_KINDS)] + extra
+    records = [r for r in test if r.id not in fresh and not (args.no_builtin and r.kind != "clean")] + extra
     if not records:
         raise EvalCLIError("nothing to evaluate: the test set is empty")
     from transformers.utils import logging as hf_logging
