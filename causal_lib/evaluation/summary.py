@@ -106,7 +106,8 @@ def summarise(results: Sequence, alpha: float = 0.05) -> dict:
                         in U (probe_data). Pairs whose S-probe was not executed carry no information.
     blocked             per kind, the fraction blocked by the input filter
     judge_errors        (only when some) attacked items whose judge could not decide (a regex judge past its
-                        time limit, scoring.JudgeError): {n, by_source, example}; left out of every attack rate
+                        time limit, scoring.JudgeError; a canary longer than the answer the evaluation can
+                        generate, run.answer_cap): {n, by_source, example}; left out of every attack rate
     """
     items = [_as_item(r) for r in results]
     # realistic items (data/realistic.py, in validation): open-ended answers that no world check scores; they are
