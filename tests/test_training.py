@@ -215,7 +215,7 @@ def test_task_batch_sampler_gives_one_task_group_per_batch_every_index_once_and_
 
 
 def test_task_grouped_batches_make_l_spurious_estimable_on_every_step(setup, monkeypatch):
-    """Issue 32: with random batches of 8 pairs over 4 tasks most task groups stay under losses.MIN_GROUP_SIZE and
+    """Issue 32: with the default batches of 8 pairs over 4 tasks most task groups stay under losses.MIN_GROUP_SIZE and
     L_spurious is 0 on those steps whatever R does; batched by task (the registry's causal_by_task) it is active on
     every step. The same pairs and steps either way."""
     from causal_lib.defenses import causal as causal_defense
@@ -232,7 +232,7 @@ def test_task_grouped_batches_make_l_spurious_estimable_on_every_step(setup, mon
     cfg, paths, recs, tok = setup
     recs = [dataclasses.replace(r, task=f"task{int(r.pair_id[1:]) % 4}") for r in recs]
     active = {}
-    for batches in ("random", "by_task"):
+    for batches in ("by_length", "by_task"):
         ds = PairDataset(make_pairs(recs), tok, 64, z_vocabulary(recs), clean_pair_fraction=0.0, seed=0)
         model = build_tiny_model(cfg.model, tok, seed=0)
         res = run_training(cfg, paths, f"causal_{batches}", model, tok, ds, trainer_cls=CausalTrainer,
@@ -243,4 +243,32 @@ def test_task_grouped_batches_make_l_spurious_estimable_on_every_step(setup, mon
         active[batches] = [r["loss_spurious_active"] for r in log]
     assert all(a == 1.0 for a in active["by_task"])
     assert sorted(set(epochs_set)) == [0, 1, 2]
-    assert sum(active["random"]) < sum(active["by_task"])
+    assert sum(active["by_length"]) < sum(active["by_task"])
+
+
+def test_pairs_are_batched_by_length_by_default(setup, make_record):
+    """The causal recipe's pairs (and adversarial SFT's) are grouped by length like every SFT defense's examples:
+    a pair counts as its longer side, and a batch of similar lengths pads far less than a random one."""
+    import numpy as np
+
+    from causal_lib.training.trainer import training_arguments
+
+    cfg, paths, _, tok = setup
+    # half the pairs short, half long (as the world's items beside the realistic ones); 80 pairs, so that HF's
+    # sampler sorts within mega-batches of several batches (a handful of pairs is one mega-batch of one batch)
+    recs = [dataclasses.replace(r, data=r.data + " padding words" * 12) if int(r.pair_id[1:]) % 2 else r
+            for r in _records(make_record, n=80)]
+    ds = PairDataset(make_pairs(recs), tok, 64, z_vocabulary(recs), clean_pair_fraction=0.0, seed=0)
+    lengths = np.array([max(len(i["clean_input_ids"]), len(i["injected_input_ids"])) for i in ds.items])
+    assert lengths.min() < lengths.max()
+    args = training_arguments(cfg, paths.checkpoints / "t", epochs=1, learning_rate=1e-3, seed=0)
+    args.per_device_train_batch_size = 4
+    trainer = CausalTrainer(model=build_tiny_model(cfg.model, tok, seed=0), args=args, train_dataset=ds, cfg=cfg)
+    order = list(trainer._get_train_sampler())
+    assert sorted(order) == list(range(len(ds)))  # every pair once per epoch
+
+    def padded(o):
+        return sum(lengths[o[k:k + 4]].max() * len(o[k:k + 4]) for k in range(0, len(o), 4))
+
+    rng = np.random.default_rng(0)
+    assert padded(order) < min(padded(list(rng.permutation(len(ds)))) for _ in range(20))

@@ -7,6 +7,7 @@ import dataclasses
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from causal_lib.config import Config
 from causal_lib.data.records import load_split
@@ -92,15 +93,18 @@ def spurious_diagnostics(r: torch.Tensor, z, groups, unbiased: bool) -> dict:
     return {"spurious_floor": float(floor), "spurious_active": float(active)}
 
 
-# How the pairs are batched: "random" (every defense's default) or "by_task" (TaskBatchSampler: each batch from one
-# task group, so that L_spurious's groups are large enough to be estimated; issue 32)
-BATCHES = ("random", "by_task")
+# How the pairs are batched: "by_length" (the default, as every SFT defense's examples: HF's LengthGroupedSampler,
+# batches of pairs of similar length; with the realistic items in training, random batches of 8 pairs were half
+# padding on SmolLM2: 124,877 padded tokens per epoch for 63,593 real ones, 64,352 when grouped) or "by_task"
+# (TaskBatchSampler: each batch from one task group, so that L_spurious's groups are large enough to be estimated;
+# issue 32)
+BATCHES = ("by_length", "by_task")
 
 
 class CausalTrainer(Trainer):
     """L = L_task + lambda_causal * L_causal + lambda_spurious * L_spurious (DESIGN.md s.3)."""
 
-    def __init__(self, *args, cfg: Config, batches: str = "random", **kwargs):
+    def __init__(self, *args, cfg: Config, batches: str = "by_length", **kwargs):
         if batches not in BATCHES:
             raise ValueError(f"batches={batches!r}: choose from {', '.join(BATCHES)}")
         super().__init__(*args, **kwargs)
@@ -110,9 +114,14 @@ class CausalTrainer(Trainer):
         self._parts_n = 0
 
     def _get_train_sampler(self, train_dataset=None):
-        if self.batches == "random":
-            return super()._get_train_sampler(train_dataset)
         ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.batches == "by_length":
+            # a pair is as long as its longer side (both sides are padded together); the global batch is grouped, as
+            # the SFT trainer's, so that any number of processes sees the same examples per optimizer step
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps
+                                        * self.args.world_size,
+                                        lengths=[max(len(it["clean_input_ids"]), len(it["injected_input_ids"]))
+                                                 for it in ds.items])
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return TaskBatchSampler([item["s_group"] for item in ds.items],
                                 self.args.per_device_train_batch_size * distributed.world_size(), seed=seed)
@@ -137,7 +146,7 @@ def validation_pairs(paths, limit: int | None = None) -> list[tuple]:
     return pairs[:limit] if limit else pairs
 
 
-def train(cfg: Config, paths, resume: bool = False, name: str = "causal", batches: str = "random",
+def train(cfg: Config, paths, resume: bool = False, name: str = "causal", batches: str = "by_length",
           kl_weight: float | None = None, **loss_weights) -> TrainResult:
     """Fine-tune the base with L_task + lambda_causal L_causal + lambda_spurious L_spurious on the train pairs;
     best_model = the epoch of lowest validation loss on O* (training.selection, the rule of every defense).
@@ -145,8 +154,8 @@ def train(cfg: Config, paths, resume: bool = False, name: str = "causal", batche
     `name` is the defense (checkpoints/<name>/); `loss_weights` (lambda_causal, lambda_spurious, kl_weight,
     hsic_estimator)
     replace the params' weights for this model only: the registry's ablations train the same pairs, data and
-    schedule with parts of the loss switched off. `batches`: "random" or "by_task" (BATCHES: the same pairs and
-    steps, each batch from one task group). `kl_weight` is named so that train.kl_weight_grid can choose it on
+    schedule with parts of the loss switched off. `batches`: "by_length" or "by_task" (BATCHES: the same pairs and
+    steps, batches of similar length or each from one task group). `kl_weight` is named so that train.kl_weight_grid can choose it on
     validation (training.lr_search) where the registry entry does not fix it."""
     if kl_weight is not None:
         loss_weights["kl_weight"] = kl_weight
