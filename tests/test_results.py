@@ -95,7 +95,8 @@ def _seed_folder(root, asr_items: dict, corpora_items: dict | None = None, reali
         (m / f"train_{d}_log.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n"
                                                 + json.dumps({"train_runtime": 12.0}))
         if corpora_items is not None:
-            its = [{"id": i, "kind": "injected", "source": src, "success": ok, "twin_passed": i.endswith("tw")}
+            its = [{"id": i, "kind": "injected", "source": src, "success": ok, "twin_passed": i.endswith("tw"),
+                    "error": "its canary needs 300 new tokens: not scored" if ok is None else None}
                    for i, (src, ok) in corpora_items[d].items()] + [{"id": "c0", "kind": "clean"}]
             (m / f"corpora_{d}.json").write_text(json.dumps({
                 "attack_files": ["/abs/x/spikee.jsonl"], "seconds": 3.0, "items": its,
@@ -117,8 +118,10 @@ def test_collect_and_across_seeds_with_corpora(tmp_path):
         b = {i: k < 12 for k, i in enumerate(ids)}  # causal_sft: 12
         corp = None
         if s != 2:  # seed 2's corpora are not evaluated yet
-            corp = {"causal": {f"s{k}" + ("tw" if k == 0 else ""): ("spikee.jsonl", k == 0) for k in range(30)},
-                    "causal_sft": {f"s{k}" + ("tw" if k == 0 else ""): ("spikee.jsonl", k < 20) for k in range(30)}}
+            corp = {d: {**{f"s{k}" + ("tw" if k == 0 else ""): ("spikee.jsonl", k < n) for k in range(30)},
+                        "s30": ("spikee.jsonl", None),  # an error row (its judge could not decide): left out
+                        **{f"g{k}": ("garak.jsonl", False) for k in range(10)}}  # no discordant item
+                    for d, n in (("causal", 1), ("causal_sft", 20))}
         folders[s] = _seed_folder(tmp_path / f"seed_{s}", {"causal": a, "causal_sft": b}, corp)
     out = tmp_path / "results" / "seed_0"
     summary = seed_records.collect(folders[0], out)
@@ -128,17 +131,25 @@ def test_collect_and_across_seeds_with_corpora(tmp_path):
     assert seed_records.collect(folders[2], tmp_path / "r2")["causal"]["corpora"] is None
     res = seed_records.across(folders)
     rows = {r["measure"]: r for r in res["tests"]}
-    assert set(rows) == {"world ASR", "corpus spikee.jsonl ASR"} and res["corpora_seeds"] == [0, 1]
+    assert set(rows) == {"world ASR", "corpus spikee.jsonl ASR", "corpus garak.jsonl ASR"}
+    assert res["corpora_seeds"] == [0, 1]
+    # a row without a discordant item cannot reject: shown, not tested, and not counted in Holm's family
+    garak = rows["corpus garak.jsonl ASR"]
+    assert garak["p_holm"] is None and not garak["tested"] and not garak["significant"]
+    tested = [r for r in res["tests"] if r["tested"]]
+    assert len(tested) == 2 and min(r["p_holm"] for r in tested) == pytest.approx(
+        min(2 * min(r["p_value"] for r in tested), 1.0))
     assert rows["world ASR"]["seeds"] == [0, 1, 2] and rows["world ASR"]["n_items"] == 40
     corpus = rows["corpus spikee.jsonl ASR"]
-    assert corpus["seeds"] == [0, 1] and corpus["n_items"] == 29  # the twin-passed item dropped for both
+    assert corpus["seeds"] == [0, 1] and corpus["n_items"] == 29  # the twin-passed and the error row dropped
     assert [p["b_only"] for p in corpus["per_seed"]] == [19, 19] and corpus["difference"] < 0
-    assert all(r["p_holm"] >= r["p_value"] for r in res["tests"])
+    assert all(r["p_holm"] >= r["p_value"] for r in tested)
     # the per-seed table shows the corpora where a seed has them
     for s in (0, 1, 2):
         seed_records.collect(folders[s], tmp_path / "saved" / f"seed_{s}")
     text = results.seed_tables(tmp_path / "saved")
-    assert "| model | seed | spikee.jsonl ASR |" in text and "| causal | 2 |" not in text.split("spikee.jsonl ASR")[1]
+    assert "| model | seed | spikee.jsonl ASR |" in text  # the sources of the summaries' asr_by_source
+    assert "| causal | 2 |" not in text.split("spikee.jsonl ASR")[1]
 
 
 def test_results_across_names_a_malformed_seed_folder(capsys):

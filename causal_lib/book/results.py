@@ -217,7 +217,8 @@ def seed_tables(folder: Path) -> str:
         for r in t["tests"]:
             text += (f"| {r['measure']} | {r['a']} - {r['b']} | {len(r['seeds'])} | {r['n_items']} | "
                      f"{100 * r['difference']:+.1f} pt [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}] | "
-                     f"{r['p_holm']:.2g} | {'yes' if r['significant'] else 'no'} | "
+                     f"{'not tested (no discordant item)' if r['p_holm'] is None else format(r['p_holm'], '.2g')} | "
+                     f"{'yes' if r['significant'] else 'no'} | "
                      + "; ".join(f"{p['seed']}: {p['a_only']}/{p['b_only']}" for p in r["per_seed"]) + " |\n")
     return text
 

@@ -123,17 +123,27 @@ def across(folders: dict[int, Path], models=MODELS, alpha: float = 0.05) -> dict
                                                alpha=alpha), "measure": f"corpus {src} ASR"})
     if real_seeds:
         rows += literature.realistic_seed_paired(real, alpha=alpha)
-    for r, p_h in zip(rows, paired.holm([r["p_value"] for r in rows])):  # Holm over the whole table
-        r["p_holm"], r["significant"] = p_h, bool(p_h < alpha)
+    # Holm over the whole table, except rows without a single discordant item in any seed: conditional on the
+    # discordant counts (as McNemar is) they cannot reject, so counting them would only weaken the others (Tarone's
+    # rule for discrete tests, in its simplest case); they are shown, marked not tested
+    tested = [r for r in rows if any(p["a_only"] + p["b_only"] for p in r["per_seed"])]
+    for r in rows:
+        r["p_holm"], r["significant"], r["tested"] = None, False, False
+    for r, p_h in zip(tested, paired.holm([r["p_value"] for r in tested])):
+        r["p_holm"], r["significant"], r["tested"] = p_h, bool(p_h < alpha), True
     util = {s: {d: sum(i["rouge_l"] for i in real[s][d]["items"]["utility"]) /
                 max(len(real[s][d]["items"]["utility"]), 1) for d in models} for s in real_seeds}
     return {"seeds": sorted(folders), "realistic_seeds": sorted(real_seeds), "corpora_seeds": sorted(corpora_seeds),
             "tests": rows, "rouge_l_mean": util}
 
 
+def _p(p_holm: float | None) -> str:
+    return "not tested (no discordant item)" if p_holm is None else f"{p_holm:.3g}"
+
+
 def test_lines(result: dict) -> list[str]:
     """One console line per test row."""
     return [f"{r['measure']:34s} {r['a']} - {r['b']}: {r['difference'] * 100:+.1f} pt [{r['lo'] * 100:+.1f}, "
-            f"{r['hi'] * 100:+.1f}] seeds={r['seeds']} n={r['n_items']} Holm p={r['p_holm']:.3g} per seed "
+            f"{r['hi'] * 100:+.1f}] seeds={r['seeds']} n={r['n_items']} Holm p={_p(r['p_holm'])} per seed "
             + "; ".join(f"{p['seed']}: {p['a_only']}/{p['b_only']}" for p in r["per_seed"])
             for r in result["tests"]]

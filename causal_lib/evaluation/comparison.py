@@ -416,8 +416,10 @@ def seed_paired_rows(results: list[dict]) -> list[dict]:
 
 def attack_outcomes(evaluation: dict) -> dict[str, bool]:
     """item id -> attack succeeded (twin-controlled; blocked = failed) for every attacked item of one
-    defense's evaluation (evaluate_defense's payload with its items)."""
-    return {i["id"]: bool(i.get("success")) for i in evaluation.get("items", []) if i.get("kind") == "injected"}
+    defense's evaluation (evaluate_defense's payload with its items). An item its judge could not decide (an error
+    row: success None, counted in the summary's judge_errors) is left out, as from every attack rate."""
+    return {i["id"]: bool(i.get("success")) for i in evaluation.get("items", [])
+            if i.get("kind") == "injected" and not i.get("error")}
 
 
 def twin_passed_items(evaluation: dict) -> set[str]:
