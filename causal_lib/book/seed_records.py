@@ -20,9 +20,10 @@ import itertools
 import json
 from pathlib import Path
 
-from causal_lib.core.run_folder import write_json
+from causal_lib.core.run_folder import RunPaths, write_json
 from causal_lib.evaluation.comparison import attack_outcomes, twin_passed_items
 from causal_lib.stats import paired
+from causal_lib.training.trainer import read_train_log
 
 MODELS = ("causal", "causal_sft")
 
@@ -71,8 +72,7 @@ def collect(run_dir: Path, out_dir: Path, models=MODELS) -> dict:
                       "realistic_cache_key": real.get("cache_key") if real else None,
                       "corpora": _corpora_summary(_read_json(corpora_path(run_dir, d)))}
         ckpt = _read_json(run_dir / "checkpoints" / d / "best_model" / "checkpoint.json") or {}
-        log_path = m / f"train_{d}_log.jsonl"
-        log = _read_jsonl(log_path) if log_path.is_file() else []
+        log = read_train_log(RunPaths(run_dir), d)
         training[d] = {**{k: v for k, v in ckpt.get("extra", {}).items() if k != "base"},
                        "train_runtime_s": next((r["train_runtime"] for r in log if "train_runtime" in r), None),
                        "loss_curve": [{k: r[k] for k in r if k.startswith("loss") or k in ("step", "grad_norm",

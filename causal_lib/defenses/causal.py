@@ -95,7 +95,7 @@ def spurious_diagnostics(r: torch.Tensor, z, groups, unbiased: bool) -> dict:
 
 # How the pairs are batched: "by_length" (the default, as every SFT defense's examples: HF's LengthGroupedSampler,
 # batches of pairs of similar length; with the realistic items in training, random batches of 8 pairs were half
-# padding on SmolLM2: 124,877 padded tokens per epoch for 63,593 real ones, 64,352 when grouped) or "by_task"
+# padding on SmolLM2: 124,568 padded tokens per epoch for 63,593 real ones, 63,832 with this sampler) or "by_task"
 # (TaskBatchSampler: each batch from one task group, so that L_spurious's groups are large enough to be estimated;
 # issue 32)
 BATCHES = ("by_length", "by_task")
